@@ -1,0 +1,173 @@
+//! Operator: decodes raw source records into `(events, dead letters)`; failures are data.
+
+use chrono::{DateTime, Utc};
+use timely::dataflow::operators::OkErr;
+use timely::dataflow::StreamVec;
+use timely::progress::Timestamp;
+
+use crate::envelope::{parse_envelope, EnvelopeError};
+use crate::record::{DeadLetter, DeadLetterReason, EventRow, SourceRecord};
+
+/// Decodes one record. The received time comes from the gateway's header, else the record's
+/// timestamp, else `fallback_now`.
+pub fn decode_record(
+    record: SourceRecord,
+    fallback_now: DateTime<Utc>,
+) -> Result<EventRow, DeadLetter> {
+    let trace_id = record.headers.traceparent.map(|ctx| ctx.trace_id_hex());
+    let received_utc = record
+        .headers
+        .received_at
+        .or_else(|| {
+            record
+                .timestamp_ms
+                .and_then(DateTime::<Utc>::from_timestamp_millis)
+        })
+        .unwrap_or(fallback_now);
+    let dead_letter = |reason: DeadLetterReason, message: String, record: SourceRecord| DeadLetter {
+        reason,
+        message,
+        partition: record.partition,
+        offset: record.offset,
+        key: record.key,
+        original: record.value.unwrap_or_default(),
+        trace_id: trace_id.clone(),
+        received_utc: Some(received_utc),
+    };
+    let Some(value) = record.value.as_deref() else {
+        let message = "record has no value".to_owned();
+        return Err(dead_letter(DeadLetterReason::Undecodable, message, record));
+    };
+    let envelope = match parse_envelope(value) {
+        Ok(envelope) => envelope,
+        Err(err) => {
+            let reason = match err {
+                EnvelopeError::MalformedJson { .. } => DeadLetterReason::Undecodable,
+                EnvelopeError::Contract { .. } => DeadLetterReason::InvalidEnvelope,
+            };
+            return Err(dead_letter(reason, err.to_string(), record));
+        }
+    };
+    let Ok(schema_version) = i32::try_from(envelope.schema_version) else {
+        let message = format!("schemaVersion {} is too large", envelope.schema_version);
+        return Err(dead_letter(DeadLetterReason::InvalidEnvelope, message, record));
+    };
+    Ok(EventRow {
+        event_id: envelope.event_id,
+        tenant_id: envelope.tenant_id,
+        source: envelope.source,
+        event_type: envelope.event_type,
+        stream_key: envelope.stream_key,
+        timestamp_utc: envelope.timestamp_utc.with_timezone(&Utc),
+        schema_version,
+        payload_json: String::from(Box::<str>::from(envelope.payload)),
+        received_utc,
+        trace_id: trace_id.clone(),
+        partition: record.partition,
+        offset: record.offset,
+    })
+}
+
+/// Splits a stream of raw records into decoded events and dead letters.
+pub fn decode_records<'scope, T: Timestamp>(
+    records: StreamVec<'scope, T, SourceRecord>,
+) -> (
+    StreamVec<'scope, T, EventRow>,
+    StreamVec<'scope, T, DeadLetter>,
+) {
+    records.ok_err(|record| decode_record(record, Utc::now()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::headers::RecordHeaders;
+    use crate::trace_context::TraceContext;
+    use timely::dataflow::operators::capture::Extract;
+    use timely::dataflow::operators::{Capture, ToStream};
+
+    fn record(offset: i64, value: Option<&str>) -> SourceRecord {
+        SourceRecord {
+            partition: 3,
+            offset,
+            timestamp_ms: Some(1_700_000_000_000),
+            key: Some(b"acme|k".to_vec()),
+            value: value.map(|v| v.as_bytes().to_vec()),
+            headers: RecordHeaders::default(),
+        }
+    }
+
+    const VALID: &str = r#"{"eventId":"0b6f6f5e-8a53-4c8e-9a35-5a3f0a0e9f11","tenantId":"acme","source":"s","type":"t","timestampUtc":"2026-11-24T10:00:00+02:00","schemaVersion":1,"streamKey":"k","payload":{"x":1}}"#;
+
+    #[test]
+    fn decodes_a_valid_record_with_its_headers() {
+        let mut rec = record(7, Some(VALID));
+        let ctx = TraceContext::mint();
+        let received = Utc::now();
+        rec.headers.traceparent = Some(ctx);
+        rec.headers.received_at = Some(received);
+        let row = decode_record(rec, Utc::now()).expect("valid record");
+        assert_eq!(row.tenant_id, "acme");
+        assert_eq!(row.payload_json, r#"{"x":1}"#);
+        assert_eq!(row.timestamp_utc.to_rfc3339(), "2026-11-24T08:00:00+00:00");
+        assert_eq!(row.received_utc, received);
+        assert_eq!(row.trace_id, Some(ctx.trace_id_hex()));
+        assert_eq!((row.partition, row.offset), (3, 7));
+    }
+
+    #[test]
+    fn received_time_falls_back_to_the_record_timestamp() {
+        let row = decode_record(record(0, Some(VALID)), Utc::now()).unwrap();
+        assert_eq!(row.received_utc.timestamp_millis(), 1_700_000_000_000);
+    }
+
+    #[test]
+    fn poison_records_keep_their_bytes_and_reason() {
+        let dl = decode_record(record(1, Some("{oops")), Utc::now()).unwrap_err();
+        assert_eq!(dl.reason, DeadLetterReason::Undecodable);
+        assert_eq!(dl.original, b"{oops");
+        let dl = decode_record(record(2, Some(r#"{"eventId":1}"#)), Utc::now()).unwrap_err();
+        assert_eq!(dl.reason, DeadLetterReason::InvalidEnvelope);
+        let dl = decode_record(record(3, None), Utc::now()).unwrap_err();
+        assert_eq!((dl.reason, dl.offset), (DeadLetterReason::Undecodable, 3));
+    }
+
+    #[test]
+    fn operator_splits_records_into_events_and_dead_letters() {
+        let (ok_tx, ok_rx) = std::sync::mpsc::channel();
+        let (err_tx, err_rx) = std::sync::mpsc::channel();
+        let ok_tx = std::sync::Mutex::new(ok_tx);
+        let err_tx = std::sync::Mutex::new(err_tx);
+        timely::execute(timely::Config::thread(), move |worker| {
+            let ok_tx = ok_tx.lock().unwrap().clone();
+            let err_tx = err_tx.lock().unwrap().clone();
+            worker.dataflow::<u64, _, _>(|scope| {
+                let input = vec![
+                    record(0, Some(VALID)),
+                    record(1, Some("[]")),
+                    record(2, Some(VALID)),
+                ]
+                .to_stream(scope)
+                .container::<Vec<_>>();
+                let (events, dead) = decode_records(input);
+                events.capture_into(ok_tx);
+                dead.capture_into(err_tx);
+            });
+        })
+        .unwrap();
+        let events: Vec<i64> = ok_rx
+            .extract()
+            .into_iter()
+            .flat_map(|(_, rows): (u64, Vec<EventRow>)| rows)
+            .map(|row| row.offset)
+            .collect();
+        let dead: Vec<i64> = err_rx
+            .extract()
+            .into_iter()
+            .flat_map(|(_, rows): (u64, Vec<DeadLetter>)| rows)
+            .map(|row| row.offset)
+            .collect();
+        assert_eq!(events, vec![0, 2], "valid records become events");
+        assert_eq!(dead, vec![1], "the non-envelope record is dead-lettered");
+    }
+}

@@ -1,0 +1,19 @@
+//! Sentinel's pure core: the event contract, the Kafka record headers every hop shares, and the
+//! timely/differential operators of the dataflow. Nothing in this crate performs network or
+//! database I/O, so every piece is unit-tested in-process.
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`envelope`] | the event envelope clients POST and its parsing rules |
+//! | [`headers`] | names and encoding of the Kafka record headers (trace, idempotency, received time) |
+//! | [`trace_context`] | W3C `traceparent` parsing and minting |
+//! | [`topics`] | topic names, with the per-deployment prefix |
+//! | [`record`] | the shapes that flow through the dataflow: source records, event rows, dead letters |
+//! | [`decode`] | operator: raw source records into `(events, dead letters)` |
+
+pub mod decode;
+pub mod envelope;
+pub mod headers;
+pub mod record;
+pub mod topics;
+pub mod trace_context;
