@@ -24,16 +24,17 @@ pub fn decode_record(
                 .and_then(DateTime::<Utc>::from_timestamp_millis)
         })
         .unwrap_or(fallback_now);
-    let dead_letter = |reason: DeadLetterReason, message: String, record: SourceRecord| DeadLetter {
-        reason,
-        message,
-        partition: record.partition,
-        offset: record.offset,
-        key: record.key,
-        original: record.value.unwrap_or_default(),
-        trace_id: trace_id.clone(),
-        received_utc: Some(received_utc),
-    };
+    let dead_letter =
+        |reason: DeadLetterReason, message: String, record: SourceRecord| DeadLetter {
+            reason,
+            message,
+            partition: record.partition,
+            offset: record.offset,
+            key: record.key,
+            original: record.value.unwrap_or_default(),
+            trace_id: trace_id.clone(),
+            received_utc: Some(received_utc),
+        };
     let Some(value) = record.value.as_deref() else {
         let message = "record has no value".to_owned();
         return Err(dead_letter(DeadLetterReason::Undecodable, message, record));
@@ -50,7 +51,11 @@ pub fn decode_record(
     };
     let Ok(schema_version) = i32::try_from(envelope.schema_version) else {
         let message = format!("schemaVersion {} is too large", envelope.schema_version);
-        return Err(dead_letter(DeadLetterReason::InvalidEnvelope, message, record));
+        return Err(dead_letter(
+            DeadLetterReason::InvalidEnvelope,
+            message,
+            record,
+        ));
     };
     Ok(EventRow {
         event_id: envelope.event_id,
@@ -65,6 +70,8 @@ pub fn decode_record(
         trace_id: trace_id.clone(),
         partition: record.partition,
         offset: record.offset,
+        key: record.key,
+        original: record.value.unwrap_or_default(),
     })
 }
 

@@ -147,7 +147,11 @@ fn contains_escaped_nul(json: &str) -> bool {
     let mut from = 0;
     while let Some(found) = json[from..].find("\\u0000") {
         let at = from + found;
-        let backslashes = bytes[..=at].iter().rev().take_while(|&&b| b == b'\\').count();
+        let backslashes = bytes[..=at]
+            .iter()
+            .rev()
+            .take_while(|&&b| b == b'\\')
+            .count();
         if backslashes % 2 == 1 {
             return true;
         }
@@ -204,20 +208,39 @@ mod tests {
             "{err:?}"
         );
         let err = parse_envelope(b"not json").unwrap_err();
-        assert!(matches!(err, EnvelopeError::MalformedJson { .. }), "{err:?}");
+        assert!(
+            matches!(err, EnvelopeError::MalformedJson { .. }),
+            "{err:?}"
+        );
     }
 
     #[test]
     fn contract_violations_name_the_field() {
         let cases: Vec<(&str, serde_json::Value, &str)> = vec![
             ("eventId", serde_json::json!("not-a-uuid"), "UUID"),
-            ("tenantId", serde_json::json!(""), "tenantId must not be empty"),
+            (
+                "tenantId",
+                serde_json::json!(""),
+                "tenantId must not be empty",
+            ),
             ("tenantId", serde_json::json!("a|b"), "'|'"),
-            ("timestampUtc", serde_json::json!("2026-11-24 10:00"), "RFC 3339"),
-            ("timestampUtc", serde_json::json!("2026-11-24T10:00:00"), "RFC 3339"),
+            (
+                "timestampUtc",
+                serde_json::json!("2026-11-24 10:00"),
+                "RFC 3339",
+            ),
+            (
+                "timestampUtc",
+                serde_json::json!("2026-11-24T10:00:00"),
+                "RFC 3339",
+            ),
             ("schemaVersion", serde_json::json!(0), "schemaVersion"),
             ("schemaVersion", serde_json::json!("1"), "invalid type"),
-            ("payload", serde_json::json!([1, 2]), "payload must be a JSON object"),
+            (
+                "payload",
+                serde_json::json!([1, 2]),
+                "payload must be a JSON object",
+            ),
             ("payload", serde_json::json!({"a": "x\u{0}y"}), "\\u0000"),
             ("streamKey", serde_json::json!("k\u{0}"), "NUL"),
         ];
@@ -240,10 +263,16 @@ mod tests {
     fn missing_and_unknown_fields_are_contract_errors() {
         let mut body = valid();
         body.as_object_mut().unwrap().remove("streamKey");
-        assert!(parse_value(&body).unwrap_err().to_string().contains("streamKey"));
+        assert!(parse_value(&body)
+            .unwrap_err()
+            .to_string()
+            .contains("streamKey"));
         let mut body = valid();
         body["extra"] = serde_json::json!(1);
-        assert!(parse_value(&body).unwrap_err().to_string().contains("extra"));
+        assert!(parse_value(&body)
+            .unwrap_err()
+            .to_string()
+            .contains("extra"));
     }
 
     #[test]

@@ -34,7 +34,8 @@ pub struct PartitionProgress {
     pub next_offset: i64,
 }
 
-/// A decoded event, ready for the `events` table.
+/// A decoded event, ready for the `events` table. It keeps the original record bytes so that a
+/// row the database rejects can still be dead-lettered exactly as it arrived.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct EventRow {
     /// The event's id.
@@ -61,6 +62,26 @@ pub struct EventRow {
     pub partition: i32,
     /// Source offset.
     pub offset: i64,
+    /// The record key, as consumed.
+    pub key: Option<Vec<u8>>,
+    /// The record value, byte for byte, as consumed.
+    pub original: Vec<u8>,
+}
+
+impl EventRow {
+    /// Turns this event into a dead letter that keeps the original record.
+    pub fn into_dead_letter(self, reason: DeadLetterReason, message: String) -> DeadLetter {
+        DeadLetter {
+            reason,
+            message,
+            partition: self.partition,
+            offset: self.offset,
+            key: self.key,
+            original: self.original,
+            trace_id: self.trace_id,
+            received_utc: Some(self.received_utc),
+        }
+    }
 }
 
 /// Why a record went to the dead-letter branch. Codes are stable: they are stored and queried.
@@ -71,6 +92,8 @@ pub enum DeadLetterReason {
     Undecodable,
     /// JSON, but not a valid envelope.
     InvalidEnvelope,
+    /// A valid envelope that PostgreSQL refused to store (e.g. a number beyond `numeric`).
+    DatabaseRejected,
 }
 
 impl DeadLetterReason {
@@ -79,6 +102,7 @@ impl DeadLetterReason {
         match self {
             Self::Undecodable => "undecodable",
             Self::InvalidEnvelope => "invalid_envelope",
+            Self::DatabaseRejected => "database_rejected",
         }
     }
 }

@@ -95,7 +95,8 @@ fn random_span_id() -> [u8; 8] {
 }
 
 fn is_lower_hex(text: &str) -> bool {
-    text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    text.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn decode_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
@@ -111,10 +112,12 @@ fn decode_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
 
 fn encode_hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 #[cfg(test)]
@@ -149,10 +152,9 @@ mod tests {
 
     #[test]
     fn future_versions_may_carry_extra_fields() {
-        let ctx = TraceContext::parse(
-            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future",
-        )
-        .expect("future version accepted");
+        let ctx =
+            TraceContext::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future")
+                .expect("future version accepted");
         assert_eq!(ctx.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
     }
 

@@ -1,0 +1,186 @@
+//! Broker connection settings, shared by every Sentinel role, and the producer that answers
+//! only once the broker has acknowledged a record (acks=all, idempotent).
+
+use std::time::Duration;
+
+use operators::headers::RecordHeaders;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+/// How to reach the Kafka-protocol cluster. Nothing here is specific to one broker product.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaSettings {
+    /// `bootstrap.servers`: comma-separated `host:port` list.
+    pub brokers: String,
+    /// Extra librdkafka properties (security.protocol, sasl.*, ssl.*, …), applied last.
+    pub options: Vec<(String, String)>,
+}
+
+impl KafkaSettings {
+    /// A librdkafka configuration with the brokers and the extra properties.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (key, value) in &self.options {
+            config.set(key, value);
+        }
+        config
+    }
+}
+
+/// Why a record could not be published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The broker is unreachable, busy, or did not acknowledge in time: retry later.
+    #[error("the broker did not acknowledge the record")]
+    Unavailable(#[source] KafkaError),
+    /// The broker refused the record itself (too large, not authorised, invalid).
+    #[error("the broker refused the record")]
+    Rejected(#[source] KafkaError),
+    /// The producer could not be created from its configuration.
+    #[error("invalid producer configuration")]
+    Config(#[source] KafkaError),
+}
+
+impl PublishError {
+    /// Whether retrying the same record later can succeed.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+
+    /// Whether the record was too large for the broker.
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, Self::Rejected(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge))
+    }
+
+    fn classify(err: KafkaError) -> Self {
+        use RDKafkaErrorCode::*;
+        match err.rdkafka_error_code() {
+            Some(
+                MessageSizeTooLarge
+                | InvalidMessageSize
+                | InvalidTopic
+                | InvalidRequiredAcks
+                | TopicAuthorizationFailed
+                | UnsupportedVersion
+                | InvalidArgument,
+            ) => Self::Rejected(err),
+            _ => Self::Unavailable(err),
+        }
+    }
+}
+
+/// Producer tuning that is Sentinel's to choose; security and the rest come from [`KafkaSettings`].
+#[derive(Debug, Clone)]
+pub struct ProducerSettings {
+    /// How long a record may wait in the client before it counts as failed (`message.timeout.ms`).
+    pub delivery_timeout: Duration,
+    /// How long the client may hold records to build batches (`linger.ms`).
+    pub linger: Duration,
+}
+
+impl Default for ProducerSettings {
+    fn default() -> Self {
+        Self {
+            delivery_timeout: Duration::from_secs(10),
+            linger: Duration::from_millis(5),
+        }
+    }
+}
+
+/// Where an acknowledged record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Acknowledged {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+/// The gateway's producer: idempotent, acks=all; `publish` resolves on the broker's ack.
+#[derive(Clone)]
+pub struct EventProducer {
+    producer: FutureProducer,
+    delivery_timeout: Duration,
+}
+
+impl EventProducer {
+    /// Creates the producer (connections are opened lazily by librdkafka).
+    pub fn new(kafka: &KafkaSettings, settings: &ProducerSettings) -> Result<Self, PublishError> {
+        let mut config = kafka.client_config();
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", settings.linger.as_millis().to_string())
+            .set(
+                "message.timeout.ms",
+                settings.delivery_timeout.as_millis().to_string(),
+            );
+        // Sentinel's defaults above; the operator's explicit options win.
+        for (key, value) in &kafka.options {
+            config.set(key, value);
+        }
+        let producer: FutureProducer = config.create().map_err(PublishError::Config)?;
+        Ok(Self {
+            producer,
+            delivery_timeout: settings.delivery_timeout,
+        })
+    }
+
+    /// Produces one record and waits for the broker's acknowledgement.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        key: &str,
+        value: &[u8],
+        headers: &RecordHeaders,
+    ) -> Result<Acknowledged, PublishError> {
+        let mut owned = OwnedHeaders::new_with_capacity(5);
+        for (name, header_value) in headers.to_pairs() {
+            owned = owned.insert(Header {
+                key: name,
+                value: Some(header_value.as_bytes()),
+            });
+        }
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(value)
+            .headers(owned);
+        match self.producer.send(record, self.delivery_timeout).await {
+            Ok(delivery) => Ok(Acknowledged {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
+            Err((err, _message)) => Err(PublishError::classify(err)),
+        }
+    }
+
+    /// Whether the cluster answers a metadata request for `topic` within `timeout`.
+    pub async fn check_broker(&self, topic: &str, timeout: Duration) -> Result<(), PublishError> {
+        let producer = self.producer.clone();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), timeout)
+                .map(|_| ())
+                .map_err(PublishError::Unavailable)
+        })
+        .await
+        .unwrap_or_else(|join| {
+            Err(PublishError::Unavailable(KafkaError::Canceled)).inspect_err(|_| {
+                tracing::error!(error = %join, "broker check task failed");
+            })
+        })
+    }
+
+    /// Waits up to `timeout` for records still in flight to be acknowledged.
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(err) = self.producer.flush(timeout) {
+            tracing::warn!(error = %err, "records still unacknowledged at shutdown");
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! RFC 9457 problem details: one error type for every HTTP surface, rendered as
+//! `application/problem+json` with a stable `type` per kind of problem.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// Media type of problem responses.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An HTTP error as RFC 9457 problem details.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiError {
+    /// Stable problem type URI (`/problems/<slug>`), documented in `docs/api.md`.
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    /// Short, stable summary of the problem type.
+    pub title: &'static str,
+    /// HTTP status code.
+    pub status: u16,
+    /// What exactly went wrong with this request.
+    pub detail: String,
+    /// Seconds after which a retry may succeed (sent as `Retry-After` too).
+    #[serde(rename = "retryAfterSeconds", skip_serializing_if = "Option::is_none")]
+    pub retry_after_seconds: Option<u32>,
+}
+
+impl ApiError {
+    /// A problem of type `/problems/<slug>`.
+    pub fn new(
+        status: StatusCode,
+        slug: &str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            problem_type: format!("/problems/{slug}"),
+            title,
+            status: status.as_u16(),
+            detail: detail.into(),
+            retry_after_seconds: None,
+        }
+    }
+
+    /// Marks the problem as transient: clients may retry after `seconds`.
+    pub fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after_seconds = Some(seconds);
+        self
+    }
+
+    /// 404 for a path no route serves.
+    pub fn not_found(path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "No such resource",
+            format!("no resource at {path}"),
+        )
+    }
+
+    /// 405 for a method a route does not serve.
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "Method not allowed",
+            format!("{method} is not allowed on {path}"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(seconds) = self.retry_after_seconds {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}

@@ -1,0 +1,172 @@
+//! The dataflow wiring of one timely worker: Kafka source → decode → commit to PostgreSQL, with
+//! the commit point at each closed timestamp (events, dead letters and offsets in one
+//! transaction), and the worker loop that drives it.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use ingress::KafkaSettings;
+use operators::decode::decode_records;
+use operators::record::{DeadLetter, EventRow, PartitionProgress, SourceRecord};
+use sinks::postgres::{self, CommitBatch, EventSink, WriterSettings};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::{Concatenate, OkErr, Operator};
+use timely::dataflow::StreamVec;
+use timely::worker::Worker;
+use tokio::sync::mpsc;
+
+use crate::kafka_source::{
+    assigned_consumer, kafka_source, owned_partitions, SourceMessage, SourceSettings,
+};
+use crate::topics::partition_count;
+
+/// Everything a worker needs, shared by all workers of the process.
+pub struct DataflowContext {
+    /// Tokio runtime that runs the PostgreSQL writers.
+    pub runtime: tokio::runtime::Handle,
+    /// PostgreSQL URL.
+    pub database_url: String,
+    /// Broker settings.
+    pub kafka: KafkaSettings,
+    /// The raw events topic (prefixed).
+    pub raw_topic: String,
+    /// Consumer group id (used for nothing but librdkafka's bookkeeping: assignment is static).
+    pub group_id: String,
+    /// Source tuning.
+    pub source: SourceSettings,
+    /// Set to stop the sources; the workers then drain and exit.
+    pub shutdown: Arc<AtomicBool>,
+    /// Number of workers whose dataflow is running.
+    pub running_workers: Arc<AtomicUsize>,
+}
+
+/// What flows into the commit operator.
+#[derive(Debug, Clone)]
+enum Effect {
+    Event(EventRow),
+    DeadLetter(DeadLetter),
+    Progress(PartitionProgress),
+}
+
+fn add_effect(batch: &mut CommitBatch, effect: Effect) {
+    match effect {
+        Effect::Event(row) => batch.events.push(row),
+        Effect::DeadLetter(dead) => batch.dead_letters.push(dead),
+        Effect::Progress(progress) => batch.progress.push(progress),
+    }
+}
+
+/// Runs one worker until shutdown, or until its writer fails for good.
+pub fn run_worker(worker: &mut Worker, ctx: &DataflowContext) -> anyhow::Result<()> {
+    let (index, peers) = (worker.index(), worker.peers());
+    let partitions = partition_count(&ctx.kafka, &ctx.raw_topic, Duration::from_secs(60))?;
+    let owned = owned_partitions(partitions, index, peers);
+    let stored = ctx.runtime.block_on(async {
+        let client = postgres::connect(&ctx.database_url).await?;
+        postgres::load_offsets(&client, &ctx.raw_topic).await
+    })?;
+    tracing::info!(worker = index, partitions = ?owned, resume_from = ?stored, "worker starting");
+    let consumer = assigned_consumer(&ctx.kafka, &ctx.group_id, &ctx.raw_topic, &owned, &stored)?;
+
+    let (batches_tx, batches_rx) = mpsc::channel::<CommitBatch>(2);
+    let sink = EventSink::new(ctx.database_url.clone(), ctx.raw_topic.clone());
+    let worker_index = index;
+    let mut writer = Some(ctx.runtime.spawn(postgres::run_writer(
+        sink,
+        batches_rx,
+        WriterSettings::default(),
+        move |batch, report| {
+            tracing::debug!(
+                worker = worker_index,
+                events = report.events_written,
+                duplicates = report.duplicates_skipped,
+                dead_letters = report.dead_letters_written,
+                progress = ?batch.progress,
+                "batch committed"
+            );
+        },
+    )));
+    let batches_tx = Rc::new(RefCell::new(Some(batches_tx)));
+
+    worker.dataflow::<u64, _, _>(|scope| {
+        let messages = kafka_source(
+            scope,
+            consumer,
+            ctx.source.clone(),
+            Arc::clone(&ctx.shutdown),
+        );
+        let (records, progress): (
+            StreamVec<u64, SourceRecord>,
+            StreamVec<u64, PartitionProgress>,
+        ) = messages.ok_err(|message| match message {
+            SourceMessage::Record(record) => Ok(record),
+            SourceMessage::Progress(progress) => Err(progress),
+        });
+        let (events, dead_letters) = decode_records(records);
+        let effects = scope.concatenate([
+            events.map(Effect::Event),
+            dead_letters.map(Effect::DeadLetter),
+            progress.map(Effect::Progress),
+        ]);
+        commit_at_closed_times(effects, Rc::clone(&batches_tx));
+    });
+    ctx.running_workers.fetch_add(1, Ordering::AcqRel);
+
+    let outcome = loop {
+        if writer.as_ref().is_some_and(|w| w.is_finished()) {
+            break Err(anyhow!("the PostgreSQL writer stopped"));
+        }
+        if !worker.step_or_park(Some(Duration::from_millis(100))) {
+            break Ok(());
+        }
+    };
+    ctx.running_workers.fetch_sub(1, Ordering::AcqRel);
+    // Hang up on the writer so that it drains what is queued, then wait for it.
+    batches_tx.borrow_mut().take();
+    let written = ctx
+        .runtime
+        .block_on(writer.take().expect("writer handle is present"))
+        .context("the PostgreSQL writer panicked")?;
+    written.context("the PostgreSQL writer failed")?;
+    outcome
+}
+
+/// The commit point: gathers each timestamp's effects and, once the frontier has passed the
+/// timestamp, hands them with their source positions to the writer as one batch. Blocks when
+/// the writer is two batches behind, which is the dataflow's backpressure.
+fn commit_at_closed_times(
+    effects: StreamVec<'_, u64, Effect>,
+    batches: Rc<RefCell<Option<mpsc::Sender<CommitBatch>>>>,
+) {
+    let mut pending: BTreeMap<u64, CommitBatch> = BTreeMap::new();
+    effects.sink(Pipeline, "CommitToPostgres", move |(input, frontier)| {
+        input.for_each(|cap, data| {
+            let time = *cap.least().expect("an input stamp holds a time");
+            let batch = pending.entry(time).or_default();
+            for effect in data.drain(..) {
+                add_effect(batch, effect);
+            }
+        });
+        let mut ready = CommitBatch::default();
+        while let Some(entry) = pending.first_entry() {
+            if frontier.less_equal(entry.key()) {
+                break;
+            }
+            ready.absorb(entry.remove());
+        }
+        if ready.is_empty() {
+            return;
+        }
+        if let Some(sender) = batches.borrow().as_ref() {
+            if sender.blocking_send(ready).is_err() {
+                tracing::error!("PostgreSQL writer is gone; batch not committed");
+            }
+        }
+    });
+}

@@ -1,0 +1,191 @@
+//! The Kafka source operator: each worker reads the partitions it owns (`p % peers == index`)
+//! by assignment, from the offsets stored beside the effects, and emits records plus the
+//! position just past them.
+//!
+//! Timestamps are wall-clock milliseconds. Progress is global across workers, so a worker whose
+//! partitions are idle must still advance its capability, or it would hold back every other
+//! worker's commits: each invocation moves the capability up to the current millisecond.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ingress::KafkaSettings;
+use operators::headers::RecordHeaders;
+use operators::record::{PartitionProgress, SourceRecord};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::{Scope, StreamVec};
+
+/// What the source emits: records, and per batch the position reached in each partition.
+#[derive(Debug, Clone)]
+pub enum SourceMessage {
+    /// A consumed record.
+    Record(SourceRecord),
+    /// Every record of the partition below `next_offset` has been emitted.
+    Progress(PartitionProgress),
+}
+
+/// The partitions a worker owns: those whose number modulo the worker count is its index.
+pub fn owned_partitions(partition_count: i32, worker_index: usize, peers: usize) -> Vec<i32> {
+    (0..partition_count)
+        .filter(|p| (*p as usize) % peers == worker_index)
+        .collect()
+}
+
+/// A consumer assigned to `partitions` of `topic`, starting at the stored offsets (the beginning
+/// where none is stored). No consumer group membership: assignment is static.
+pub fn assigned_consumer(
+    kafka: &KafkaSettings,
+    group_id: &str,
+    topic: &str,
+    partitions: &[i32],
+    stored: &BTreeMap<i32, i64>,
+) -> anyhow::Result<BaseConsumer> {
+    let mut config = kafka.client_config();
+    config
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "100");
+    for (key, value) in &kafka.options {
+        config.set(key, value);
+    }
+    let consumer: BaseConsumer = config.create().context("creating the Kafka consumer")?;
+    let mut assignment = TopicPartitionList::new();
+    for &partition in partitions {
+        let offset = stored
+            .get(&partition)
+            .map_or(Offset::Beginning, |&next| Offset::Offset(next));
+        assignment
+            .add_partition_offset(topic, partition, offset)
+            .context("building the partition assignment")?;
+    }
+    consumer
+        .assign(&assignment)
+        .context("assigning partitions")?;
+    Ok(consumer)
+}
+
+/// Settings of the source operator.
+#[derive(Debug, Clone)]
+pub struct SourceSettings {
+    /// Most records per batch (one timely timestamp).
+    pub max_batch: usize,
+    /// How long to wait before polling again when nothing was available.
+    pub idle_poll: Duration,
+}
+
+/// Builds the source: polls `consumer` without blocking the worker, emits each batch at its own
+/// timestamp (never earlier than the wall clock), and stops (releasing its capability) once
+/// `shutdown` is set.
+pub fn kafka_source<'scope>(
+    scope: Scope<'scope, u64>,
+    consumer: BaseConsumer,
+    settings: SourceSettings,
+    shutdown: Arc<AtomicBool>,
+) -> StreamVec<'scope, u64, SourceMessage> {
+    source::<_, CapacityContainerBuilder<Vec<SourceMessage>>, _, _>(
+        scope,
+        "KafkaSource",
+        move |capability, info| {
+            let activator = scope.activator_for(info.address);
+            let mut capability = Some(capability);
+            let mut last_error_log: Option<Instant> = None;
+            move |output| {
+                let Some(cap) = capability.as_mut() else {
+                    return;
+                };
+                if shutdown.load(Ordering::Acquire) {
+                    capability = None;
+                    return;
+                }
+                let now = wall_clock_millis();
+                if *cap.time() < now {
+                    cap.downgrade(&now);
+                }
+                let mut reached: BTreeMap<i32, i64> = BTreeMap::new();
+                let mut emitted = 0;
+                {
+                    let mut session = output.session(&*cap);
+                    while emitted < settings.max_batch {
+                        match consumer.poll(Duration::ZERO) {
+                            None => break,
+                            Some(Ok(message)) => {
+                                reached.insert(message.partition(), message.offset() + 1);
+                                session.give(SourceMessage::Record(source_record(&message)));
+                                emitted += 1;
+                            }
+                            Some(Err(err)) => {
+                                let quiet = last_error_log
+                                    .is_some_and(|at| at.elapsed() < Duration::from_secs(10));
+                                if !quiet {
+                                    tracing::warn!(error = %err, "kafka consume error");
+                                    last_error_log = Some(Instant::now());
+                                }
+                                break;
+                            }
+                        }
+                    }
+                    for (partition, next_offset) in reached {
+                        session.give(SourceMessage::Progress(PartitionProgress {
+                            partition,
+                            next_offset,
+                        }));
+                    }
+                }
+                if emitted > 0 {
+                    let next = *cap.time() + 1;
+                    cap.downgrade(&next);
+                    activator.activate();
+                } else {
+                    activator.activate_after(settings.idle_poll);
+                }
+            }
+        },
+    )
+}
+
+/// Milliseconds since the Unix epoch: the dataflow's timestamp.
+pub fn wall_clock_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
+
+fn source_record(message: &rdkafka::message::BorrowedMessage<'_>) -> SourceRecord {
+    let headers = message
+        .headers()
+        .map(|headers| {
+            RecordHeaders::from_pairs(headers.iter().map(|header| (header.key, header.value)))
+        })
+        .unwrap_or_default();
+    SourceRecord {
+        partition: message.partition(),
+        offset: message.offset(),
+        timestamp_ms: message.timestamp().to_millis(),
+        key: message.key().map(<[u8]>::to_vec),
+        value: message.payload().map(<[u8]>::to_vec),
+        headers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_spread_by_modulo() {
+        assert_eq!(owned_partitions(4, 0, 2), vec![0, 2]);
+        assert_eq!(owned_partitions(4, 1, 2), vec![1, 3]);
+        assert_eq!(owned_partitions(3, 2, 4), Vec::<i32>::new());
+        let all: Vec<i32> = (0..3).flat_map(|i| owned_partitions(7, i, 3)).collect();
+        assert_eq!(all.len(), 7, "every partition has exactly one owner");
+    }
+}

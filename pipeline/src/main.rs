@@ -1,0 +1,197 @@
+//! The `sentinel` binary: parses configuration, prepares the database and topics, and runs the
+//! chosen roles — the HTTP gateway, the timely dataflow, or both (`sentinel up`).
+
+mod config;
+mod dataflow;
+mod kafka_source;
+mod server;
+mod topics;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use clap::Parser;
+use ingress::{EventProducer, IngressSettings, IngressState};
+use operators::topics::TopicNames;
+use tokio::sync::Notify;
+
+use crate::config::{Cli, Command, LogFormat, Settings};
+use crate::dataflow::DataflowContext;
+use crate::kafka_source::SourceSettings;
+use crate::server::Readiness;
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.settings.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sentinel-io")
+        .build()
+        .context("starting the Tokio runtime")?;
+    let settings = cli.settings;
+    match cli.command {
+        Command::Migrate => runtime.block_on(migrate(&settings)),
+        Command::Up => run(&runtime, &settings, true, true),
+        Command::Ingress => run(&runtime, &settings, true, false),
+        Command::Process => run(&runtime, &settings, false, true),
+    }
+    .inspect_err(|err| tracing::error!(error = format!("{err:#}"), "sentinel stopped"))
+}
+
+/// Applies migrations, waiting up to 30 s for PostgreSQL to answer.
+async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut client = loop {
+        match sinks::postgres::connect(&settings.database_url).await {
+            Ok(client) => break client,
+            Err(err) if err.is_retriable() && Instant::now() < deadline => {
+                tracing::warn!(error = %sinks::postgres::error_chain(&err), "waiting for PostgreSQL");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(err) => return Err(err).context("connecting to PostgreSQL"),
+        }
+    };
+    sinks::postgres::migrate(&mut client)
+        .await
+        .context("migrating the database")
+}
+
+async fn shutdown_requested(fatal: Arc<Notify>) {
+    let terminate = async {
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing the SIGTERM handler");
+            term.recv().await;
+        }
+        #[cfg(not(unix))]
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received, shutting down"),
+        _ = terminate => tracing::info!("SIGTERM received, shutting down"),
+        _ = fatal.notified() => tracing::error!("dataflow failed, shutting down"),
+    }
+}
+
+fn run(
+    runtime: &tokio::runtime::Runtime,
+    settings: &Settings,
+    with_ingress: bool,
+    with_dataflow: bool,
+) -> anyhow::Result<()> {
+    let topics = TopicNames::with_prefix(&settings.topic_prefix);
+    let kafka = settings.kafka();
+    runtime.block_on(async {
+        migrate(settings).await?;
+        topics::ensure_topics(
+            &kafka,
+            &topics.all(),
+            settings.topic_partitions,
+            settings.topic_replication,
+        )
+        .await
+    })?;
+    let producer =
+        EventProducer::new(&kafka, &settings.producer()).context("creating the producer")?;
+
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let running_workers = Arc::new(AtomicUsize::new(0));
+    let fatal = Arc::new(Notify::new());
+    let workers = if with_dataflow {
+        let ctx = Arc::new(DataflowContext {
+            runtime: runtime.handle().clone(),
+            database_url: settings.database_url.clone(),
+            kafka: kafka.clone(),
+            raw_topic: topics.raw_events.clone(),
+            group_id: format!("{}sentinel-pipeline", settings.topic_prefix),
+            source: SourceSettings {
+                max_batch: settings.source_batch,
+                idle_poll: Duration::from_millis(5),
+            },
+            shutdown: Arc::clone(&shutdown),
+            running_workers: Arc::clone(&running_workers),
+        });
+        let fatal = Arc::clone(&fatal);
+        let guards = timely::execute(timely::Config::process(settings.workers), move |worker| {
+            let outcome = dataflow::run_worker(worker, &ctx);
+            if let Err(err) = &outcome {
+                tracing::error!(
+                    worker = worker.index(),
+                    error = format!("{err:#}"),
+                    "worker failed"
+                );
+                fatal.notify_one();
+            }
+            outcome.map_err(|err| format!("{err:#}"))
+        })
+        .map_err(|err| anyhow!("starting the dataflow: {err}"))?;
+        Some(guards)
+    } else {
+        None
+    };
+
+    let readiness = Readiness {
+        database_url: settings.database_url.clone(),
+        producer: producer.clone(),
+        topic: topics.raw_events.clone(),
+        dataflow: with_dataflow.then(|| (Arc::clone(&running_workers), settings.workers)),
+    };
+    let ingress = with_ingress.then(|| {
+        IngressState::new(
+            producer.clone(),
+            topics.raw_events.clone(),
+            IngressSettings {
+                max_body_bytes: settings.max_body_bytes,
+            },
+        )
+    });
+    let app = server::app(ingress, readiness);
+    let addr = settings.http_addr;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        tracing::info!(addr = %listener.local_addr()?, ingress = with_ingress, dataflow = with_dataflow, "sentinel listening");
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_requested(Arc::clone(&fatal)))
+            .await
+            .context("serving HTTP")
+    })?;
+
+    shutdown.store(true, Ordering::Release);
+    producer.flush(Duration::from_secs(5));
+    let mut failures = Vec::new();
+    if let Some(guards) = workers {
+        for outcome in guards.join() {
+            if let Err(err) = outcome {
+                failures.push(err);
+            }
+        }
+    }
+    if failures.is_empty() {
+        tracing::info!("sentinel stopped cleanly");
+        Ok(())
+    } else {
+        Err(anyhow!("dataflow workers failed: {}", failures.join("; ")))
+    }
+}

@@ -1,0 +1,113 @@
+//! The one HTTP listener: the gateway's routes (when this role runs them), `/health`, `/ready`,
+//! and problem+json answers for unknown paths and methods.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{OriginalUri, State};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use ingress::{ApiError, EventProducer, IngressState};
+use serde_json::json;
+
+/// What `/ready` checks.
+#[derive(Clone)]
+pub struct Readiness {
+    /// PostgreSQL URL to probe.
+    pub database_url: String,
+    /// A client of the cluster, to probe the broker.
+    pub producer: EventProducer,
+    /// Topic whose metadata the broker must serve.
+    pub topic: String,
+    /// When this role runs the dataflow: running workers and how many there should be.
+    pub dataflow: Option<(Arc<AtomicUsize>, usize)>,
+}
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+async fn check_database(url: &str) -> Result<(), String> {
+    let probe = async {
+        let client = sinks::postgres::connect(url)
+            .await
+            .map_err(|e| sinks::postgres::SinkError::to_string(&e))?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(CHECK_TIMEOUT, probe).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
+    }
+}
+
+async fn ready(State(readiness): State<Readiness>) -> Response {
+    let (database, broker) = tokio::join!(
+        check_database(&readiness.database_url),
+        readiness
+            .producer
+            .check_broker(&readiness.topic, CHECK_TIMEOUT)
+    );
+    let mut checks = serde_json::Map::new();
+    let mut ok = true;
+    let mut record = |name: &str, result: Result<(), String>| {
+        ok &= result.is_ok();
+        checks.insert(
+            name.to_owned(),
+            match result {
+                Ok(()) => json!({"status": "up"}),
+                Err(detail) => json!({"status": "down", "detail": detail}),
+            },
+        );
+    };
+    record("database", database);
+    record("broker", broker.map_err(|e| e.to_string()));
+    if let Some((running, expected)) = &readiness.dataflow {
+        let running = running.load(Ordering::Acquire);
+        record(
+            "dataflow",
+            if running == *expected {
+                Ok(())
+            } else {
+                Err(format!("{running} of {expected} workers running"))
+            },
+        );
+    }
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({"status": if ok { "ready" } else { "not_ready" }, "checks": checks});
+    (status, Json(body)).into_response()
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "alive"}))
+}
+
+async fn not_found(OriginalUri(uri): OriginalUri) -> ApiError {
+    ApiError::not_found(uri.path())
+}
+
+async fn method_not_allowed(method: Method, OriginalUri(uri): OriginalUri) -> ApiError {
+    ApiError::method_not_allowed(method.as_str(), uri.path())
+}
+
+/// The application: every HTTP surface of this role on one router.
+pub fn app(ingress: Option<IngressState>, readiness: Readiness) -> Router {
+    let mut router = Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .with_state(readiness);
+    if let Some(ingress) = ingress {
+        router = router.merge(ingress::router(ingress));
+    }
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+}

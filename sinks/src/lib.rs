@@ -1,0 +1,7 @@
+//! Sentinel's sinks: where the dataflow's results become durable and visible.
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`postgres`] | schema migrations, the batch writer that commits events, dead letters and source offsets in one transaction, and offset recovery |
+
+pub mod postgres;

@@ -1,0 +1,90 @@
+//! The unit of commit: a batch of effects plus the source positions just past them.
+
+use std::collections::BTreeMap;
+
+use operators::record::{DeadLetter, EventRow, PartitionProgress};
+
+/// Everything one transaction makes durable.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitBatch {
+    /// Events for the `events` table.
+    pub events: Vec<EventRow>,
+    /// Poison records for the `dead_letter` table.
+    pub dead_letters: Vec<DeadLetter>,
+    /// Where each partition resumes once this batch is durable.
+    pub progress: Vec<PartitionProgress>,
+}
+
+impl CommitBatch {
+    /// Whether the batch has nothing to write at all.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.dead_letters.is_empty() && self.progress.is_empty()
+    }
+
+    /// Number of records (events and dead letters) in the batch.
+    pub fn record_count(&self) -> usize {
+        self.events.len() + self.dead_letters.len()
+    }
+
+    /// Appends a later batch; each partition keeps its furthest position.
+    pub fn absorb(&mut self, later: CommitBatch) {
+        self.events.extend(later.events);
+        self.dead_letters.extend(later.dead_letters);
+        self.progress.extend(later.progress);
+        self.progress = Self::furthest(std::mem::take(&mut self.progress));
+    }
+
+    /// One position per partition, the furthest one, in partition order.
+    pub fn furthest(progress: Vec<PartitionProgress>) -> Vec<PartitionProgress> {
+        let mut by_partition = BTreeMap::new();
+        for p in progress {
+            let next = by_partition.entry(p.partition).or_insert(p.next_offset);
+            *next = (*next).max(p.next_offset);
+        }
+        by_partition
+            .into_iter()
+            .map(|(partition, next_offset)| PartitionProgress {
+                partition,
+                next_offset,
+            })
+            .collect()
+    }
+}
+
+/// What one committed transaction did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitReport {
+    /// New rows in `events`.
+    pub events_written: u64,
+    /// Events whose id was already stored, skipped.
+    pub duplicates_skipped: u64,
+    /// Rows in `dead_letter` (including events the database rejected).
+    pub dead_letters_written: u64,
+    /// Events the database rejected, dead-lettered instead.
+    pub rejected_by_database: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(partition: i32, next_offset: i64) -> PartitionProgress {
+        PartitionProgress {
+            partition,
+            next_offset,
+        }
+    }
+
+    #[test]
+    fn absorb_keeps_the_furthest_position_per_partition() {
+        let mut batch = CommitBatch {
+            progress: vec![at(0, 10), at(1, 5)],
+            ..Default::default()
+        };
+        batch.absorb(CommitBatch {
+            progress: vec![at(1, 9), at(2, 1), at(0, 3)],
+            ..Default::default()
+        });
+        assert_eq!(batch.progress, vec![at(0, 10), at(1, 9), at(2, 1)]);
+    }
+}

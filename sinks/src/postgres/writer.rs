@@ -1,0 +1,418 @@
+//! The batch writer: commits events (binary COPY through a staging table), dead letters and
+//! source offsets in one transaction; retries transient failures forever with backoff and
+//! jitter, and isolates rows the database rejects into dead letters.
+
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use chrono::{DateTime, Utc};
+use futures::pin_mut;
+use operators::record::{DeadLetter, DeadLetterReason};
+use postgres_types::{to_sql_checked, IsNull, ToSql, Type};
+use tokio::sync::mpsc;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::{Client, Transaction};
+
+use super::{connect, CommitBatch, CommitReport, SinkError};
+
+const EVENT_COLUMNS: &str = "id, tenant_id, source, type, stream_key, timestamp_utc, \
+    schema_version, payload_jsonb, received_utc, processed_utc, trace_id, source_partition, \
+    source_offset";
+
+const EVENT_TYPES: [Type; 13] = [
+    Type::UUID,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TIMESTAMPTZ,
+    Type::INT4,
+    Type::JSONB,
+    Type::TIMESTAMPTZ,
+    Type::TIMESTAMPTZ,
+    Type::TEXT,
+    Type::INT4,
+    Type::INT8,
+];
+
+/// JSON text sent as `jsonb` without re-serialising it.
+#[derive(Debug)]
+struct RawJsonb<'a>(&'a str);
+
+impl ToSql for RawJsonb<'_> {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.put_u8(1); // jsonb binary format version
+        out.put_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
+
+    to_sql_checked!();
+}
+
+/// One connection's worth of writing, bound to the topic whose offsets it stores.
+pub struct EventSink {
+    url: String,
+    topic: String,
+    client: Option<Client>,
+}
+
+impl EventSink {
+    /// A sink for records of `topic`; it connects on first use and after every failure.
+    pub fn new(url: impl Into<String>, topic: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            topic: topic.into(),
+            client: None,
+        }
+    }
+
+    async fn client(&mut self) -> Result<&mut Client, SinkError> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            let client = connect(&self.url).await?;
+            client
+                .batch_execute(
+                    "CREATE TEMP TABLE IF NOT EXISTS events_staging (LIKE events) \
+                     ON COMMIT DELETE ROWS",
+                )
+                .await
+                .map_err(SinkError::statement("creating the staging table"))?;
+            self.client = Some(client);
+        }
+        Ok(self.client.as_mut().expect("client was just set"))
+    }
+
+    /// Commits one batch in one transaction. On a data error the transaction is rolled back
+    /// and the batch is written again row by row, the rejected rows becoming dead letters.
+    pub async fn commit(&mut self, batch: &CommitBatch) -> Result<CommitReport, SinkError> {
+        let topic = self.topic.clone();
+        let outcome = {
+            let client = self.client().await?;
+            commit_bulk(client, &topic, batch).await
+        };
+        match outcome {
+            Err(err) if err.is_data_error() => {
+                tracing::warn!(sqlstate = ?err.sqlstate(), "batch rejected, isolating rows");
+                let client = self.client().await?;
+                commit_isolating(client, &topic, batch).await
+            }
+            Err(err) => {
+                if err.is_retriable() {
+                    self.client = None;
+                }
+                Err(err)
+            }
+            ok => ok,
+        }
+    }
+}
+
+async fn commit_bulk(
+    client: &mut Client,
+    topic: &str,
+    batch: &CommitBatch,
+) -> Result<CommitReport, SinkError> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(SinkError::statement("beginning a transaction"))?;
+    let processed_utc = Utc::now();
+    let mut report = CommitReport::default();
+    if !batch.events.is_empty() {
+        let sink = tx
+            .copy_in(&format!(
+                "COPY events_staging ({EVENT_COLUMNS}) FROM STDIN BINARY"
+            ))
+            .await
+            .map_err(SinkError::statement("starting the events COPY"))?;
+        let writer = BinaryCopyInWriter::new(sink, &EVENT_TYPES);
+        pin_mut!(writer);
+        for event in &batch.events {
+            let payload = RawJsonb(&event.payload_json);
+            writer
+                .as_mut()
+                .write(&[
+                    &event.event_id,
+                    &event.tenant_id,
+                    &event.source,
+                    &event.event_type,
+                    &event.stream_key,
+                    &event.timestamp_utc,
+                    &event.schema_version,
+                    &payload,
+                    &event.received_utc,
+                    &processed_utc,
+                    &event.trace_id,
+                    &event.partition,
+                    &event.offset,
+                ])
+                .await
+                .map_err(SinkError::statement("copying events"))?;
+        }
+        let staged = writer
+            .finish()
+            .await
+            .map_err(SinkError::statement("finishing the events COPY"))?;
+        let inserted = tx
+            .execute(
+                &format!(
+                    "INSERT INTO events ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} \
+                     FROM events_staging ON CONFLICT (id) DO NOTHING"
+                ),
+                &[],
+            )
+            .await
+            .map_err(SinkError::statement("inserting staged events"))?;
+        report.events_written = inserted;
+        report.duplicates_skipped = staged - inserted;
+    }
+    report.dead_letters_written = insert_dead_letters(&tx, topic, &batch.dead_letters).await?;
+    store_offsets(&tx, topic, batch).await?;
+    tx.commit()
+        .await
+        .map_err(SinkError::statement("committing a batch"))?;
+    Ok(report)
+}
+
+async fn commit_isolating(
+    client: &mut Client,
+    topic: &str,
+    batch: &CommitBatch,
+) -> Result<CommitReport, SinkError> {
+    let mut tx = client
+        .transaction()
+        .await
+        .map_err(SinkError::statement("beginning a transaction"))?;
+    let processed_utc = Utc::now();
+    let insert = tx
+        .prepare(&format!(
+            "INSERT INTO events ({EVENT_COLUMNS}) VALUES \
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (id) DO NOTHING"
+        ))
+        .await
+        .map_err(SinkError::statement("preparing the single-row insert"))?;
+    let mut report = CommitReport::default();
+    let mut dead_letters = batch.dead_letters.clone();
+    for event in &batch.events {
+        let savepoint = tx
+            .savepoint("event_row")
+            .await
+            .map_err(SinkError::statement("creating a savepoint"))?;
+        let payload = RawJsonb(&event.payload_json);
+        let outcome = savepoint
+            .execute(
+                &insert,
+                &[
+                    &event.event_id,
+                    &event.tenant_id,
+                    &event.source,
+                    &event.event_type,
+                    &event.stream_key,
+                    &event.timestamp_utc,
+                    &event.schema_version,
+                    &payload,
+                    &event.received_utc,
+                    &processed_utc,
+                    &event.trace_id,
+                    &event.partition,
+                    &event.offset,
+                ],
+            )
+            .await
+            .map_err(SinkError::statement("inserting one event"));
+        match outcome {
+            Ok(inserted) => {
+                savepoint
+                    .commit()
+                    .await
+                    .map_err(SinkError::statement("releasing a savepoint"))?;
+                report.events_written += inserted;
+                report.duplicates_skipped += 1 - inserted;
+            }
+            Err(err) if err.is_data_error() => {
+                savepoint
+                    .rollback()
+                    .await
+                    .map_err(SinkError::statement("rolling back a savepoint"))?;
+                let reason = match &err {
+                    SinkError::Statement { source, .. } => source
+                        .as_db_error()
+                        .map(|db| format!("{}: {}", db.code().code(), db.message()))
+                        .unwrap_or_else(|| source.to_string()),
+                    other => other.to_string(),
+                };
+                dead_letters.push(event.clone().into_dead_letter(
+                    DeadLetterReason::DatabaseRejected,
+                    format!("PostgreSQL rejected the event: {reason}"),
+                ));
+                report.rejected_by_database += 1;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    report.dead_letters_written = insert_dead_letters(&tx, topic, &dead_letters).await?;
+    store_offsets(&tx, topic, batch).await?;
+    tx.commit()
+        .await
+        .map_err(SinkError::statement("committing an isolated batch"))?;
+    Ok(report)
+}
+
+fn printable(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
+}
+
+async fn insert_dead_letters(
+    tx: &Transaction<'_>,
+    topic: &str,
+    dead_letters: &[DeadLetter],
+) -> Result<u64, SinkError> {
+    if dead_letters.is_empty() {
+        return Ok(0);
+    }
+    let reasons: Vec<&str> = dead_letters.iter().map(|d| d.reason.code()).collect();
+    let messages: Vec<String> = dead_letters.iter().map(|d| printable(&d.message)).collect();
+    let partitions: Vec<i32> = dead_letters.iter().map(|d| d.partition).collect();
+    let offsets: Vec<i64> = dead_letters.iter().map(|d| d.offset).collect();
+    let keys: Vec<Option<&[u8]>> = dead_letters.iter().map(|d| d.key.as_deref()).collect();
+    let originals: Vec<&[u8]> = dead_letters.iter().map(|d| d.original.as_slice()).collect();
+    let traces: Vec<Option<&str>> = dead_letters.iter().map(|d| d.trace_id.as_deref()).collect();
+    let received: Vec<Option<DateTime<Utc>>> =
+        dead_letters.iter().map(|d| d.received_utc).collect();
+    tx.execute(
+        "INSERT INTO dead_letter (reason_code, message, source_topic, source_partition, \
+         source_offset, record_key, original, trace_id, received_utc) \
+         SELECT r, m, $3, p, o, k, b, t, at FROM UNNEST($1::text[], $2::text[], $4::int4[], \
+         $5::int8[], $6::bytea[], $7::bytea[], $8::text[], $9::timestamptz[]) \
+         AS u(r, m, p, o, k, b, t, at) \
+         ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING",
+        &[
+            &reasons,
+            &messages,
+            &topic,
+            &partitions,
+            &offsets,
+            &keys,
+            &originals,
+            &traces,
+            &received,
+        ],
+    )
+    .await
+    .map_err(SinkError::statement("inserting dead letters"))
+}
+
+async fn store_offsets(
+    tx: &Transaction<'_>,
+    topic: &str,
+    batch: &CommitBatch,
+) -> Result<(), SinkError> {
+    if batch.progress.is_empty() {
+        return Ok(());
+    }
+    let partitions: Vec<i32> = batch.progress.iter().map(|p| p.partition).collect();
+    let next_offsets: Vec<i64> = batch.progress.iter().map(|p| p.next_offset).collect();
+    tx.execute(
+        "INSERT INTO source_offsets (topic, partition, next_offset, updated_utc) \
+         SELECT $1, p, o, now() FROM UNNEST($2::int4[], $3::int8[]) AS u(p, o) \
+         ON CONFLICT (topic, partition) DO UPDATE \
+         SET next_offset = EXCLUDED.next_offset, updated_utc = EXCLUDED.updated_utc",
+        &[&topic, &partitions, &next_offsets],
+    )
+    .await
+    .map_err(SinkError::statement("storing source offsets"))?;
+    Ok(())
+}
+
+/// How the writer batches and retries.
+#[derive(Debug, Clone)]
+pub struct WriterSettings {
+    /// Most records coalesced into one transaction from batches waiting in the queue.
+    pub max_records_per_commit: usize,
+    /// First retry delay after a transient failure.
+    pub initial_backoff: Duration,
+    /// Longest retry delay.
+    pub max_backoff: Duration,
+}
+
+impl Default for WriterSettings {
+    fn default() -> Self {
+        Self {
+            max_records_per_commit: 20_000,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Drains `batches` until the sender hangs up, coalescing queued batches into one transaction
+/// and retrying transient failures forever. `on_commit` hears about every durable batch.
+/// Returns an error only for a failure that retrying cannot fix.
+pub async fn run_writer(
+    mut sink: EventSink,
+    mut batches: mpsc::Receiver<CommitBatch>,
+    settings: WriterSettings,
+    mut on_commit: impl FnMut(&CommitBatch, &CommitReport),
+) -> Result<(), SinkError> {
+    while let Some(mut batch) = batches.recv().await {
+        while batch.record_count() < settings.max_records_per_commit {
+            match batches.try_recv() {
+                Ok(next) => batch.absorb(next),
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let mut backoff = settings.initial_backoff;
+        let mut attempt = 1u32;
+        loop {
+            match sink.commit(&batch).await {
+                Ok(report) => {
+                    on_commit(&batch, &report);
+                    break;
+                }
+                Err(err) if err.is_retriable() => {
+                    let delay = jittered(backoff);
+                    tracing::warn!(
+                        error = %error_chain(&err),
+                        attempt,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "batch commit failed, retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                    backoff = (backoff * 2).min(settings.max_backoff);
+                    attempt += 1;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A delay between half and all of `backoff` ("equal jitter"), so that workers do not retry in
+/// lockstep.
+fn jittered(backoff: Duration) -> Duration {
+    let half = backoff / 2;
+    half + half.mul_f64(rand::random::<f64>())
+}
+
+/// The error and its causes, `: `-separated, for log lines.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
