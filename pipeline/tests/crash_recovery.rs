@@ -1,0 +1,136 @@
+//! SIGKILL of the process running the dataflow, mid-stream: after a restart every event that
+//! was answered 202 is in `events` exactly once, and the stored offsets cover exactly the
+//! records produced.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt};
+use support::{envelope, TestEnv};
+use uuid::Uuid;
+
+const EVENTS: usize = 4_000;
+/// Events per second the sender offers, so that the kill lands mid-stream.
+const RATE: u64 = 1_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_dataflow_mid_stream_loses_and_duplicates_nothing() {
+    let env = TestEnv::new("crash").await;
+    let gateway = env.start("ingress", "ingress").await;
+    let mut dataflow = env.start("process", "process-1").await;
+
+    let acked: Arc<Mutex<BTreeSet<Uuid>>> = Arc::default();
+    let sender = {
+        let acked = Arc::clone(&acked);
+        let url = format!("{}/v1/events", gateway.base_url);
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let started = Instant::now();
+            stream::iter(0..EVENTS)
+                .map(|seq| {
+                    let client = client.clone();
+                    let url = url.clone();
+                    let acked = Arc::clone(&acked);
+                    async move {
+                        // Open loop at RATE events/s.
+                        let due = started + Duration::from_micros(seq as u64 * 1_000_000 / RATE);
+                        tokio::time::sleep_until(due.into()).await;
+                        let id = Uuid::new_v4();
+                        let body = envelope(
+                            id,
+                            ["acme", "globex", "initech"][seq % 3],
+                            &format!("stream-{}", seq % 20),
+                            seq,
+                            "2026-11-24T10:00:00Z",
+                        );
+                        let response = client.post(&url).json(&body).send().await;
+                        if let Ok(response) = response {
+                            if response.status() == 202 {
+                                acked.lock().unwrap().insert(id);
+                            }
+                        }
+                    }
+                })
+                .buffer_unordered(64)
+                .collect::<Vec<()>>()
+                .await;
+        })
+    };
+
+    // Kill the dataflow once it has written part of the stream.
+    let db = env.db().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let at_kill = loop {
+        let count = env.event_count(&db).await;
+        if count >= 800 {
+            break count;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dataflow never reached 800 events; log:\n{}",
+            dataflow.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    dataflow.kill();
+    let acked_at_kill = acked.lock().unwrap().len();
+    assert!(
+        (at_kill as usize) < EVENTS,
+        "the kill did not land mid-stream ({at_kill} of {EVENTS} already stored)"
+    );
+
+    // The gateway keeps accepting while the dataflow is down; then the dataflow comes back.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let dataflow = env.start("process", "process-2").await;
+    sender.await.expect("sender task");
+    let acked: BTreeSet<Uuid> = acked.lock().unwrap().clone();
+    assert_eq!(
+        acked.len(),
+        EVENTS,
+        "the gateway (which was not killed) should have accepted every event"
+    );
+    assert!(
+        acked_at_kill < EVENTS,
+        "events were still being sent after the kill"
+    );
+
+    let arrived = env
+        .wait_for_events(acked.len() as i64, Duration::from_secs(90))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rows = db
+        .query("SELECT id FROM events", &[])
+        .await
+        .expect("reading events");
+    let stored: Vec<Uuid> = rows.iter().map(|row| row.get(0)).collect();
+    let stored_set: BTreeSet<Uuid> = stored.iter().copied().collect();
+    assert_eq!(stored.len(), stored_set.len(), "an event is stored twice");
+    let lost: Vec<&Uuid> = acked.difference(&stored_set).take(5).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged events are missing (e.g. {lost:?}); {arrived} rows; log:\n{}",
+        acked.difference(&stored_set).count(),
+        dataflow.log()
+    );
+    let extra: Vec<&Uuid> = stored_set.difference(&acked).take(5).collect();
+    assert!(
+        extra.is_empty(),
+        "rows that were never acknowledged: {extra:?}"
+    );
+
+    let consumed: i64 = db
+        .query_one(
+            "SELECT coalesce(sum(next_offset), 0)::bigint FROM source_offsets WHERE topic = $1",
+            &[&format!("{}events.raw.v1", env.topic_prefix)],
+        )
+        .await
+        .expect("reading source offsets")
+        .get(0);
+    assert_eq!(
+        consumed, EVENTS as i64,
+        "stored offsets must cover exactly the records produced"
+    );
+}

@@ -1,0 +1,286 @@
+//! End to end on the real broker and PostgreSQL: 1,000 events over 20 streams and 3 tenants go
+//! through `sentinel up` and arrive exactly once with the right fields.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use chrono::{DateTime, FixedOffset, Utc};
+use futures::stream::{self, StreamExt};
+use support::{envelope, TestEnv};
+use uuid::Uuid;
+
+const TENANTS: [&str; 3] = ["acme", "globex", "initech"];
+const STREAMS: usize = 20;
+const EVENTS: usize = 1_000;
+
+struct Sent {
+    body: serde_json::Value,
+    received_at: DateTime<Utc>,
+    trace_id: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_events_over_twenty_streams_and_three_tenants_arrive_exactly_once() {
+    let env = TestEnv::new("e2e").await;
+    let sentinel = env.start("up", "up").await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/events", sentinel.base_url);
+
+    let bodies: Vec<serde_json::Value> = (0..EVENTS)
+        .map(|seq| {
+            let tenant = TENANTS[seq % TENANTS.len()];
+            let stream = format!("stream-{}", seq % STREAMS);
+            // Mixed offsets: the stored timestamp must be the same instant in UTC.
+            let timestamp = format!(
+                "2026-11-24T{:02}:{:02}:00.5+0{}:00",
+                seq % 24,
+                seq % 60,
+                seq % 3
+            );
+            envelope(Uuid::new_v4(), tenant, &stream, seq, &timestamp)
+        })
+        .collect();
+
+    let sent: Vec<Sent> = stream::iter(bodies)
+        .map(|body| {
+            let client = client.clone();
+            let url = url.clone();
+            async move {
+                let response = client
+                    .post(&url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("POST /v1/events");
+                assert_eq!(response.status(), 202, "event was not accepted");
+                let accepted: serde_json::Value = response.json().await.expect("202 body");
+                assert_eq!(
+                    accepted["eventId"], body["eventId"],
+                    "202 echoes the eventId"
+                );
+                let trace_id = accepted["traceId"].as_str().expect("traceId").to_owned();
+                assert!(
+                    trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit()),
+                    "traceId {trace_id:?} is not 32 hex digits"
+                );
+                let received_at = DateTime::parse_from_rfc3339(
+                    accepted["receivedAtUtc"].as_str().expect("receivedAtUtc"),
+                )
+                .expect("receivedAtUtc is RFC 3339")
+                .with_timezone(&Utc);
+                Sent {
+                    body,
+                    received_at,
+                    trace_id,
+                }
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    assert_eq!(sent.len(), EVENTS);
+
+    let arrived = env
+        .wait_for_events(EVENTS as i64, Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        arrived,
+        EVENTS as i64,
+        "expected exactly {EVENTS} rows in events; sentinel log:\n{}",
+        sentinel.log()
+    );
+    // Nothing more trickles in afterwards.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let db = env.db().await;
+    assert_eq!(
+        env.event_count(&db).await,
+        EVENTS as i64,
+        "extra rows arrived"
+    );
+
+    let rows = db
+        .query(
+            "SELECT id, tenant_id, source, type, stream_key, timestamp_utc, schema_version, \
+             payload_jsonb, received_utc, processed_utc, trace_id, source_partition FROM events",
+            &[],
+        )
+        .await
+        .expect("reading events");
+    let by_id: BTreeMap<Uuid, &Sent> = sent
+        .iter()
+        .map(|s| (s.body["eventId"].as_str().unwrap().parse().unwrap(), s))
+        .collect();
+    let mut partitions_of_stream: BTreeMap<(String, String), BTreeSet<i32>> = BTreeMap::new();
+    for row in &rows {
+        let id: Uuid = row.get("id");
+        let sent = by_id
+            .get(&id)
+            .unwrap_or_else(|| panic!("row {id} was never sent"));
+        let body = &sent.body;
+        let tenant: String = row.get("tenant_id");
+        let stream: String = row.get("stream_key");
+        assert_eq!(tenant, body["tenantId"], "tenant_id of {id}");
+        assert_eq!(
+            row.get::<_, String>("source"),
+            body["source"],
+            "source of {id}"
+        );
+        assert_eq!(row.get::<_, String>("type"), body["type"], "type of {id}");
+        assert_eq!(stream, body["streamKey"], "stream_key of {id}");
+        assert_eq!(
+            row.get::<_, i32>("schema_version") as u64,
+            body["schemaVersion"].as_u64().unwrap(),
+            "schema_version of {id}"
+        );
+        let expected_time: DateTime<FixedOffset> =
+            DateTime::parse_from_rfc3339(body["timestampUtc"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            row.get::<_, DateTime<Utc>>("timestamp_utc"),
+            expected_time.with_timezone(&Utc),
+            "timestamp_utc of {id}"
+        );
+        assert_eq!(
+            row.get::<_, serde_json::Value>("payload_jsonb"),
+            body["payload"],
+            "payload of {id}"
+        );
+        let received: DateTime<Utc> = row.get("received_utc");
+        let processed: DateTime<Utc> = row.get("processed_utc");
+        assert_eq!(
+            received, sent.received_at,
+            "received_utc of {id} is the 202's receivedAtUtc"
+        );
+        assert!(
+            processed >= received,
+            "processed_utc {processed} is before received_utc {received} for {id}"
+        );
+        assert_eq!(
+            row.get::<_, Option<String>>("trace_id").as_deref(),
+            Some(sent.trace_id.as_str()),
+            "trace_id of {id} is the 202's traceId"
+        );
+        partitions_of_stream
+            .entry((tenant, stream))
+            .or_default()
+            .insert(row.get("source_partition"));
+    }
+    assert_eq!(
+        partitions_of_stream.len(),
+        TENANTS.len() * STREAMS.min(EVENTS) / gcd(TENANTS.len(), STREAMS),
+        "every (tenant, stream) pair that was sent is stored"
+    );
+    for (stream, partitions) in &partitions_of_stream {
+        assert_eq!(
+            partitions.len(),
+            1,
+            "stream {stream:?} spread over partitions {partitions:?}: the key is not tenantId|streamKey"
+        );
+    }
+
+    let consumed: i64 = db
+        .query_one(
+            "SELECT coalesce(sum(next_offset), 0)::bigint FROM source_offsets WHERE topic = $1",
+            &[&format!("{}events.raw.v1", env.topic_prefix)],
+        )
+        .await
+        .expect("reading source offsets")
+        .get(0);
+    assert_eq!(
+        consumed, EVENTS as i64,
+        "stored offsets cover exactly the records produced"
+    );
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_problem_details_and_reach_no_table() {
+    let env = TestEnv::new("badreq").await;
+    let sentinel = env.start("up", "up").await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/events", sentinel.base_url);
+    let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
+        (
+            "application/json",
+            "malformed",
+            b"{\"eventId\": ".to_vec(),
+            400,
+            "/problems/malformed-json",
+        ),
+        (
+            "application/json",
+            "not an envelope",
+            br#"{"hello":"world"}"#.to_vec(),
+            400,
+            "/problems/invalid-event",
+        ),
+        (
+            "text/plain",
+            "wrong media type",
+            b"{}".to_vec(),
+            415,
+            "/problems/unsupported-media-type",
+        ),
+        (
+            "application/json",
+            "too large",
+            vec![b' '; 2 * 1024 * 1024],
+            413,
+            "/problems/body-too-large",
+        ),
+    ];
+    for (content_type, what, body, status, problem_type) in cases {
+        let response = client
+            .post(&url)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(response.status().as_u16(), status, "{what}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{what}"
+        );
+        let problem: serde_json::Value = response.json().await.expect("problem body");
+        assert_eq!(problem["type"], problem_type, "{what}");
+        assert_eq!(problem["status"], status, "{what}");
+        assert!(
+            problem["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{what}: detail"
+        );
+    }
+    let missing = client
+        .get(format!("{}/v1/nothing-here", sentinel.base_url))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(missing.status(), 404);
+    assert_eq!(
+        missing.headers()["content-type"],
+        "application/problem+json"
+    );
+    let health = client
+        .get(format!("{}/health", sentinel.base_url))
+        .send()
+        .await
+        .expect("GET /health");
+    assert_eq!(health.status(), 200);
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let db = env.db().await;
+    assert_eq!(
+        env.event_count(&db).await,
+        0,
+        "a rejected request reached the events table"
+    );
+}
