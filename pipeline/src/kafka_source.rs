@@ -184,7 +184,12 @@ mod tests {
     fn partitions_are_spread_by_modulo() {
         assert_eq!(owned_partitions(4, 0, 2), vec![0, 2]);
         assert_eq!(owned_partitions(4, 1, 2), vec![1, 3]);
-        assert_eq!(owned_partitions(3, 2, 4), Vec::<i32>::new());
+        assert_eq!(owned_partitions(3, 2, 4), vec![2]);
+        assert_eq!(
+            owned_partitions(3, 3, 4),
+            Vec::<i32>::new(),
+            "more workers than partitions"
+        );
         let all: Vec<i32> = (0..3).flat_map(|i| owned_partitions(7, i, 3)).collect();
         assert_eq!(all.len(), 7, "every partition has exactly one owner");
     }
