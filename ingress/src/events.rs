@@ -1,83 +1,140 @@
-//! `POST /v1/events`: parse the envelope, stamp the shared record headers, produce it keyed
+//! `POST /v1/events` and `POST /v1/events:batch`: authenticate, validate, claim the
+//! idempotency key, produce the event with the shared record headers keyed
 //! `tenantId|streamKey`, and answer 202 only after the broker acknowledged it.
+//!
+//! Each event's claim → produce → complete sequence runs in its own task, so a client that
+//! disconnects mid-request never leaves a claim half-done.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
-use chrono::Utc;
-use operators::envelope::{parse_envelope, EnvelopeError};
+use chrono::{DateTime, Utc};
+use operators::canonical::canonical_hash;
+use operators::envelope::{
+    envelope_from_value, parse_json, EnvelopeError, EnvelopeLimits, EventEnvelope,
+};
 use operators::headers::{format_received_at, RecordHeaders};
 use operators::trace_context::TraceContext;
-use serde::Serialize;
-use uuid::Uuid;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
+use crate::auth::{Principal, Role};
+use crate::idempotency::{ClaimKey, ClaimOutcome, StoreUnavailable};
 use crate::kafka::PublishError;
 use crate::problem::ApiError;
 use crate::IngressState;
 
+/// Header naming the client's idempotency key.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+/// Header set on a replayed response.
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+/// Longest accepted idempotency key, in characters.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
 /// Gateway limits.
 #[derive(Debug, Clone)]
 pub struct IngressSettings {
-    /// Largest accepted request body, in bytes.
+    /// Largest accepted body of `POST /v1/events`, in bytes.
     pub max_body_bytes: usize,
+    /// Largest accepted body of `POST /v1/events:batch`, in bytes.
+    pub max_batch_bytes: usize,
+    /// Most events in one batch.
+    pub max_batch_events: usize,
+    /// Most events being written at once; past it requests get 429.
+    pub max_in_flight: usize,
+    /// Envelope rules.
+    pub limits: EnvelopeLimits,
 }
 
 impl Default for IngressSettings {
     fn default() -> Self {
         Self {
             max_body_bytes: 1024 * 1024,
+            max_batch_bytes: 8 * 1024 * 1024,
+            max_batch_events: 1_000,
+            max_in_flight: 20_000,
+            limits: EnvelopeLimits::default(),
         }
     }
 }
 
 /// The 202 body: what the client needs to find its event again.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Accepted {
     /// The event's id, as sent.
-    pub event_id: Uuid,
+    pub event_id: uuid::Uuid,
     /// When the gateway received it (RFC 3339, UTC, microseconds).
     pub received_at_utc: String,
     /// The trace the event travels in (32 hex digits).
     pub trace_id: String,
 }
 
-/// Whether a `Content-Type` value is a JSON media type (`application/json` or `*/*+json`).
-fn is_json_media_type(value: &str) -> bool {
+/// The outcome of one accepted event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ingested {
+    /// The 202 body (the original one, when replayed).
+    pub accepted: Accepted,
+    /// Whether this answer replays an earlier request's.
+    pub replayed: bool,
+}
+
+impl IntoResponse for Ingested {
+    fn into_response(self) -> Response {
+        let mut response = (StatusCode::ACCEPTED, Json(self.accepted)).into_response();
+        if self.replayed {
+            response
+                .headers_mut()
+                .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+        }
+        response
+    }
+}
+
+// ---- problems -------------------------------------------------------------------------------
+
+fn is_media_type(value: &str, accepted: &[&str], json_suffix: bool) -> bool {
     let essence = value
         .split(';')
         .next()
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    accepted.contains(&essence.as_str())
+        || (json_suffix && essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-pub(crate) fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+fn check_content_type(
+    headers: &HeaderMap,
+    accepted: &[&str],
+    json_suffix: bool,
+) -> Result<(), ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     match content_type {
-        Some(value) if is_json_media_type(value) => Ok(()),
+        Some(value) if is_media_type(value, accepted, json_suffix) => Ok(()),
         other => Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported-media-type",
             "Unsupported media type",
             format!(
-                "Content-Type must be application/json, got {}",
+                "Content-Type must be {}, got {}",
+                accepted.join(" or "),
                 other.map_or("none".to_owned(), |v| format!("{v:?}"))
             ),
         )),
     }
 }
 
-pub(crate) fn body_or_problem(
-    body: Result<Bytes, BytesRejection>,
-    limit: usize,
-) -> Result<Bytes, ApiError> {
+fn body_or_problem(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -97,7 +154,7 @@ pub(crate) fn body_or_problem(
     })
 }
 
-pub(crate) fn envelope_problem(err: EnvelopeError) -> ApiError {
+fn envelope_problem(err: EnvelopeError) -> ApiError {
     match err {
         EnvelopeError::MalformedJson { .. } => ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -105,16 +162,17 @@ pub(crate) fn envelope_problem(err: EnvelopeError) -> ApiError {
             "Malformed JSON",
             err.to_string(),
         ),
-        EnvelopeError::Contract { .. } => ApiError::new(
+        EnvelopeError::Invalid { ref violations } => ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid-event",
             "Invalid event",
             err.to_string(),
-        ),
+        )
+        .with_errors(violations.clone()),
     }
 }
 
-pub(crate) fn publish_problem(err: PublishError) -> ApiError {
+fn publish_problem(err: PublishError) -> ApiError {
     if err.is_too_large() {
         return ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -123,24 +181,100 @@ pub(crate) fn publish_problem(err: PublishError) -> ApiError {
             "the broker refused the event because it exceeds its maximum record size",
         );
     }
+    let cause = std::error::Error::source(&err).map(ToString::to_string);
     if err.is_retriable() {
-        tracing::warn!(error = %err, cause = ?std::error::Error::source(&err), "publish failed, answering 503");
+        tracing::warn!(error = %err, cause, "publish failed, answering 503");
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "broker-unavailable",
             "Broker unavailable",
-            "the event was not acknowledged by the broker in time; it may or may not have been \
-             written, so retry with the same eventId",
+            "the broker did not acknowledge the event in time; retry with the same \
+             Idempotency-Key",
         )
         .retry_after(1);
     }
-    tracing::error!(error = %err, cause = ?std::error::Error::source(&err), "broker refused a record");
+    tracing::error!(error = %err, cause, "broker refused a record");
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
         "broker-rejected",
         "Broker refused the event",
         "the broker refused the event; this is a gateway configuration problem",
     )
+}
+
+fn store_problem(err: StoreUnavailable) -> ApiError {
+    tracing::warn!(error = %err, "idempotency store unavailable, answering 503");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "idempotency-store-unavailable",
+        "Idempotency store unavailable",
+        "the idempotency claim could not be recorded; retry with the same Idempotency-Key",
+    )
+    .retry_after(1)
+}
+
+fn mismatch_problem() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "idempotency-key-mismatch",
+        "Idempotency key reused with another payload",
+        "this Idempotency-Key was already used with a different event; use a new key for a new event",
+    )
+}
+
+fn in_flight_problem(retry_after: Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "idempotency-key-in-flight",
+        "Request with this idempotency key in progress",
+        "another request with this Idempotency-Key is still being written; retry after the \
+         indicated delay to get its outcome",
+    )
+    .retry_after(retry_after.as_secs().clamp(1, 60) as u32)
+}
+
+fn overloaded_problem() -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "overloaded",
+        "Too many events in flight",
+        "the gateway is writing as many events as it is configured to hold; retry shortly",
+    )
+    .retry_after(1)
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
+    let invalid = |detail: &str| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-idempotency-key",
+            "Missing or invalid Idempotency-Key",
+            detail.to_owned(),
+        )
+    };
+    let value = headers
+        .get(IDEMPOTENCY_KEY_HEADER)
+        .ok_or_else(|| invalid("the Idempotency-Key header is required"))?;
+    let key = value
+        .to_str()
+        .map_err(|_| invalid("the Idempotency-Key must be visible ASCII"))?;
+    check_idempotency_key(key).map_err(|detail| invalid(&detail))?;
+    Ok(key.to_owned())
+}
+
+fn check_idempotency_key(key: &str) -> Result<(), String> {
+    if key.trim().is_empty() {
+        return Err("the Idempotency-Key must not be empty".into());
+    }
+    if key.chars().count() > MAX_IDEMPOTENCY_KEY_LEN {
+        return Err(format!(
+            "the Idempotency-Key must be at most {MAX_IDEMPOTENCY_KEY_LEN} characters"
+        ));
+    }
+    if key.chars().any(|c| c.is_control()) {
+        return Err("the Idempotency-Key must not contain control characters".into());
+    }
+    Ok(())
 }
 
 /// The trace a request travels in: the client's `traceparent` continued, or a new trace.
@@ -161,46 +295,504 @@ pub(crate) fn request_trace(headers: &HeaderMap) -> (TraceContext, Option<String
     }
 }
 
-/// Handler of `POST /v1/events`.
-pub async fn post_event(
-    State(state): State<IngressState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    let received_at = Utc::now();
-    check_json_content_type(&headers)?;
-    let body = body_or_problem(body, state.inner.settings.max_body_bytes)?;
-    let envelope = parse_envelope(&body).map_err(envelope_problem)?;
-    let (trace, tracestate) = request_trace(&headers);
-    let record_headers = RecordHeaders {
+// ---- in-process coordination of one key ------------------------------------------------------
+
+type SharedOutcome = Option<Result<Ingested, ApiError>>;
+
+/// Requests with the same key in this process: the first owns the claim, the others with the
+/// same payload wait for its outcome and replay it.
+#[derive(Default)]
+pub(crate) struct LocalClaims {
+    owners: Mutex<HashMap<ClaimKey, (String, watch::Receiver<SharedOutcome>)>>,
+}
+
+enum Turn {
+    Owner(OwnerGuard),
+    Wait(watch::Receiver<SharedOutcome>),
+    Mismatch,
+}
+
+struct OwnerGuard {
+    claims: Arc<LocalClaims>,
+    key: ClaimKey,
+    outcome: watch::Sender<SharedOutcome>,
+}
+
+impl LocalClaims {
+    fn enter(self: &Arc<Self>, key: &ClaimKey, payload_hash: &str) -> Turn {
+        let mut owners = self.owners.lock().expect("local claims lock");
+        if let Some((hash, outcome)) = owners.get(key) {
+            return if hash == payload_hash {
+                Turn::Wait(outcome.clone())
+            } else {
+                Turn::Mismatch
+            };
+        }
+        let (sender, receiver) = watch::channel(None);
+        owners.insert(key.clone(), (payload_hash.to_owned(), receiver));
+        Turn::Owner(OwnerGuard {
+            claims: Arc::clone(self),
+            key: key.clone(),
+            outcome: sender,
+        })
+    }
+}
+
+impl OwnerGuard {
+    fn finish(self, outcome: &Result<Ingested, ApiError>) {
+        self.outcome.send_replace(Some(outcome.clone()));
+    }
+}
+
+impl Drop for OwnerGuard {
+    fn drop(&mut self) {
+        self.claims
+            .owners
+            .lock()
+            .expect("local claims lock")
+            .remove(&self.key);
+        if self.outcome.borrow().is_none() {
+            self.outcome.send_replace(Some(Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "interrupted",
+                "Request interrupted",
+                "the request with this Idempotency-Key was interrupted; retry",
+            )
+            .retry_after(1))));
+        }
+    }
+}
+
+// ---- the write path ----------------------------------------------------------------------------
+
+/// One validated event on its way to the broker.
+struct Submission {
+    key: ClaimKey,
+    envelope: EventEnvelope,
+    payload_hash: String,
+    /// The exact bytes the client sent for this event.
+    value: Bytes,
+    trace: TraceContext,
+    tracestate: Option<String>,
+    received_at: DateTime<Utc>,
+}
+
+/// Takes this event's turn for its key at once (so that the order of calls decides which of
+/// several same-key requests is the original) and returns the rest of the work to run.
+fn ingest(
+    state: IngressState,
+    submission: Submission,
+) -> impl std::future::Future<Output = Result<Ingested, ApiError>> + Send + 'static {
+    let turn = state
+        .inner
+        .local
+        .enter(&submission.key, &submission.payload_hash);
+    finish_ingest(state, submission, turn)
+}
+
+async fn finish_ingest(
+    state: IngressState,
+    submission: Submission,
+    turn: Turn,
+) -> Result<Ingested, ApiError> {
+    match turn {
+        Turn::Mismatch => Err(mismatch_problem()),
+        Turn::Wait(mut outcome) => {
+            let waited =
+                tokio::time::timeout(state.inner.lease, outcome.wait_for(Option::is_some)).await;
+            match waited {
+                Ok(Ok(done)) => match done.clone().expect("waited for Some") {
+                    Ok(ingested) => Ok(Ingested {
+                        replayed: true,
+                        ..ingested
+                    }),
+                    Err(problem) => Err(problem),
+                },
+                _ => Err(in_flight_problem(Duration::from_secs(1))),
+            }
+        }
+        Turn::Owner(guard) => {
+            let outcome = write_owned(&state, submission).await;
+            guard.finish(&outcome);
+            outcome
+        }
+    }
+}
+
+async fn write_owned(state: &IngressState, submission: Submission) -> Result<Ingested, ApiError> {
+    let Submission {
+        key,
+        envelope,
+        payload_hash,
+        value,
+        trace,
+        tracestate,
+        received_at,
+    } = submission;
+    let claims = &state.inner.claims;
+    match claims
+        .claim(key.clone(), payload_hash.clone(), envelope.event_id)
+        .await
+        .map_err(store_problem)?
+    {
+        ClaimOutcome::Claimed => {}
+        ClaimOutcome::Replay(response) => {
+            let accepted: Accepted = serde_json::from_value(response).map_err(|e| {
+                tracing::error!(error = %e, "stored idempotent response is unreadable");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "Internal error",
+                    "the stored response for this Idempotency-Key cannot be read",
+                )
+            })?;
+            return Ok(Ingested {
+                accepted,
+                replayed: true,
+            });
+        }
+        ClaimOutcome::Mismatch => return Err(mismatch_problem()),
+        ClaimOutcome::InFlight { lease_until } => {
+            let left = (lease_until - Utc::now()).to_std().unwrap_or_default();
+            return Err(in_flight_problem(left));
+        }
+    }
+    let headers = RecordHeaders {
         traceparent: Some(trace),
         tracestate,
-        idempotency_key: headers
-            .get("idempotency-key")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
+        idempotency_key: Some(key.key.clone()),
         received_at: Some(received_at),
-        payload_hash: None,
+        payload_hash: Some(payload_hash.clone()),
     };
-    state
+    let published = state
         .inner
         .producer
         .publish(
             &state.inner.raw_topic,
             &envelope.record_key(),
-            &body,
-            &record_headers,
+            &value,
+            &headers,
         )
-        .await
-        .map_err(publish_problem)?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(Accepted {
-            event_id: envelope.event_id,
-            received_at_utc: format_received_at(&received_at),
-            trace_id: trace.trace_id_hex(),
-        }),
-    ))
+        .await;
+    match published {
+        Ok(_) => {
+            let accepted = Accepted {
+                event_id: envelope.event_id,
+                received_at_utc: format_received_at(&received_at),
+                trace_id: trace.trace_id_hex(),
+            };
+            let response = serde_json::to_value(&accepted).expect("Accepted serialises");
+            if let Err(err) = claims.complete(key, payload_hash, response).await {
+                // The event is durable; a retry after the lease re-sends it and the dataflow's
+                // de-duplication absorbs the copy.
+                tracing::warn!(error = %err, "claim not completed after the broker's ack");
+            }
+            Ok(Ingested {
+                accepted,
+                replayed: false,
+            })
+        }
+        Err(err) => {
+            if let Err(release) = claims.release(key, payload_hash).await {
+                tracing::warn!(error = %release, "claim not released; it frees itself after its lease");
+            }
+            Err(publish_problem(err))
+        }
+    }
+}
+
+/// Validates one event document against the contract and the caller's tenant.
+fn submission(
+    state: &IngressState,
+    principal: &Principal,
+    idempotency_key: String,
+    value: Bytes,
+    trace: TraceContext,
+    tracestate: Option<String>,
+    received_at: DateTime<Utc>,
+) -> Result<Submission, ApiError> {
+    let document = parse_json(&value).map_err(envelope_problem)?;
+    let payload_hash = canonical_hash(&document);
+    let envelope = envelope_from_value(document, &state.inner.settings.limits, received_at)
+        .map_err(envelope_problem)?;
+    if envelope.tenant_id != principal.tenant {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "tenant-mismatch",
+            "Tenant mismatch",
+            format!(
+                "tenantId {:?} is not the token's tenant {:?}",
+                envelope.tenant_id, principal.tenant
+            ),
+        ));
+    }
+    Ok(Submission {
+        key: ClaimKey {
+            tenant_id: principal.tenant.clone(),
+            key: idempotency_key,
+        },
+        envelope,
+        payload_hash,
+        value,
+        trace,
+        tracestate,
+        received_at,
+    })
+}
+
+fn authorize(state: &IngressState, headers: &HeaderMap) -> Result<Principal, Response> {
+    let principal = state
+        .inner
+        .auth
+        .authenticate(headers)
+        .map_err(IntoResponse::into_response)?;
+    principal
+        .require(Role::Ingest)
+        .map_err(IntoResponse::into_response)?;
+    Ok(principal)
+}
+
+/// Handler of `POST /v1/events`.
+pub async fn post_event(
+    State(state): State<IngressState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let received_at = Utc::now();
+    let principal = match authorize(&state, &headers) {
+        Ok(principal) => principal,
+        Err(response) => return response,
+    };
+    let prepared = (|| {
+        check_content_type(&headers, &["application/json"], true)?;
+        let key = idempotency_key(&headers)?;
+        let body = body_or_problem(body, state.inner.settings.max_body_bytes)?;
+        let (trace, tracestate) = request_trace(&headers);
+        submission(
+            &state,
+            &principal,
+            key,
+            body,
+            trace,
+            tracestate,
+            received_at,
+        )
+    })();
+    let submission = match prepared {
+        Ok(submission) => submission,
+        Err(problem) => return problem.into_response(),
+    };
+    let Ok(permit) = Arc::clone(&state.inner.in_flight).try_acquire_owned() else {
+        return overloaded_problem().into_response();
+    };
+    let task = tokio::spawn(async move {
+        let outcome = ingest(state, submission).await;
+        drop(permit);
+        outcome
+    });
+    match task.await {
+        Ok(Ok(ingested)) => ingested.into_response(),
+        Ok(Err(problem)) => problem.into_response(),
+        Err(join) => {
+            tracing::error!(error = %join, "ingest task failed");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                "the request failed unexpectedly; retry with the same Idempotency-Key",
+            )
+            .into_response()
+        }
+    }
+}
+
+// ---- batches -----------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct BatchLine {
+    idempotency_key: String,
+    event: Box<serde_json::value::RawValue>,
+}
+
+/// One line's result in a batch answer.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LineResult {
+    /// 1-based line number in the request body.
+    pub line: usize,
+    /// The status the single endpoint would have answered.
+    pub status: u16,
+    /// The 202 body, for accepted lines.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub accepted: Option<Accepted>,
+    /// Whether the line replays an earlier request.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
+    /// The problem, for refused lines.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<ApiError>,
+}
+
+/// The batch answer: one result per non-empty line, in order.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchResults {
+    /// Lines accepted (including replays).
+    pub accepted: usize,
+    /// Lines refused.
+    pub rejected: usize,
+    /// Per-line results.
+    pub results: Vec<LineResult>,
+}
+
+fn line_result(line: usize, outcome: Result<Ingested, ApiError>) -> LineResult {
+    match outcome {
+        Ok(ingested) => LineResult {
+            line,
+            status: StatusCode::ACCEPTED.as_u16(),
+            accepted: Some(ingested.accepted),
+            replayed: ingested.replayed,
+            problem: None,
+        },
+        Err(problem) => LineResult {
+            line,
+            status: problem.status,
+            accepted: None,
+            replayed: false,
+            problem: Some(problem),
+        },
+    }
+}
+
+/// Handler of `POST /v1/events:batch` (NDJSON, one `{"idempotencyKey", "event"}` per line).
+pub async fn post_batch(
+    State(state): State<IngressState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let received_at = Utc::now();
+    let principal = match authorize(&state, &headers) {
+        Ok(principal) => principal,
+        Err(response) => return response,
+    };
+    let settings = &state.inner.settings;
+    let prepared = (|| {
+        check_content_type(
+            &headers,
+            &["application/x-ndjson", "application/jsonl"],
+            false,
+        )?;
+        body_or_problem(body, settings.max_batch_bytes)
+    })();
+    let body = match prepared {
+        Ok(body) => body,
+        Err(problem) => return problem.into_response(),
+    };
+    let lines: Vec<(usize, Bytes)> = body
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+        .map(|(index, line)| (index + 1, body.slice_ref(line)))
+        .collect();
+    if lines.is_empty() {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "empty-batch",
+            "Empty batch",
+            "the batch has no events",
+        )
+        .into_response();
+    }
+    if lines.len() > settings.max_batch_events {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch-too-large",
+            "Batch too large",
+            format!(
+                "the batch has {} events; the limit is {}",
+                lines.len(),
+                settings.max_batch_events
+            ),
+        )
+        .into_response();
+    }
+    let (trace, tracestate) = request_trace(&headers);
+    let mut results: Vec<Option<LineResult>> = vec![None; lines.len()];
+    let mut submissions = Vec::new();
+    for (slot, (line, bytes)) in lines.into_iter().enumerate() {
+        let parsed = serde_json::from_slice::<BatchLine>(&bytes)
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid-batch-line",
+                    "Invalid batch line",
+                    format!(
+                        "line {line} must be {{\"idempotencyKey\": string, \"event\": object}}: {e}"
+                    ),
+                )
+            })
+            .and_then(|parsed| {
+                check_idempotency_key(&parsed.idempotency_key).map_err(|detail| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid-idempotency-key",
+                        "Missing or invalid Idempotency-Key",
+                        detail,
+                    )
+                })?;
+                let value = Bytes::copy_from_slice(parsed.event.get().as_bytes());
+                submission(
+                    &state,
+                    &principal,
+                    parsed.idempotency_key,
+                    value,
+                    trace.child(),
+                    tracestate.clone(),
+                    received_at,
+                )
+            });
+        match parsed {
+            Ok(submission) => submissions.push((slot, line, submission)),
+            Err(problem) => results[slot] = Some(line_result(line, Err(problem))),
+        }
+    }
+    let permits = u32::try_from(submissions.len()).unwrap_or(u32::MAX);
+    let permit = if permits == 0 {
+        None
+    } else {
+        match Arc::clone(&state.inner.in_flight).try_acquire_many_owned(permits) {
+            Ok(permit) => Some(permit),
+            Err(_) => return overloaded_problem().into_response(),
+        }
+    };
+    let tasks: Vec<_> = submissions
+        .into_iter()
+        .map(|(slot, line, submission)| {
+            let state = state.clone();
+            (slot, line, tokio::spawn(ingest(state, submission)))
+        })
+        .collect();
+    for (slot, line, task) in tasks {
+        let outcome = task.await.unwrap_or_else(|join| {
+            tracing::error!(error = %join, "ingest task failed");
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                "the line failed unexpectedly; retry with the same idempotencyKey",
+            ))
+        });
+        results[slot] = Some(line_result(line, outcome));
+    }
+    drop(permit);
+    let results: Vec<LineResult> = results.into_iter().flatten().collect();
+    let accepted = results.iter().filter(|r| r.status == 202).count();
+    Json(BatchResults {
+        accepted,
+        rejected: results.len() - accepted,
+        results,
+    })
+    .into_response()
 }
 
 #[cfg(test)]
@@ -208,14 +800,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn json_media_types_are_recognised() {
+    fn media_types_are_recognised() {
+        let json = ["application/json"];
         for ok in [
             "application/json",
             "application/json; charset=utf-8",
             "Application/JSON",
             "application/cloudevents+json",
         ] {
-            assert!(is_json_media_type(ok), "{ok}");
+            assert!(is_media_type(ok, &json, true), "{ok}");
         }
         for bad in [
             "text/plain",
@@ -223,8 +816,27 @@ mod tests {
             "",
             "json",
         ] {
-            assert!(!is_json_media_type(bad), "{bad}");
+            assert!(!is_media_type(bad, &json, true), "{bad}");
         }
+        assert!(is_media_type(
+            "application/x-ndjson",
+            &["application/x-ndjson"],
+            false
+        ));
+        assert!(!is_media_type(
+            "application/foo+json",
+            &["application/x-ndjson"],
+            false
+        ));
+    }
+
+    #[test]
+    fn idempotency_keys_are_bounded() {
+        assert!(check_idempotency_key("k-1").is_ok());
+        assert!(check_idempotency_key(&"k".repeat(255)).is_ok());
+        assert!(check_idempotency_key(&"k".repeat(256)).is_err());
+        assert!(check_idempotency_key("  ").is_err());
+        assert!(check_idempotency_key("a\tb").is_err());
     }
 
     #[test]

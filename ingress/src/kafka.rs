@@ -1,6 +1,7 @@
 //! Broker connection settings, shared by every Sentinel role, and the producer that answers
 //! only once the broker has acknowledged a record (acks=all, idempotent).
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use operators::headers::RecordHeaders;
@@ -72,6 +73,22 @@ impl PublishError {
     }
 }
 
+/// Errors after which an idempotent producer instance can never produce again.
+fn breaks_the_producer(err: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        err.rdkafka_error_code(),
+        Some(
+            ProducerFenced
+                | InvalidProducerEpoch
+                | OutOfOrderSequenceNumber
+                | UnknownProducerId
+                | InvalidProducerIdMapping
+                | Fatal
+        )
+    )
+}
+
 /// Producer tuning that is Sentinel's to choose; security and the rest come from [`KafkaSettings`].
 #[derive(Debug, Clone)]
 pub struct ProducerSettings {
@@ -100,9 +117,14 @@ pub struct Acknowledged {
 }
 
 /// The gateway's producer: idempotent, acks=all; `publish` resolves on the broker's ack.
+///
+/// An idempotent producer that hits a fatal error (e.g. fenced after a delivery timeout) can
+/// never produce again; the gateway then replaces it with a new instance, so one outage does not
+/// leave the gateway answering 503 forever.
 #[derive(Clone)]
 pub struct EventProducer {
-    producer: FutureProducer,
+    current: Arc<RwLock<(u64, FutureProducer)>>,
+    config: ClientConfig,
     delivery_timeout: Duration,
 }
 
@@ -125,9 +147,40 @@ impl EventProducer {
         }
         let producer: FutureProducer = config.create().map_err(PublishError::Config)?;
         Ok(Self {
-            producer,
+            current: Arc::new(RwLock::new((0, producer))),
+            config,
             delivery_timeout: settings.delivery_timeout,
         })
+    }
+
+    /// The producer instance in use (and its generation), replaced first if it failed fatally.
+    fn producer(&self) -> (u64, FutureProducer) {
+        let (generation, current) = self.current.read().expect("producer lock").clone();
+        if let Some((code, reason)) = current.client().fatal_error() {
+            tracing::error!(?code, reason, "producer failed fatally");
+            self.replace(generation);
+            return self.current.read().expect("producer lock").clone();
+        }
+        (generation, current)
+    }
+
+    /// Replaces the producer of `generation` with a new instance (once, however many requests
+    /// saw it fail).
+    fn replace(&self, generation: u64) {
+        let mut slot = self.current.write().expect("producer lock");
+        if slot.0 != generation {
+            return;
+        }
+        match self.config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                tracing::warn!(
+                    generation = generation + 1,
+                    "producer replaced with a new instance"
+                );
+                *slot = (generation + 1, fresh);
+            }
+            Err(err) => tracing::error!(error = %err, "the producer cannot be recreated"),
+        }
     }
 
     /// Produces one record and waits for the broker's acknowledgement.
@@ -149,18 +202,24 @@ impl EventProducer {
             .key(key)
             .payload(value)
             .headers(owned);
-        match self.producer.send(record, self.delivery_timeout).await {
+        let (generation, producer) = self.producer();
+        match producer.send(record, self.delivery_timeout).await {
             Ok(delivery) => Ok(Acknowledged {
                 partition: delivery.partition,
                 offset: delivery.offset,
             }),
-            Err((err, _message)) => Err(PublishError::classify(err)),
+            Err((err, _message)) => {
+                if breaks_the_producer(&err) {
+                    self.replace(generation);
+                }
+                Err(PublishError::classify(err))
+            }
         }
     }
 
     /// Whether the cluster answers a metadata request for `topic` within `timeout`.
     pub async fn check_broker(&self, topic: &str, timeout: Duration) -> Result<(), PublishError> {
-        let producer = self.producer.clone();
+        let (_, producer) = self.producer();
         let topic = topic.to_owned();
         tokio::task::spawn_blocking(move || {
             producer
@@ -179,7 +238,7 @@ impl EventProducer {
 
     /// Waits up to `timeout` for records still in flight to be acknowledged.
     pub fn flush(&self, timeout: Duration) {
-        if let Err(err) = self.producer.flush(timeout) {
+        if let Err(err) = self.producer().1.flush(timeout) {
             tracing::warn!(error = %err, "records still unacknowledged at shutdown");
         }
     }

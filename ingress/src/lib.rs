@@ -2,22 +2,31 @@
 //!
 //! | module | owns |
 //! | --- | --- |
+//! | [`auth`] | bearer JWTs (HS256, RS256/ES256 from a JWKS file), tenants and roles |
+//! | [`idempotency`] | group-committed idempotency claims in PostgreSQL, purged after retention |
 //! | [`kafka`] | broker connection settings and the acknowledged event producer |
 //! | [`problem`] | RFC 9457 problem+json errors with stable problem types |
-//! | [`events`] | `POST /v1/events`: parse, stamp headers, produce, answer after the broker's ack |
+//! | [`events`] | `POST /v1/events` and `POST /v1/events:batch`: the write path |
 //!
 //! [`router`] builds the gateway's routes; the `sentinel` binary mounts them on its one listener.
 
+pub mod auth;
 pub mod events;
+pub mod idempotency;
 pub mod kafka;
 pub mod problem;
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::extract::DefaultBodyLimit;
 use axum::routing::post;
 use axum::Router;
+use tokio::sync::Semaphore;
 
+pub use auth::{Authenticator, Principal, Role};
 pub use events::IngressSettings;
+pub use idempotency::ClaimStore;
 pub use kafka::{EventProducer, KafkaSettings, PublishError};
 pub use problem::ApiError;
 
@@ -31,18 +40,41 @@ struct IngressInner {
     producer: EventProducer,
     raw_topic: String,
     settings: IngressSettings,
+    auth: Arc<Authenticator>,
+    claims: ClaimStore,
+    local: Arc<events::LocalClaims>,
+    in_flight: Arc<Semaphore>,
+    lease: Duration,
 }
 
 impl IngressState {
-    /// State producing accepted events to `raw_topic` through `producer`.
-    pub fn new(producer: EventProducer, raw_topic: String, settings: IngressSettings) -> Self {
+    /// State producing accepted events to `raw_topic` through `producer`, with claims in
+    /// `claims` whose lease is `lease`.
+    pub fn new(
+        producer: EventProducer,
+        raw_topic: String,
+        settings: IngressSettings,
+        auth: Arc<Authenticator>,
+        claims: ClaimStore,
+        lease: Duration,
+    ) -> Self {
         Self {
             inner: Arc::new(IngressInner {
                 producer,
                 raw_topic,
+                in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
                 settings,
+                auth,
+                claims,
+                local: Arc::default(),
+                lease,
             }),
         }
+    }
+
+    /// The authenticator, shared with the other HTTP surfaces.
+    pub fn authenticator(&self) -> &Arc<Authenticator> {
+        &self.inner.auth
     }
 
     /// The producer, e.g. for readiness checks.
@@ -54,8 +86,15 @@ impl IngressState {
 /// The gateway's routes.
 pub fn router(state: IngressState) -> Router {
     let body_limit = state.inner.settings.max_body_bytes;
+    let batch_limit = state.inner.settings.max_batch_bytes;
     Router::new()
-        .route("/v1/events", post(events::post_event))
-        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .route(
+            "/v1/events",
+            post(events::post_event).layer(DefaultBodyLimit::max(body_limit)),
+        )
+        .route(
+            "/v1/events:batch",
+            post(events::post_batch).layer(DefaultBodyLimit::max(batch_limit)),
+        )
         .with_state(state)
 }

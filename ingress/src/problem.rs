@@ -3,6 +3,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use operators::envelope::Violation;
 use serde::Serialize;
 
 /// Media type of problem responses.
@@ -23,6 +24,9 @@ pub struct ApiError {
     /// Seconds after which a retry may succeed (sent as `Retry-After` too).
     #[serde(rename = "retryAfterSeconds", skip_serializing_if = "Option::is_none")]
     pub retry_after_seconds: Option<u32>,
+    /// Every violation, each with its JSON pointer (for invalid events).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<Violation>,
 }
 
 impl ApiError {
@@ -39,7 +43,14 @@ impl ApiError {
             status: status.as_u16(),
             detail: detail.into(),
             retry_after_seconds: None,
+            errors: Vec::new(),
         }
+    }
+
+    /// Attaches the list of violations.
+    pub fn with_errors(mut self, errors: Vec<Violation>) -> Self {
+        self.errors = errors;
+        self
     }
 
     /// Marks the problem as transient: clients may retry after `seconds`.

@@ -5,13 +5,15 @@ use timely::dataflow::operators::OkErr;
 use timely::dataflow::StreamVec;
 use timely::progress::Timestamp;
 
-use crate::envelope::{parse_envelope, EnvelopeError};
+use crate::envelope::{parse_envelope, EnvelopeError, EnvelopeLimits};
 use crate::record::{DeadLetter, DeadLetterReason, EventRow, SourceRecord};
 
-/// Decodes one record. The received time comes from the gateway's header, else the record's
-/// timestamp, else `fallback_now`.
+/// Decodes one record with the gateway's envelope rules. The received time comes from the
+/// gateway's header, else the record's timestamp, else `fallback_now`; it is also the reference
+/// time of the future-skew rule, so a record is judged as it was when it arrived.
 pub fn decode_record(
     record: SourceRecord,
+    limits: &EnvelopeLimits,
     fallback_now: DateTime<Utc>,
 ) -> Result<EventRow, DeadLetter> {
     let trace_id = record.headers.traceparent.map(|ctx| ctx.trace_id_hex());
@@ -39,23 +41,15 @@ pub fn decode_record(
         let message = "record has no value".to_owned();
         return Err(dead_letter(DeadLetterReason::Undecodable, message, record));
     };
-    let envelope = match parse_envelope(value) {
+    let envelope = match parse_envelope(value, limits, received_utc) {
         Ok(envelope) => envelope,
         Err(err) => {
             let reason = match err {
                 EnvelopeError::MalformedJson { .. } => DeadLetterReason::Undecodable,
-                EnvelopeError::Contract { .. } => DeadLetterReason::InvalidEnvelope,
+                EnvelopeError::Invalid { .. } => DeadLetterReason::InvalidEnvelope,
             };
             return Err(dead_letter(reason, err.to_string(), record));
         }
-    };
-    let Ok(schema_version) = i32::try_from(envelope.schema_version) else {
-        let message = format!("schemaVersion {} is too large", envelope.schema_version);
-        return Err(dead_letter(
-            DeadLetterReason::InvalidEnvelope,
-            message,
-            record,
-        ));
     };
     Ok(EventRow {
         event_id: envelope.event_id,
@@ -64,8 +58,8 @@ pub fn decode_record(
         event_type: envelope.event_type,
         stream_key: envelope.stream_key,
         timestamp_utc: envelope.timestamp_utc.with_timezone(&Utc),
-        schema_version,
-        payload_json: String::from(Box::<str>::from(envelope.payload)),
+        schema_version: envelope.schema_version,
+        payload_json: serde_json::Value::Object(envelope.payload).to_string(),
         received_utc,
         trace_id: trace_id.clone(),
         partition: record.partition,
@@ -78,11 +72,12 @@ pub fn decode_record(
 /// Splits a stream of raw records into decoded events and dead letters.
 pub fn decode_records<'scope, T: Timestamp>(
     records: StreamVec<'scope, T, SourceRecord>,
+    limits: EnvelopeLimits,
 ) -> (
     StreamVec<'scope, T, EventRow>,
     StreamVec<'scope, T, DeadLetter>,
 ) {
-    records.ok_err(|record| decode_record(record, Utc::now()))
+    records.ok_err(move |record| decode_record(record, &limits, Utc::now()))
 }
 
 #[cfg(test)]
@@ -97,7 +92,7 @@ mod tests {
         SourceRecord {
             partition: 3,
             offset,
-            timestamp_ms: Some(1_700_000_000_000),
+            timestamp_ms: Some(1_800_000_000_000),
             key: Some(b"acme|k".to_vec()),
             value: value.map(|v| v.as_bytes().to_vec()),
             headers: RecordHeaders::default(),
@@ -113,9 +108,10 @@ mod tests {
         let received = Utc::now();
         rec.headers.traceparent = Some(ctx);
         rec.headers.received_at = Some(received);
-        let row = decode_record(rec, Utc::now()).expect("valid record");
+        let row = decode_record(rec, &EnvelopeLimits::default(), Utc::now()).expect("valid record");
         assert_eq!(row.tenant_id, "acme");
         assert_eq!(row.payload_json, r#"{"x":1}"#);
+        assert_eq!(row.schema_version, 1);
         assert_eq!(row.timestamp_utc.to_rfc3339(), "2026-11-24T08:00:00+00:00");
         assert_eq!(row.received_utc, received);
         assert_eq!(row.trace_id, Some(ctx.trace_id_hex()));
@@ -124,18 +120,34 @@ mod tests {
 
     #[test]
     fn received_time_falls_back_to_the_record_timestamp() {
-        let row = decode_record(record(0, Some(VALID)), Utc::now()).unwrap();
-        assert_eq!(row.received_utc.timestamp_millis(), 1_700_000_000_000);
+        let row = decode_record(
+            record(0, Some(VALID)),
+            &EnvelopeLimits::default(),
+            Utc::now(),
+        )
+        .unwrap();
+        assert_eq!(row.received_utc.timestamp_millis(), 1_800_000_000_000);
     }
 
     #[test]
     fn poison_records_keep_their_bytes_and_reason() {
-        let dl = decode_record(record(1, Some("{oops")), Utc::now()).unwrap_err();
+        let dl = decode_record(
+            record(1, Some("{oops")),
+            &EnvelopeLimits::default(),
+            Utc::now(),
+        )
+        .unwrap_err();
         assert_eq!(dl.reason, DeadLetterReason::Undecodable);
         assert_eq!(dl.original, b"{oops");
-        let dl = decode_record(record(2, Some(r#"{"eventId":1}"#)), Utc::now()).unwrap_err();
+        let dl = decode_record(
+            record(2, Some(r#"{"eventId":1}"#)),
+            &EnvelopeLimits::default(),
+            Utc::now(),
+        )
+        .unwrap_err();
         assert_eq!(dl.reason, DeadLetterReason::InvalidEnvelope);
-        let dl = decode_record(record(3, None), Utc::now()).unwrap_err();
+        let dl =
+            decode_record(record(3, None), &EnvelopeLimits::default(), Utc::now()).unwrap_err();
         assert_eq!((dl.reason, dl.offset), (DeadLetterReason::Undecodable, 3));
     }
 
@@ -156,7 +168,7 @@ mod tests {
                 ]
                 .to_stream(scope)
                 .container::<Vec<_>>();
-                let (events, dead) = decode_records(input);
+                let (events, dead) = decode_records(input, EnvelopeLimits::default());
                 events.capture_into(ok_tx);
                 dead.capture_into(err_tx);
             });

@@ -1,17 +1,25 @@
-//! The event envelope clients send, and the parser that both the gateway and the dataflow use.
+//! The event envelope clients send, and its validation — the same code at the gateway and in
+//! the dataflow. Validation lists every violation with its JSON pointer (RFC 6901).
 //!
-//! This is the foundation's contract: shape and types, RFC 3339 timestamps with an offset, a
-//! JSON-object payload, and values PostgreSQL can store. Field-by-field validation with JSON
-//! pointers extends [`parse_envelope`] without changing its callers.
+//! | field | rule |
+//! | --- | --- |
+//! | `eventId` | a UUID string |
+//! | `tenantId` | 1–64 characters of `A-Z a-z 0-9 . _ -` |
+//! | `source`, `type` | 1–128 characters of `A-Z a-z 0-9 . _ - : /` |
+//! | `streamKey` | 1–256 printable ASCII characters, no `|` |
+//! | `timestampUtc` | RFC 3339 with an offset, not more than the allowed skew in the future |
+//! | `schemaVersion` | an integer from 1 to 2³¹−1 |
+//! | `payload` | a JSON object, nested at most `max_depth` levels, with no NUL characters |
+//!
+//! Unknown top-level fields are violations too.
 
-use chrono::{DateTime, FixedOffset};
-use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::value::RawValue;
+use chrono::{DateTime, FixedOffset, TimeDelta, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
 use uuid::Uuid;
 
-/// One domain event as a client sends it.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+/// One domain event as a client sends it, after validation.
+#[derive(Debug, Clone, PartialEq)]
 pub struct EventEnvelope {
     /// Client-chosen unique id of the event.
     pub event_id: Uuid,
@@ -20,23 +28,57 @@ pub struct EventEnvelope {
     /// The emitting service.
     pub source: String,
     /// Event type, e.g. `order.created`.
-    #[serde(rename = "type")]
     pub event_type: String,
-    /// When the event happened, RFC 3339 with an offset.
-    #[serde(deserialize_with = "rfc3339")]
+    /// When the event happened, with the offset the client gave.
     pub timestamp_utc: DateTime<FixedOffset>,
     /// Version of the payload's schema, 1 or more.
-    pub schema_version: u32,
+    pub schema_version: i32,
     /// The entity stream the event belongs to (its ordering and partitioning key).
     pub stream_key: String,
-    /// The event's payload: a JSON object, kept as the exact text the client sent.
-    pub payload: Box<RawValue>,
+    /// The event's payload.
+    pub payload: Map<String, Value>,
 }
 
 impl EventEnvelope {
     /// The Kafka record key: `tenantId|streamKey`, so one stream stays in one partition.
     pub fn record_key(&self) -> String {
         format!("{}|{}", self.tenant_id, self.stream_key)
+    }
+}
+
+/// Bounds of an acceptable envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvelopeLimits {
+    /// Deepest nesting of objects and arrays inside `payload` (the payload object is level 1).
+    pub max_depth: usize,
+    /// How far in the future `timestampUtc` may lie, for clients with skewed clocks.
+    pub max_future_skew: TimeDelta,
+}
+
+impl Default for EnvelopeLimits {
+    fn default() -> Self {
+        Self {
+            max_depth: 32,
+            max_future_skew: TimeDelta::minutes(5),
+        }
+    }
+}
+
+/// One reason an envelope is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Violation {
+    /// JSON pointer (RFC 6901) to the offending value; `""` is the whole document.
+    pub pointer: String,
+    /// What is wrong with it.
+    pub detail: String,
+}
+
+impl Violation {
+    fn new(pointer: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            pointer: pointer.into(),
+            detail: detail.into(),
+        }
     }
 }
 
@@ -53,12 +95,30 @@ pub enum EnvelopeError {
         /// 1-based column of the error.
         column: usize,
     },
-    /// The body is JSON but not an envelope.
-    #[error("event does not match the envelope contract: {message}")]
-    Contract {
-        /// What is wrong, naming the field.
-        message: String,
+    /// The body is JSON but breaks the envelope contract.
+    #[error("{}", describe(.violations))]
+    Invalid {
+        /// Every violation found, in document order.
+        violations: Vec<Violation>,
     },
+}
+
+fn describe(violations: &[Violation]) -> String {
+    let mut text = format!(
+        "event has {} violation{}:",
+        violations.len(),
+        if violations.len() == 1 { "" } else { "s" }
+    );
+    for v in violations {
+        let at = if v.pointer.is_empty() {
+            "(document)"
+        } else {
+            &v.pointer
+        };
+        text.push_str(&format!(" {at} {};", v.detail));
+    }
+    text.pop();
+    text
 }
 
 impl EnvelopeError {
@@ -68,103 +128,349 @@ impl EnvelopeError {
     }
 }
 
-fn rfc3339<'de, D: Deserializer<'de>>(de: D) -> Result<DateTime<FixedOffset>, D::Error> {
-    let text = <std::borrow::Cow<'de, str>>::deserialize(de)?;
-    DateTime::parse_from_rfc3339(&text).map_err(|e| {
-        serde::de::Error::custom(format_args!(
-            "timestampUtc {text:?} is not an RFC 3339 timestamp with offset: {e}"
-        ))
+/// Parses bytes as JSON; syntax errors carry their position.
+pub fn parse_json(bytes: &[u8]) -> Result<Value, EnvelopeError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        let message = e.to_string();
+        let message = match message.rfind(" at line ") {
+            Some(at) => message[..at].to_owned(),
+            None => message,
+        };
+        EnvelopeError::MalformedJson {
+            message,
+            line: e.line(),
+            column: e.column(),
+        }
     })
 }
 
-/// Parses and checks an envelope from the exact bytes a client sent.
-pub fn parse_envelope(bytes: &[u8]) -> Result<EventEnvelope, EnvelopeError> {
-    let envelope: EventEnvelope = serde_json::from_slice(bytes).map_err(|e| {
-        use serde_json::error::Category;
-        match e.classify() {
-            Category::Syntax | Category::Eof | Category::Io => EnvelopeError::MalformedJson {
-                message: strip_position(&e.to_string()),
-                line: e.line(),
-                column: e.column(),
-            },
-            Category::Data => EnvelopeError::Contract {
-                message: strip_position(&e.to_string()),
-            },
-        }
-    })?;
-    check_envelope(&envelope)?;
-    Ok(envelope)
+/// Parses and validates an envelope from the exact bytes a client sent. `now` is the reference
+/// for the future-skew rule (the receive time, also when the dataflow re-validates).
+pub fn parse_envelope(
+    bytes: &[u8],
+    limits: &EnvelopeLimits,
+    now: DateTime<Utc>,
+) -> Result<EventEnvelope, EnvelopeError> {
+    let value = parse_json(bytes)?;
+    envelope_from_value(value, limits, now)
 }
 
-fn strip_position(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(at) => message[..at].to_owned(),
-        None => message.to_owned(),
-    }
-}
-
-fn contract(message: impl Into<String>) -> EnvelopeError {
-    EnvelopeError::Contract {
-        message: message.into(),
-    }
-}
-
-fn check_envelope(envelope: &EventEnvelope) -> Result<(), EnvelopeError> {
-    for (field, value) in [
-        ("tenantId", &envelope.tenant_id),
-        ("source", &envelope.source),
-        ("type", &envelope.event_type),
-        ("streamKey", &envelope.stream_key),
-    ] {
-        if value.trim().is_empty() {
-            return Err(contract(format!("{field} must not be empty")));
+/// Validates a parsed document as an envelope and takes it apart.
+pub fn envelope_from_value(
+    value: Value,
+    limits: &EnvelopeLimits,
+    now: DateTime<Utc>,
+) -> Result<EventEnvelope, EnvelopeError> {
+    let Value::Object(mut fields) = value else {
+        return Err(EnvelopeError::Invalid {
+            violations: vec![Violation::new(
+                "",
+                "must be a JSON object (the event envelope)",
+            )],
+        });
+    };
+    let mut violations = Vec::new();
+    let mut take = |name: &str| -> Option<Value> {
+        let value = fields.remove(name);
+        if value.is_none() {
+            violations.push(Violation::new(format!("/{name}"), "is required"));
         }
-        if value.contains('\0') {
-            return Err(contract(format!("{field} must not contain NUL characters")));
-        }
-    }
-    if envelope.tenant_id.contains('|') {
-        return Err(contract("tenantId must not contain '|'"));
-    }
-    if envelope.schema_version == 0 {
-        return Err(contract("schemaVersion must be 1 or more"));
-    }
-    let payload = envelope.payload.get();
-    if !payload.trim_start().starts_with('{') {
-        return Err(contract("payload must be a JSON object"));
-    }
-    if contains_escaped_nul(payload) {
-        return Err(contract(
-            "payload must not contain \\u0000: it cannot be stored as jsonb",
+        value
+    };
+    let event_id = take("eventId");
+    let tenant_id = take("tenantId");
+    let source = take("source");
+    let event_type = take("type");
+    let timestamp = take("timestampUtc");
+    let schema_version = take("schemaVersion");
+    let stream_key = take("streamKey");
+    let payload = take("payload");
+    for unknown in fields.keys() {
+        violations.push(Violation::new(
+            format!("/{}", escape_pointer(unknown)),
+            "is not a field of the envelope",
         ));
     }
-    Ok(())
+
+    let event_id = event_id.and_then(|v| check_uuid(v, &mut violations));
+    let tenant_id = tenant_id.and_then(|v| {
+        check_identifier(
+            v,
+            "/tenantId",
+            64,
+            is_tenant_char,
+            "A-Z a-z 0-9 . _ -",
+            &mut violations,
+        )
+    });
+    let source = source.and_then(|v| {
+        check_identifier(
+            v,
+            "/source",
+            128,
+            is_name_char,
+            "A-Z a-z 0-9 . _ - : /",
+            &mut violations,
+        )
+    });
+    let event_type = event_type.and_then(|v| {
+        check_identifier(
+            v,
+            "/type",
+            128,
+            is_name_char,
+            "A-Z a-z 0-9 . _ - : /",
+            &mut violations,
+        )
+    });
+    let stream_key = stream_key.and_then(|v| {
+        check_identifier(
+            v,
+            "/streamKey",
+            256,
+            is_stream_key_char,
+            "printable ASCII except |",
+            &mut violations,
+        )
+    });
+    let timestamp = timestamp.and_then(|v| check_timestamp(v, limits, now, &mut violations));
+    let schema_version = schema_version.and_then(|v| check_schema_version(v, &mut violations));
+    let payload = payload.and_then(|v| check_payload(v, limits, &mut violations));
+
+    match (
+        event_id,
+        tenant_id,
+        source,
+        event_type,
+        timestamp,
+        schema_version,
+        stream_key,
+        payload,
+    ) {
+        (
+            Some(event_id),
+            Some(tenant_id),
+            Some(source),
+            Some(event_type),
+            Some(timestamp_utc),
+            Some(schema_version),
+            Some(stream_key),
+            Some(payload),
+        ) if violations.is_empty() => Ok(EventEnvelope {
+            event_id,
+            tenant_id,
+            source,
+            event_type,
+            timestamp_utc,
+            schema_version,
+            stream_key,
+            payload,
+        }),
+        _ => Err(EnvelopeError::Invalid { violations }),
+    }
 }
 
-/// Whether JSON text contains the escape `\u0000` (and not an escaped backslash before `u0000`).
-fn contains_escaped_nul(json: &str) -> bool {
-    let bytes = json.as_bytes();
-    let mut from = 0;
-    while let Some(found) = json[from..].find("\\u0000") {
-        let at = from + found;
-        let backslashes = bytes[..=at]
-            .iter()
-            .rev()
-            .take_while(|&&b| b == b'\\')
-            .count();
-        if backslashes % 2 == 1 {
-            return true;
-        }
-        from = at + 1;
+/// Escapes a key for use in a JSON pointer (RFC 6901: `~` → `~0`, `/` → `~1`).
+pub fn escape_pointer(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
     }
-    false
+}
+
+fn check_uuid(value: Value, violations: &mut Vec<Violation>) -> Option<Uuid> {
+    let Value::String(text) = value else {
+        violations.push(Violation::new(
+            "/eventId",
+            format!("must be a UUID string, not {}", type_name(&value)),
+        ));
+        return None;
+    };
+    // Only the hyphenated form, so that one id has one spelling.
+    match Uuid::try_parse(&text) {
+        Ok(id) if text.len() == 36 => Some(id),
+        _ => {
+            violations.push(Violation::new(
+                "/eventId",
+                "must be a UUID in hyphenated form (8-4-4-4-12 hex digits)",
+            ));
+            None
+        }
+    }
+}
+
+fn is_tenant_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/')
+}
+
+fn is_stream_key_char(c: char) -> bool {
+    c.is_ascii_graphic() && c != '|'
+}
+
+fn check_identifier(
+    value: Value,
+    pointer: &str,
+    max_len: usize,
+    allowed: fn(char) -> bool,
+    allowed_text: &str,
+    violations: &mut Vec<Violation>,
+) -> Option<String> {
+    let Value::String(text) = value else {
+        violations.push(Violation::new(
+            pointer,
+            format!("must be a string, not {}", type_name(&value)),
+        ));
+        return None;
+    };
+    if text.is_empty() {
+        violations.push(Violation::new(pointer, "must not be empty"));
+        return None;
+    }
+    if text.chars().count() > max_len {
+        violations.push(Violation::new(
+            pointer,
+            format!("must be at most {max_len} characters"),
+        ));
+        return None;
+    }
+    if let Some(bad) = text.chars().find(|&c| !allowed(c)) {
+        violations.push(Violation::new(
+            pointer,
+            format!("contains {bad:?}; allowed characters are {allowed_text}"),
+        ));
+        return None;
+    }
+    Some(text)
+}
+
+fn check_timestamp(
+    value: Value,
+    limits: &EnvelopeLimits,
+    now: DateTime<Utc>,
+    violations: &mut Vec<Violation>,
+) -> Option<DateTime<FixedOffset>> {
+    let Value::String(text) = value else {
+        violations.push(Violation::new(
+            "/timestampUtc",
+            format!("must be an RFC 3339 string, not {}", type_name(&value)),
+        ));
+        return None;
+    };
+    let Ok(timestamp) = DateTime::parse_from_rfc3339(&text) else {
+        violations.push(Violation::new(
+            "/timestampUtc",
+            "must be an RFC 3339 timestamp with an offset, e.g. 2026-11-24T10:00:00Z",
+        ));
+        return None;
+    };
+    if timestamp.with_timezone(&Utc) > now + limits.max_future_skew {
+        violations.push(Violation::new(
+            "/timestampUtc",
+            format!(
+                "is more than {} s in the future",
+                limits.max_future_skew.num_seconds()
+            ),
+        ));
+        return None;
+    }
+    Some(timestamp)
+}
+
+fn check_schema_version(value: Value, violations: &mut Vec<Violation>) -> Option<i32> {
+    match value.as_u64().and_then(|v| i32::try_from(v).ok()) {
+        Some(version) if version >= 1 => Some(version),
+        _ => {
+            violations.push(Violation::new(
+                "/schemaVersion",
+                format!("must be an integer from 1 to {}", i32::MAX),
+            ));
+            None
+        }
+    }
+}
+
+fn check_payload(
+    value: Value,
+    limits: &EnvelopeLimits,
+    violations: &mut Vec<Violation>,
+) -> Option<Map<String, Value>> {
+    let Value::Object(payload) = value else {
+        violations.push(Violation::new(
+            "/payload",
+            format!("must be a JSON object, not {}", type_name(&value)),
+        ));
+        return None;
+    };
+    let before = violations.len();
+    for (key, child) in &payload {
+        check_payload_value(key, child, "/payload", 2, limits, violations);
+    }
+    (violations.len() == before).then_some(payload)
+}
+
+fn check_payload_value(
+    key: &str,
+    value: &Value,
+    parent: &str,
+    depth: usize,
+    limits: &EnvelopeLimits,
+    violations: &mut Vec<Violation>,
+) {
+    let pointer = format!("{parent}/{}", escape_pointer(key));
+    if key.contains('\0') {
+        violations.push(Violation::new(parent, "has a key with a NUL character"));
+    }
+    match value {
+        Value::String(text) if text.contains('\0') => {
+            violations.push(Violation::new(
+                pointer,
+                "contains a NUL character (\\u0000), which cannot be stored",
+            ));
+        }
+        Value::Array(_) | Value::Object(_) if depth > limits.max_depth => {
+            violations.push(Violation::new(
+                pointer,
+                format!("nests deeper than {} levels", limits.max_depth),
+            ));
+        }
+        Value::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                check_payload_value(
+                    &index.to_string(),
+                    item,
+                    &pointer,
+                    depth + 1,
+                    limits,
+                    violations,
+                );
+            }
+        }
+        Value::Object(map) => {
+            for (child_key, child) in map {
+                check_payload_value(child_key, child, &pointer, depth + 1, limits, violations);
+            }
+        }
+        _ => {}
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn valid() -> serde_json::Value {
+    fn valid() -> Value {
         serde_json::json!({
             "eventId": "0b6f6f5e-8a53-4c8e-9a35-5a3f0a0e9f11",
             "tenantId": "acme",
@@ -177,108 +483,178 @@ mod tests {
         })
     }
 
-    fn parse_value(value: &serde_json::Value) -> Result<EventEnvelope, EnvelopeError> {
-        parse_envelope(&serde_json::to_vec(value).unwrap())
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-24T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn check(value: &Value) -> Result<EventEnvelope, EnvelopeError> {
+        parse_envelope(
+            &serde_json::to_vec(value).unwrap(),
+            &EnvelopeLimits::default(),
+            now(),
+        )
+    }
+
+    fn violations(value: &Value) -> Vec<Violation> {
+        match check(value) {
+            Err(EnvelopeError::Invalid { violations }) => violations,
+            other => panic!("expected violations, got {other:?}"),
+        }
     }
 
     #[test]
     fn parses_a_valid_envelope() {
-        let envelope = parse_value(&valid()).expect("valid envelope");
+        let envelope = check(&valid()).expect("valid envelope");
         assert_eq!(envelope.tenant_id, "acme");
         assert_eq!(envelope.event_type, "order.created");
         assert_eq!(envelope.schema_version, 1);
         assert_eq!(envelope.record_key(), "acme|order-42");
         assert_eq!(envelope.timestamp_utc.offset().local_minus_utc(), 3600);
-        let payload: serde_json::Value = serde_json::from_str(envelope.payload.get()).unwrap();
-        assert_eq!(payload["orderId"], 42);
-    }
-
-    #[test]
-    fn keeps_the_payload_text_exactly() {
-        let body = br#"{"eventId":"0b6f6f5e-8a53-4c8e-9a35-5a3f0a0e9f11","tenantId":"t","source":"s","type":"x","timestampUtc":"2026-01-01T00:00:00Z","schemaVersion":2,"streamKey":"k","payload":{"b": 1.50, "a": [ ]}}"#;
-        let envelope = parse_envelope(body).unwrap();
-        assert_eq!(envelope.payload.get(), r#"{"b": 1.50, "a": [ ]}"#);
+        assert_eq!(envelope.payload["orderId"], 42);
     }
 
     #[test]
     fn malformed_json_is_reported_with_its_position() {
-        let err = parse_envelope(b"{\"eventId\": ").unwrap_err();
+        let err = parse_envelope(b"{\"eventId\": ", &EnvelopeLimits::default(), now());
         assert!(
-            matches!(err, EnvelopeError::MalformedJson { line: 1, .. }),
-            "{err:?}"
-        );
-        let err = parse_envelope(b"not json").unwrap_err();
-        assert!(
-            matches!(err, EnvelopeError::MalformedJson { .. }),
+            matches!(
+                err,
+                Err(EnvelopeError::MalformedJson {
+                    line: 1,
+                    column: 12,
+                    ..
+                })
+            ),
             "{err:?}"
         );
     }
 
     #[test]
-    fn contract_violations_name_the_field() {
-        let cases: Vec<(&str, serde_json::Value, &str)> = vec![
-            ("eventId", serde_json::json!("not-a-uuid"), "UUID"),
+    fn every_violation_is_listed_with_its_pointer() {
+        let body = serde_json::json!({
+            "eventId": "not-a-uuid",
+            "tenantId": "",
+            "source": "has space",
+            "type": 7,
+            "timestampUtc": "2026-11-24 10:00",
+            "schemaVersion": 0,
+            "streamKey": "a|b",
+            "payload": [1],
+            "extra": true
+        });
+        let pointers: Vec<String> = violations(&body).into_iter().map(|v| v.pointer).collect();
+        assert_eq!(
+            pointers,
+            [
+                "/extra",
+                "/eventId",
+                "/tenantId",
+                "/source",
+                "/type",
+                "/streamKey",
+                "/timestampUtc",
+                "/schemaVersion",
+                "/payload"
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_fields_are_required() {
+        let found = violations(&serde_json::json!({}));
+        assert_eq!(found.len(), 8);
+        assert!(found.iter().all(|v| v.detail == "is required"));
+        assert_eq!(violations(&serde_json::json!([1]))[0].pointer, "");
+    }
+
+    #[test]
+    fn individual_rules() {
+        let cases: Vec<(&str, Value, &str)> = vec![
             (
-                "tenantId",
-                serde_json::json!(""),
-                "tenantId must not be empty",
+                "eventId",
+                serde_json::json!("0b6f6f5e8a534c8e9a355a3f0a0e9f11"),
+                "hyphenated",
             ),
-            ("tenantId", serde_json::json!("a|b"), "'|'"),
+            ("tenantId", serde_json::json!("a".repeat(65)), "at most 64"),
+            ("tenantId", serde_json::json!("ac/me"), "allowed characters"),
             (
-                "timestampUtc",
-                serde_json::json!("2026-11-24 10:00"),
-                "RFC 3339",
+                "streamKey",
+                serde_json::json!("k\u{0}"),
+                "allowed characters",
             ),
+            ("streamKey", serde_json::json!("ключ"), "allowed characters"),
             (
                 "timestampUtc",
                 serde_json::json!("2026-11-24T10:00:00"),
                 "RFC 3339",
             ),
-            ("schemaVersion", serde_json::json!(0), "schemaVersion"),
-            ("schemaVersion", serde_json::json!("1"), "invalid type"),
             (
-                "payload",
-                serde_json::json!([1, 2]),
-                "payload must be a JSON object",
+                "timestampUtc",
+                serde_json::json!("2026-11-24T12:06:00Z"),
+                "in the future",
             ),
-            ("payload", serde_json::json!({"a": "x\u{0}y"}), "\\u0000"),
-            ("streamKey", serde_json::json!("k\u{0}"), "NUL"),
+            ("schemaVersion", serde_json::json!("1"), "integer"),
+            ("schemaVersion", serde_json::json!(1.5), "integer"),
+            (
+                "schemaVersion",
+                serde_json::json!(4_294_967_296u64),
+                "integer",
+            ),
+            ("payload", serde_json::json!("{}"), "JSON object"),
+            ("payload", serde_json::json!({"a": "x\u{0}y"}), "NUL"),
         ];
         for (field, value, expected) in cases {
             let mut body = valid();
             body[field] = value.clone();
-            let err = parse_value(&body).expect_err(&format!("{field}={value} accepted"));
+            let found = violations(&body);
+            assert_eq!(found.len(), 1, "{field}={value}: {found:?}");
             assert!(
-                matches!(err, EnvelopeError::Contract { .. }),
-                "{field}: {err:?}"
+                found[0].pointer.starts_with(&format!("/{field}")),
+                "{found:?}"
             );
             assert!(
-                err.to_string().contains(expected),
-                "{field}={value}: {err} does not mention {expected:?}"
+                found[0].detail.contains(expected),
+                "{field}={value}: {:?} does not mention {expected:?}",
+                found[0].detail
             );
         }
     }
 
     #[test]
-    fn missing_and_unknown_fields_are_contract_errors() {
+    fn timestamps_within_the_skew_are_accepted() {
         let mut body = valid();
-        body.as_object_mut().unwrap().remove("streamKey");
-        assert!(parse_value(&body)
-            .unwrap_err()
-            .to_string()
-            .contains("streamKey"));
-        let mut body = valid();
-        body["extra"] = serde_json::json!(1);
-        assert!(parse_value(&body)
-            .unwrap_err()
-            .to_string()
-            .contains("extra"));
+        body["timestampUtc"] = serde_json::json!("2026-11-24T12:04:59Z");
+        assert!(check(&body).is_ok());
     }
 
     #[test]
-    fn escaped_backslash_before_u0000_is_not_a_nul() {
-        assert!(contains_escaped_nul(r#"{"a":"\u0000"}"#));
-        assert!(!contains_escaped_nul(r#"{"a":"\\u0000"}"#));
-        assert!(contains_escaped_nul(r#"{"a":"\\\u0000"}"#));
+    fn nesting_depth_is_bounded_and_pointed_at() {
+        let mut deep = serde_json::json!(1);
+        for _ in 0..40 {
+            deep = serde_json::json!({ "n": deep });
+        }
+        let mut body = valid();
+        body["payload"] = deep;
+        let found = violations(&body);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].pointer, format!("/payload{}", "/n".repeat(32)));
+        let mut ok = serde_json::json!(1);
+        for _ in 0..31 {
+            ok = serde_json::json!({ "n": ok });
+        }
+        body["payload"] = ok;
+        assert!(
+            check(&body).is_ok(),
+            "31 nested levels under payload are fine"
+        );
+    }
+
+    #[test]
+    fn pointer_escapes_slash_and_tilde() {
+        let mut body = valid();
+        body["payload"] = serde_json::json!({"a/b~c": "\u{0}"});
+        assert_eq!(violations(&body)[0].pointer, "/payload/a~1b~0c");
     }
 }

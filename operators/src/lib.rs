@@ -4,13 +4,15 @@
 //!
 //! | module | owns |
 //! | --- | --- |
-//! | [`envelope`] | the event envelope clients POST and its parsing rules |
+//! | [`envelope`] | the event envelope clients POST and its validation rules, with JSON pointers |
+//! | [`canonical`] | RFC 8785 canonical JSON and the SHA-256 payload hash |
 //! | [`headers`] | names and encoding of the Kafka record headers (trace, idempotency, received time) |
 //! | [`trace_context`] | W3C `traceparent` parsing and minting |
 //! | [`topics`] | topic names, with the per-deployment prefix |
 //! | [`record`] | the shapes that flow through the dataflow: source records, event rows, dead letters |
 //! | [`decode`] | operator: raw source records into `(events, dead letters)` |
 
+pub mod canonical;
 pub mod decode;
 pub mod envelope;
 pub mod headers;

@@ -30,6 +30,42 @@ pub enum Command {
     Process,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Mint an HS256 token signed with SENTINEL_JWT_SECRET, for local use.
+    Token(TokenArgs),
+}
+
+/// Arguments of `sentinel token`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The tenant the token acts for.
+    #[arg(long)]
+    pub tenant: String,
+    /// A role to grant (ingest, read, admin); repeat for several.
+    #[arg(long = "role", required = true)]
+    pub roles: Vec<ingress::Role>,
+    /// Lifetime, e.g. 90s, 30m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub ttl: Duration,
+}
+
+/// Parses `<number><unit>` with unit s, m, h or d.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} needs a unit: s, m, h or d"))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a whole number"))?;
+    let seconds = match unit {
+        "s" => number,
+        "m" => number * 60,
+        "h" => number * 3600,
+        "d" => number * 86_400,
+        other => return Err(format!("unknown unit {other:?}: use s, m, h or d")),
+    };
+    Ok(Duration::from_secs(seconds))
 }
 
 /// Log line format.
@@ -122,9 +158,88 @@ pub struct Settings {
     )]
     pub produce_linger_ms: u64,
 
-    /// Largest accepted request body, in bytes.
+    /// Largest accepted body of POST /v1/events, in bytes.
     #[arg(long, env = "SENTINEL_MAX_BODY_BYTES", default_value_t = 1024 * 1024, global = true)]
     pub max_body_bytes: usize,
+
+    /// Largest accepted body of POST /v1/events:batch, in bytes.
+    #[arg(long, env = "SENTINEL_MAX_BATCH_BYTES", default_value_t = 8 * 1024 * 1024, global = true)]
+    pub max_batch_bytes: usize,
+
+    /// Most events in one batch request.
+    #[arg(
+        long,
+        env = "SENTINEL_MAX_BATCH_EVENTS",
+        default_value_t = 1_000,
+        global = true
+    )]
+    pub max_batch_events: usize,
+
+    /// Most events the gateway writes at once; past it requests get 429.
+    #[arg(
+        long,
+        env = "SENTINEL_MAX_IN_FLIGHT",
+        default_value_t = 20_000,
+        global = true
+    )]
+    pub max_in_flight: usize,
+
+    /// How far in the future an event's timestampUtc may lie, in seconds.
+    #[arg(
+        long,
+        env = "SENTINEL_MAX_FUTURE_SKEW_SECONDS",
+        default_value_t = 300,
+        global = true
+    )]
+    pub max_future_skew_seconds: i64,
+
+    /// Deepest nesting of objects and arrays in a payload.
+    #[arg(
+        long,
+        env = "SENTINEL_MAX_PAYLOAD_DEPTH",
+        default_value_t = 32,
+        global = true
+    )]
+    pub max_payload_depth: usize,
+
+    /// Shared secret (32 bytes or more) verifying HS256 bearer tokens.
+    #[arg(
+        long,
+        env = "SENTINEL_JWT_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub jwt_secret: Option<String>,
+
+    /// JWKS file with the public keys verifying RS256/ES256 bearer tokens.
+    #[arg(long, env = "SENTINEL_JWKS_FILE", global = true)]
+    pub jwks_file: Option<std::path::PathBuf>,
+
+    /// Required token issuer (iss), when set.
+    #[arg(long, env = "SENTINEL_JWT_ISSUER", global = true)]
+    pub jwt_issuer: Option<String>,
+
+    /// Required token audience (aud), when set.
+    #[arg(long, env = "SENTINEL_JWT_AUDIENCE", global = true)]
+    pub jwt_audience: Option<String>,
+
+    /// Clock leeway for token exp/nbf, in seconds.
+    #[arg(
+        long,
+        env = "SENTINEL_JWT_LEEWAY_SECONDS",
+        default_value_t = 30,
+        global = true
+    )]
+    pub jwt_leeway_seconds: u64,
+
+    /// How long idempotency keys are remembered and replayed, in seconds.
+    #[arg(
+        long,
+        env = "SENTINEL_IDEMPOTENCY_RETENTION_SECONDS",
+        default_value_t = 86_400,
+        global = true
+    )]
+    pub idempotency_retention_seconds: u64,
 
     /// Most records one source poll feeds into the dataflow as one batch.
     #[arg(
@@ -183,6 +298,52 @@ impl Settings {
         }
     }
 
+    /// Token verification.
+    pub fn auth(&self) -> ingress::auth::AuthSettings {
+        ingress::auth::AuthSettings {
+            hs256_secret: self.jwt_secret.clone(),
+            jwks_file: self.jwks_file.clone(),
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            leeway: Duration::from_secs(self.jwt_leeway_seconds),
+        }
+    }
+
+    /// Envelope rules, shared by the gateway and the dataflow.
+    pub fn envelope_limits(&self) -> operators::envelope::EnvelopeLimits {
+        operators::envelope::EnvelopeLimits {
+            max_depth: self.max_payload_depth,
+            max_future_skew: chrono::TimeDelta::seconds(self.max_future_skew_seconds),
+        }
+    }
+
+    /// Gateway limits.
+    pub fn ingress(&self) -> ingress::IngressSettings {
+        ingress::IngressSettings {
+            max_body_bytes: self.max_body_bytes,
+            max_batch_bytes: self.max_batch_bytes,
+            max_batch_events: self.max_batch_events,
+            max_in_flight: self.max_in_flight,
+            limits: self.envelope_limits(),
+        }
+    }
+
+    /// How long an in-flight idempotency claim is protected: the produce timeout and a margin.
+    pub fn idempotency_lease(&self) -> Duration {
+        Duration::from_millis(self.produce_timeout_ms) + Duration::from_secs(5)
+    }
+
+    /// Idempotency store settings.
+    pub fn idempotency(&self) -> ingress::idempotency::IdempotencySettings {
+        ingress::idempotency::IdempotencySettings {
+            database_url: self.database_url.clone(),
+            retention: Duration::from_secs(self.idempotency_retention_seconds),
+            lease: self.idempotency_lease(),
+            max_batch: 1_000,
+            purge_interval: Duration::from_secs(60),
+        }
+    }
+
     /// Producer tuning.
     pub fn producer(&self) -> ProducerSettings {
         ProducerSettings {
@@ -209,6 +370,10 @@ mod tests {
             "SENTINEL_TOPIC_PREFIX",
             "SENTINEL_TOPIC_PARTITIONS",
             "SENTINEL_KAFKA_OPTIONS",
+            "SENTINEL_JWT_SECRET",
+            "SENTINEL_JWKS_FILE",
+            "SENTINEL_IDEMPOTENCY_RETENTION_SECONDS",
+            "SENTINEL_MAX_IN_FLIGHT",
         ] {
             assert!(help.contains(var), "--help does not mention {var}");
         }
@@ -232,5 +397,34 @@ mod tests {
             ]
         );
         assert!(Cli::try_parse_from(["sentinel", "up", "--kafka-options", "novalue"]).is_err());
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+
+    #[test]
+    fn token_subcommand_takes_tenant_roles_and_ttl() {
+        let cli = Cli::try_parse_from([
+            "sentinel", "token", "--tenant", "acme", "--role", "ingest", "--role", "read", "--ttl",
+            "2h",
+        ])
+        .unwrap();
+        let Command::Token(args) = cli.command else {
+            panic!("not the token command")
+        };
+        assert_eq!(args.tenant, "acme");
+        assert_eq!(args.roles, vec![ingress::Role::Ingest, ingress::Role::Read]);
+        assert_eq!(args.ttl, Duration::from_secs(7200));
+        assert!(
+            Cli::try_parse_from(["sentinel", "token", "--tenant", "a", "--role", "boss"]).is_err()
+        );
     }
 }

@@ -40,6 +40,8 @@ pub struct DataflowContext {
     pub group_id: String,
     /// Source tuning.
     pub source: SourceSettings,
+    /// Envelope rules (the gateway's).
+    pub envelope_limits: operators::envelope::EnvelopeLimits,
     /// Set to stop the sources; the workers then drain and exit.
     pub shutdown: Arc<AtomicBool>,
     /// Number of workers whose dataflow is running.
@@ -108,7 +110,7 @@ pub fn run_worker(worker: &mut Worker, ctx: &DataflowContext) -> anyhow::Result<
             SourceMessage::Record(record) => Ok(record),
             SourceMessage::Progress(progress) => Err(progress),
         });
-        let (events, dead_letters) = decode_records(records);
+        let (events, dead_letters) = decode_records(records, ctx.envelope_limits.clone());
         let effects = scope.concatenate([
             events.map(Effect::Event),
             dead_letters.map(Effect::DeadLetter),

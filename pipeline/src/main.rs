@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use clap::Parser;
-use ingress::{EventProducer, IngressSettings, IngressState};
+use ingress::{ClaimStore, EventProducer, IngressState};
 use operators::topics::TopicNames;
 use tokio::sync::Notify;
 
@@ -52,8 +52,29 @@ fn main() -> anyhow::Result<()> {
         Command::Up => run(&runtime, &settings, true, true),
         Command::Ingress => run(&runtime, &settings, true, false),
         Command::Process => run(&runtime, &settings, false, true),
+        Command::Token(args) => mint_token(&settings, &args),
     }
     .inspect_err(|err| tracing::error!(error = format!("{err:#}"), "sentinel stopped"))
+}
+
+/// `sentinel token`: prints an HS256 token signed with SENTINEL_JWT_SECRET.
+fn mint_token(settings: &Settings, args: &config::TokenArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let secret = settings
+        .jwt_secret
+        .as_deref()
+        .context("SENTINEL_JWT_SECRET (or --jwt-secret) is needed to sign a token")?;
+    let token = ingress::auth::mint_hs256(
+        secret,
+        &args.tenant,
+        &args.roles,
+        args.ttl,
+        settings.jwt_issuer.as_deref(),
+        settings.jwt_audience.as_deref(),
+    )
+    .context("signing the token")?;
+    writeln!(std::io::stdout(), "{token}").context("writing the token")?;
+    Ok(())
 }
 
 /// Applies migrations, waiting up to 30 s for PostgreSQL to answer.
@@ -101,6 +122,12 @@ fn run(
 ) -> anyhow::Result<()> {
     let topics = TopicNames::with_prefix(&settings.topic_prefix);
     let kafka = settings.kafka();
+    let authenticator = match with_ingress {
+        true => Some(Arc::new(
+            ingress::Authenticator::new(settings.auth()).context("configuring authentication")?,
+        )),
+        false => None,
+    };
     runtime.block_on(async {
         migrate(settings).await?;
         topics::ensure_topics(
@@ -124,6 +151,7 @@ fn run(
             kafka: kafka.clone(),
             raw_topic: topics.raw_events.clone(),
             group_id: format!("{}sentinel-pipeline", settings.topic_prefix),
+            envelope_limits: settings.envelope_limits(),
             source: SourceSettings {
                 max_batch: settings.source_batch,
                 idle_poll: Duration::from_millis(5),
@@ -156,13 +184,15 @@ fn run(
         topic: topics.raw_events.clone(),
         dataflow: with_dataflow.then(|| (Arc::clone(&running_workers), settings.workers)),
     };
-    let ingress = with_ingress.then(|| {
+    let ingress = authenticator.map(|auth| {
+        let _runtime = runtime.enter();
         IngressState::new(
             producer.clone(),
             topics.raw_events.clone(),
-            IngressSettings {
-                max_body_bytes: settings.max_body_bytes,
-            },
+            settings.ingress(),
+            auth,
+            ClaimStore::start(settings.idempotency()),
+            settings.idempotency_lease(),
         )
     });
     let app = server::app(ingress, readiness);

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
-use support::{envelope, TestEnv};
+use support::{envelope, ingest_token, post_event, TestEnv};
 use uuid::Uuid;
 
 const EVENTS: usize = 4_000;
@@ -25,32 +25,38 @@ async fn sigkill_of_the_dataflow_mid_stream_loses_and_duplicates_nothing() {
     let acked: Arc<Mutex<BTreeSet<Uuid>>> = Arc::default();
     let sender = {
         let acked = Arc::clone(&acked);
-        let url = format!("{}/v1/events", gateway.base_url);
+        let base_url = gateway.base_url.clone();
         tokio::spawn(async move {
             let client = reqwest::Client::new();
             let started = Instant::now();
             stream::iter(0..EVENTS)
                 .map(|seq| {
                     let client = client.clone();
-                    let url = url.clone();
+                    let base_url = base_url.clone();
                     let acked = Arc::clone(&acked);
                     async move {
                         // Open loop at RATE events/s.
                         let due = started + Duration::from_micros(seq as u64 * 1_000_000 / RATE);
                         tokio::time::sleep_until(due.into()).await;
                         let id = Uuid::new_v4();
+                        let tenant = ["acme", "globex", "initech"][seq % 3];
                         let body = envelope(
                             id,
-                            ["acme", "globex", "initech"][seq % 3],
+                            tenant,
                             &format!("stream-{}", seq % 20),
                             seq,
-                            "2026-11-24T10:00:00Z",
+                            "2025-06-15T10:00:00Z",
                         );
-                        let response = client.post(&url).json(&body).send().await;
-                        if let Ok(response) = response {
-                            if response.status() == 202 {
-                                acked.lock().unwrap().insert(id);
-                            }
+                        let response = post_event(
+                            &client,
+                            &base_url,
+                            &ingest_token(tenant),
+                            &id.to_string(),
+                            &body,
+                        )
+                        .await;
+                        if response.status() == 202 {
+                            acked.lock().unwrap().insert(id);
                         }
                     }
                 })

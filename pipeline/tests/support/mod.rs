@@ -16,6 +16,127 @@ pub fn base_database_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/sentinel".to_owned())
 }
 
+/// Secret the tests' Sentinel processes verify HS256 tokens with.
+pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret!";
+
+/// A token for `tenant` with `roles`, valid for an hour.
+pub fn token(tenant: &str, roles: &[ingress::Role]) -> String {
+    ingress::auth::mint_hs256(
+        JWT_SECRET,
+        tenant,
+        roles,
+        Duration::from_secs(3600),
+        None,
+        None,
+    )
+    .expect("minting a token")
+}
+
+/// An ingest token for `tenant`.
+pub fn ingest_token(tenant: &str) -> String {
+    token(tenant, &[ingress::Role::Ingest])
+}
+
+/// POSTs one event with a bearer token and an idempotency key.
+pub async fn post_event(
+    client: &reqwest::Client,
+    base_url: &str,
+    token: &str,
+    idempotency_key: &str,
+    body: &serde_json::Value,
+) -> reqwest::Response {
+    client
+        .post(format!("{base_url}/v1/events"))
+        .bearer_auth(token)
+        .header("idempotency-key", idempotency_key)
+        .json(body)
+        .send()
+        .await
+        .expect("POST /v1/events")
+}
+
+/// The tansu binary `infra/dev` installed (for tests that need a broker of their own).
+pub fn tansu_bin() -> PathBuf {
+    std::env::var_os("SENTINEL_TANSU_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/sentinel/tansu-0.6.0/bin/tansu")
+        })
+}
+
+/// A broker of the test's own, which the test may pause and resume.
+pub struct PrivateBroker {
+    child: Child,
+    /// `127.0.0.1:<port>`.
+    pub address: String,
+}
+
+impl PrivateBroker {
+    /// Starts tansu with in-memory storage on a free port and waits until it accepts connections.
+    pub async fn start() -> Self {
+        let port = free_port();
+        let address = format!("127.0.0.1:{port}");
+        let url = format!("tcp://{address}");
+        let child = Command::new(tansu_bin())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "starting tansu from {:?}: {e}; run infra/dev up",
+                    tansu_bin()
+                )
+            });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&address).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen on {address}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self { child, address }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    /// Freezes the broker (SIGSTOP): connections stay open, nothing is answered.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes a paused broker (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Kafka bootstrap servers for the tests.
 pub fn kafka_brokers() -> String {
     std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
@@ -67,6 +188,15 @@ impl TestEnv {
         }
     }
 
+    /// A client of the server's maintenance database.
+    pub async fn admin(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.admin_url, NoTls)
+            .await
+            .expect("connecting to the maintenance database");
+        tokio::spawn(connection);
+        client
+    }
+
     /// A client of the test's database.
     pub async fn db(&self) -> tokio_postgres::Client {
         let (client, connection) = tokio_postgres::connect(&self.database_url, NoTls)
@@ -78,6 +208,16 @@ impl TestEnv {
 
     /// Starts `sentinel <role>` against this environment and waits until `/ready` says so.
     pub async fn start(&self, role: &str, label: &str) -> SentinelProcess {
+        self.start_with(role, label, &[]).await
+    }
+
+    /// Like [`TestEnv::start`], with extra environment variables (which win).
+    pub async fn start_with(
+        &self,
+        role: &str,
+        label: &str,
+        extra: &[(&str, &str)],
+    ) -> SentinelProcess {
         let port = free_port();
         let log_path = self.log_dir.join(format!("{label}.log"));
         let log = std::fs::OpenOptions::new()
@@ -94,6 +234,8 @@ impl TestEnv {
             .env("SENTINEL_WORKERS", "2")
             .env("SENTINEL_LOG_FORMAT", "text")
             .env("RUST_LOG", "info")
+            .env("SENTINEL_JWT_SECRET", JWT_SECRET)
+            .envs(extra.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("cloning the log handle"))
             .stderr(log)
@@ -114,6 +256,22 @@ impl TestEnv {
             .await
             .expect("counting events")
             .get(0)
+    }
+
+    /// The raw topic of this environment.
+    pub fn raw_topic(&self) -> String {
+        format!("{}events.raw.v1", self.topic_prefix)
+    }
+
+    /// Records consumed from the raw topic, as stored in `source_offsets`.
+    pub async fn consumed_records(&self, db: &tokio_postgres::Client) -> i64 {
+        db.query_one(
+            "SELECT coalesce(sum(next_offset), 0)::bigint FROM source_offsets WHERE topic = $1",
+            &[&self.raw_topic()],
+        )
+        .await
+        .expect("reading source offsets")
+        .get(0)
     }
 
     /// Waits until `events` holds at least `expected` rows; returns the count seen last.

@@ -1,0 +1,671 @@
+//! The gateway's contract through the real HTTP server, broker and PostgreSQL: every refusal
+//! with its status and problem type, idempotent replays and conflicts (including the 50-request
+//! race), batches, the in-flight budget, and failures of the broker and of the claim store.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::future::join_all;
+use ingress::Role;
+use support::{envelope, ingest_token, post_event, token, PrivateBroker, TestEnv, JWT_SECRET};
+use uuid::Uuid;
+
+fn event(tenant: &str, seq: usize) -> serde_json::Value {
+    envelope(
+        Uuid::new_v4(),
+        tenant,
+        "stream-1",
+        seq,
+        "2025-06-15T10:00:00Z",
+    )
+}
+
+async fn problem_of(
+    response: reqwest::Response,
+    status: u16,
+    problem_type: &str,
+    what: &str,
+) -> serde_json::Value {
+    assert_eq!(response.status().as_u16(), status, "{what}: status");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json",
+        "{what}: content type"
+    );
+    let problem: serde_json::Value = response.json().await.expect("problem body");
+    assert_eq!(problem["type"], problem_type, "{what}: {problem}");
+    assert_eq!(problem["status"], status, "{what}");
+    assert!(
+        problem["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{what}: detail"
+    );
+    problem
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_has_its_status_and_problem_type() {
+    let env = TestEnv::new("refusals").await;
+    let sentinel = env.start("up", "up").await;
+    let base = sentinel.base_url.as_str();
+    let client = reqwest::Client::new();
+    let url = format!("{base}/v1/events");
+    let body = event("acme", 1);
+    let good = ingest_token("acme");
+
+    // 401: no token, a token signed with another secret, an expired token.
+    let response = client
+        .post(&url)
+        .header("idempotency-key", "k")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["www-authenticate"],
+        r#"Bearer realm="sentinel""#
+    );
+    problem_of(response, 401, "/problems/unauthorized", "no token").await;
+    let forged = ingress::auth::mint_hs256(
+        "another-secret-another-secret-xxxx",
+        "acme",
+        &[Role::Ingest],
+        Duration::from_secs(60),
+        None,
+        None,
+    )
+    .unwrap();
+    let response = post_event(&client, base, &forged, "k", &body).await;
+    let challenge = response.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        challenge.contains(r#"error="invalid_token""#),
+        "{challenge}"
+    );
+    problem_of(response, 401, "/problems/unauthorized", "forged token").await;
+    let expired = jsonwebtoken_expired();
+    problem_of(
+        post_event(&client, base, &expired, "k", &body).await,
+        401,
+        "/problems/unauthorized",
+        "expired token",
+    )
+    .await;
+
+    // 403: a token without the ingest role, and a body for another tenant.
+    let reader = token("acme", &[Role::Read]);
+    problem_of(
+        post_event(&client, base, &reader, "k", &body).await,
+        403,
+        "/problems/missing-role",
+        "read-only token",
+    )
+    .await;
+    let other_tenant = ingest_token("globex");
+    problem_of(
+        post_event(&client, base, &other_tenant, "k", &body).await,
+        403,
+        "/problems/tenant-mismatch",
+        "tenant mismatch",
+    )
+    .await;
+
+    // 415, 400 for the idempotency key, 413, 400 for the body.
+    let response = client
+        .post(&url)
+        .bearer_auth(&good)
+        .header("idempotency-key", "k")
+        .header("content-type", "text/plain")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    problem_of(
+        response,
+        415,
+        "/problems/unsupported-media-type",
+        "text/plain",
+    )
+    .await;
+    let response = client
+        .post(&url)
+        .bearer_auth(&good)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    problem_of(response, 400, "/problems/invalid-idempotency-key", "no key").await;
+    problem_of(
+        post_event(&client, base, &good, &"k".repeat(256), &body).await,
+        400,
+        "/problems/invalid-idempotency-key",
+        "long key",
+    )
+    .await;
+    let response = client
+        .post(&url)
+        .bearer_auth(&good)
+        .header("idempotency-key", "k")
+        .header("content-type", "application/json")
+        .body(vec![b' '; 2 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    problem_of(response, 413, "/problems/body-too-large", "2 MiB body").await;
+    let response = client
+        .post(&url)
+        .bearer_auth(&good)
+        .header("idempotency-key", "k")
+        .header("content-type", "application/json")
+        .body("{\"eventId\": ")
+        .send()
+        .await
+        .unwrap();
+    let problem = problem_of(response, 400, "/problems/malformed-json", "truncated JSON").await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("line 1"),
+        "{problem}"
+    );
+    let mut invalid = body.clone();
+    invalid["eventId"] = serde_json::json!("nope");
+    invalid["schemaVersion"] = serde_json::json!(0);
+    invalid["payload"] = serde_json::json!([]);
+    let problem = problem_of(
+        post_event(&client, base, &good, "k", &invalid).await,
+        400,
+        "/problems/invalid-event",
+        "invalid event",
+    )
+    .await;
+    let pointers: Vec<&str> = problem["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| e["pointer"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        pointers,
+        ["/eventId", "/schemaVersion", "/payload"],
+        "{problem}"
+    );
+
+    // 404 and 405 are problems too.
+    let response = client
+        .get(format!("{base}/v1/nothing-here"))
+        .send()
+        .await
+        .unwrap();
+    problem_of(response, 404, "/problems/not-found", "unknown path").await;
+    let response = client.get(&url).send().await.unwrap();
+    problem_of(
+        response,
+        405,
+        "/problems/method-not-allowed",
+        "GET /v1/events",
+    )
+    .await;
+
+    // None of it reached the dataflow.
+    let accepted = post_event(&client, base, &good, "k-accepted", &body).await;
+    assert_eq!(accepted.status(), 202);
+    assert_eq!(env.wait_for_events(1, Duration::from_secs(30)).await, 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        env.event_count(&env.db().await).await,
+        1,
+        "a refused request reached events"
+    );
+}
+
+fn jsonwebtoken_expired() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = ingress::auth::Claims {
+        tenant: "acme".into(),
+        roles: vec!["ingest".into()],
+        sub: None,
+        exp: now - 3600,
+        nbf: None,
+        iat: None,
+        iss: None,
+        aud: None,
+    };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_key_replays_other_payload_conflicts_and_tenants_are_separate() {
+    let env = TestEnv::new("replay").await;
+    let sentinel = env.start("up", "up").await;
+    let base = sentinel.base_url.as_str();
+    let client = reqwest::Client::new();
+    let acme = ingest_token("acme");
+    let body = event("acme", 1);
+
+    let first = post_event(&client, base, &acme, "order-1", &body).await;
+    assert_eq!(first.status(), 202);
+    assert!(
+        first.headers().get("idempotent-replayed").is_none(),
+        "the original is not a replay"
+    );
+    let original: serde_json::Value = first.json().await.unwrap();
+
+    // The same payload, spelled differently (key order, whitespace, number spelling).
+    let mut respelled = serde_json::Map::new();
+    for (key, value) in body.as_object().unwrap().iter().rev() {
+        respelled.insert(key.clone(), value.clone());
+    }
+    let text = serde_json::to_string_pretty(&respelled)
+        .unwrap()
+        .replace("\"seq\": 1", "\"seq\": 1.0");
+    let replay = client
+        .post(format!("{base}/v1/events"))
+        .bearer_auth(&acme)
+        .header("idempotency-key", "order-1")
+        .header("content-type", "application/json")
+        .body(text)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 202);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    let replayed: serde_json::Value = replay.json().await.unwrap();
+    assert_eq!(replayed, original, "a replay returns the original body");
+
+    let mut changed = body.clone();
+    changed["payload"]["seq"] = serde_json::json!(2);
+    let conflict = post_event(&client, base, &acme, "order-1", &changed).await;
+    problem_of(
+        conflict,
+        409,
+        "/problems/idempotency-key-mismatch",
+        "other payload",
+    )
+    .await;
+
+    let globex_body = event("globex", 1);
+    let other_tenant = post_event(
+        &client,
+        base,
+        &ingest_token("globex"),
+        "order-1",
+        &globex_body,
+    )
+    .await;
+    assert_eq!(
+        other_tenant.status(),
+        202,
+        "the same key in another tenant is another claim"
+    );
+    assert!(other_tenant.headers().get("idempotent-replayed").is_none());
+
+    assert_eq!(env.wait_for_events(2, Duration::from_secs(30)).await, 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(env.event_count(&env.db().await).await, 2);
+    assert_eq!(
+        env.consumed_records(&env.db().await).await,
+        2,
+        "a replay is never written again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_requests_with_one_key_yield_one_event() {
+    let env = TestEnv::new("race").await;
+    let sentinel = env.start("up", "up").await;
+    let base = sentinel.base_url.clone();
+    let client = reqwest::Client::new();
+    let acme = ingest_token("acme");
+    let payload_a = event("acme", 1);
+    let payload_b = event("acme", 2);
+
+    let requests = (0..50).map(|i| {
+        let body = if i % 2 == 0 {
+            payload_a.clone()
+        } else {
+            payload_b.clone()
+        };
+        let (client, base, acme) = (client.clone(), base.clone(), acme.clone());
+        async move {
+            let response = post_event(&client, &base, &acme, "the-one-key", &body).await;
+            let status = response.status().as_u16();
+            let replayed = response.headers().get("idempotent-replayed").is_some();
+            let json: serde_json::Value = response.json().await.unwrap();
+            (body["eventId"].clone(), status, replayed, json)
+        }
+    });
+    let answers = join_all(requests).await;
+    let originals: Vec<_> = answers.iter().filter(|a| a.1 == 202 && !a.2).collect();
+    assert_eq!(originals.len(), 1, "exactly one original 202: {answers:?}");
+    let winner = originals[0].0.clone();
+    let winner_body = originals[0].3.clone();
+    let mut tally: BTreeMap<(bool, u16), usize> = BTreeMap::new();
+    for (event_id, status, replayed, json) in &answers {
+        let same_payload = *event_id == winner;
+        *tally.entry((same_payload, *status)).or_default() += 1;
+        if same_payload && !replayed {
+            continue;
+        }
+        if same_payload {
+            assert_eq!(*status, 202, "same payload must replay: {json}");
+            assert_eq!(*json, winner_body, "a replay returns the original body");
+        } else {
+            assert_eq!(*status, 409, "other payload must conflict: {json}");
+            assert_eq!(json["type"], "/problems/idempotency-key-mismatch");
+        }
+    }
+    assert_eq!(tally.values().sum::<usize>(), 50, "{tally:?}");
+
+    assert_eq!(env.wait_for_events(1, Duration::from_secs(30)).await, 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let db = env.db().await;
+    let ids: Vec<Uuid> = db
+        .query("SELECT id FROM events", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        ids,
+        vec![winner.as_str().unwrap().parse::<Uuid>().unwrap()],
+        "never two events for one key"
+    );
+    assert_eq!(
+        env.consumed_records(&db).await,
+        1,
+        "one key, one record on the topic"
+    );
+}
+
+fn ndjson(lines: &[serde_json::Value]) -> String {
+    lines.iter().map(|l| l.to_string() + "\n").collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_answer_per_line_and_respect_their_limits() {
+    let env = TestEnv::new("batch").await;
+    let sentinel = env
+        .start_with(
+            "up",
+            "up",
+            &[
+                ("SENTINEL_MAX_BATCH_EVENTS", "20"),
+                ("SENTINEL_MAX_IN_FLIGHT", "8"),
+            ],
+        )
+        .await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/events:batch", sentinel.base_url);
+    let acme = ingest_token("acme");
+    let post = |body: String| {
+        client
+            .post(&url)
+            .bearer_auth(&acme)
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+    };
+
+    let (a, b, c) = (event("acme", 1), event("acme", 2), event("acme", 3));
+    let mut invalid = event("acme", 4);
+    invalid["timestampUtc"] = serde_json::json!("yesterday");
+    let body = ndjson(&[
+        serde_json::json!({"idempotencyKey": "b-1", "event": a}),
+        serde_json::json!({"idempotencyKey": "b-2", "event": b}),
+        serde_json::json!({"idempotencyKey": "b-4", "event": invalid}),
+        serde_json::json!({"idempotencyKey": "b-3", "event": c}),
+        serde_json::json!({"idempotencyKey": "b-1", "event": a}),
+        serde_json::json!({"event": a}),
+    ]) + "not json\n";
+    let response = post(body).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    let statuses: Vec<u64> = answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [202, 202, 400, 202, 202, 400, 400], "{answer}");
+    let lines: Vec<u64> = answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, [1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(
+        answer["results"][2]["problem"]["errors"][0]["pointer"],
+        "/timestampUtc"
+    );
+    assert_eq!(
+        answer["results"][4]["replayed"], true,
+        "a repeated key in one batch replays"
+    );
+    assert_eq!(
+        answer["results"][4]["eventId"],
+        answer["results"][0]["eventId"]
+    );
+    assert_eq!(
+        (answer["accepted"].as_u64(), answer["rejected"].as_u64()),
+        (Some(4), Some(3))
+    );
+
+    // Over the in-flight budget (8): 429 for the whole batch, nothing written.
+    let too_many: Vec<_> = (10..20)
+        .map(|i| serde_json::json!({"idempotencyKey": format!("m-{i}"), "event": event("acme", i)}))
+        .collect();
+    let response = post(ndjson(&too_many)).await.unwrap();
+    assert!(response.headers().contains_key("retry-after"));
+    problem_of(
+        response,
+        429,
+        "/problems/overloaded",
+        "over the in-flight budget",
+    )
+    .await;
+    // Over the batch size (20): 413.
+    let oversized: Vec<_> = (0..21)
+        .map(|i| serde_json::json!({"idempotencyKey": format!("o-{i}"), "event": event("acme", i)}))
+        .collect();
+    problem_of(
+        post(ndjson(&oversized)).await.unwrap(),
+        413,
+        "/problems/batch-too-large",
+        "21 events",
+    )
+    .await;
+    // Not NDJSON: 415.
+    let response = client
+        .post(&url)
+        .bearer_auth(&acme)
+        .json(&serde_json::json!([]))
+        .send()
+        .await
+        .unwrap();
+    problem_of(
+        response,
+        415,
+        "/problems/unsupported-media-type",
+        "JSON array",
+    )
+    .await;
+
+    assert_eq!(env.wait_for_events(3, Duration::from_secs(30)).await, 3);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(env.event_count(&env.db().await).await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_failure_between_claim_and_ack_does_not_swallow_the_retry() {
+    let broker = PrivateBroker::start().await;
+    let env = TestEnv::new("brokerfail").await;
+    let sentinel = env
+        .start_with(
+            "up",
+            "up",
+            &[
+                ("KAFKA_BROKERS", &broker.address),
+                ("SENTINEL_PRODUCE_TIMEOUT_MS", "2000"),
+            ],
+        )
+        .await;
+    let base = sentinel.base_url.as_str();
+    let client = reqwest::Client::new();
+    let acme = ingest_token("acme");
+    let warm = post_event(&client, base, &acme, "warm", &event("acme", 0)).await;
+    assert_eq!(warm.status(), 202);
+
+    broker.pause();
+    let lost_ack = event("acme", 1);
+    let response = post_event(&client, base, &acme, "during-outage", &lost_ack).await;
+    assert!(response.headers().contains_key("retry-after"));
+    problem_of(
+        response,
+        503,
+        "/problems/broker-unavailable",
+        "paused broker",
+    )
+    .await;
+    // A client that gives up mid-request leaves no stuck claim either.
+    let impatient = event("acme", 2);
+    let gave_up = client
+        .post(format!("{base}/v1/events"))
+        .bearer_auth(&acme)
+        .header("idempotency-key", "impatient")
+        .json(&impatient)
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(
+        gave_up.is_err(),
+        "the request should have timed out on the client"
+    );
+    broker.resume();
+
+    // Clients retry after Retry-After; within seconds of the broker's return both keys are
+    // written.
+    for (key, body) in [("during-outage", &lost_ack), ("impatient", &impatient)] {
+        let mut status = 0;
+        for _ in 0..30 {
+            status = post_event(&client, base, &acme, key, body)
+                .await
+                .status()
+                .as_u16();
+            if status == 202 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert_eq!(
+            status,
+            202,
+            "{key}: the retry after the outage is written; log:\n{}",
+            sentinel.log()
+        );
+    }
+
+    assert_eq!(
+        env.wait_for_events(3, Duration::from_secs(60)).await,
+        3,
+        "log:\n{}",
+        sentinel.log()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let db = env.db().await;
+    let ids: Vec<Uuid> = db
+        .query("SELECT id FROM events ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut expected: Vec<Uuid> = [&event_id(&lost_ack), &event_id(&impatient)]
+        .into_iter()
+        .copied()
+        .collect();
+    expected.push(
+        ids.iter()
+            .copied()
+            .find(|id| !expected.contains(id))
+            .expect("the warm-up event"),
+    );
+    expected.sort();
+    assert_eq!(ids, expected, "each event exactly once");
+}
+
+fn event_id(body: &serde_json::Value) -> Uuid {
+    body["eventId"].as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_claim_store_answers_503_and_recovers() {
+    let env = TestEnv::new("storedown").await;
+    let sentinel = env.start("up", "up").await;
+    let base = sentinel.base_url.as_str();
+    let client = reqwest::Client::new();
+    let acme = ingest_token("acme");
+    assert_eq!(
+        post_event(&client, base, &acme, "before", &event("acme", 0))
+            .await
+            .status(),
+        202
+    );
+
+    let admin = env.admin().await;
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{db}\" WITH ALLOW_CONNECTIONS false; \
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}';",
+            db = env.database
+        ))
+        .await
+        .unwrap();
+    let body = event("acme", 1);
+    let response = post_event(&client, base, &acme, "during", &body).await;
+    assert!(response.headers().contains_key("retry-after"));
+    problem_of(
+        response,
+        503,
+        "/problems/idempotency-store-unavailable",
+        "database refusing connections",
+    )
+    .await;
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{}\" WITH ALLOW_CONNECTIONS true",
+            env.database
+        ))
+        .await
+        .unwrap();
+
+    let mut status = 0;
+    for _ in 0..20 {
+        status = post_event(&client, base, &acme, "during", &body)
+            .await
+            .status()
+            .as_u16();
+        if status == 202 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(status, 202, "the retry succeeds once the store is back");
+    assert_eq!(
+        env.wait_for_events(2, Duration::from_secs(60)).await,
+        2,
+        "log:\n{}",
+        sentinel.log()
+    );
+}
