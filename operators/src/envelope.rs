@@ -657,4 +657,119 @@ mod tests {
         body["payload"] = serde_json::json!({"a/b~c": "\u{0}"});
         assert_eq!(violations(&body)[0].pointer, "/payload/a~1b~0c");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(Value::from),
+                ".{0,12}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(6, 64, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::btree_map(".{0,6}", inner, 0..6)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn valid_envelope() -> impl Strategy<Value = Value> {
+            (
+                any::<u128>(),
+                "[a-z0-9._-]{1,64}",
+                "[a-zA-Z0-9._:/-]{1,128}",
+                "[a-zA-Z0-9._:/-]{1,128}",
+                "[!-{}~]{1,256}",
+                1i32..,
+                0i64..1_700_000_000,
+                prop::collection::btree_map("[a-z]{1,8}", json_value(), 0..6),
+            )
+                .prop_map(
+                    |(id, tenant, source, kind, stream, version, secs, payload)| {
+                        let at = DateTime::from_timestamp(secs, 0).unwrap();
+                        serde_json::json!({
+                            "eventId": Uuid::from_u128(id).to_string(),
+                            "tenantId": tenant,
+                            "source": source,
+                            "type": kind,
+                            "timestampUtc": at.to_rfc3339(),
+                            "schemaVersion": version,
+                            "streamKey": stream,
+                            "payload": Value::Object(payload.into_iter().collect()),
+                        })
+                    },
+                )
+        }
+
+        fn has_nul(value: &Value) -> bool {
+            match value {
+                Value::String(s) => s.contains('\0'),
+                Value::Array(items) => items.iter().any(has_nul),
+                Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+                _ => false,
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+                let _ = parse_envelope(&bytes, &EnvelopeLimits::default(), now());
+            }
+
+            #[test]
+            fn arbitrary_json_is_accepted_or_explained(value in json_value()) {
+                let bytes = serde_json::to_vec(&value).unwrap();
+                match parse_envelope(&bytes, &EnvelopeLimits::default(), now()) {
+                    Ok(_) => prop_assert!(false, "a random document passed as an envelope"),
+                    Err(EnvelopeError::Invalid { violations }) => {
+                        prop_assert!(!violations.is_empty());
+                        for v in violations {
+                            prop_assert!(v.pointer.is_empty() || v.pointer.starts_with('/'));
+                            prop_assert!(!v.detail.is_empty());
+                        }
+                    }
+                    Err(other) => prop_assert!(false, "valid JSON reported as {other:?}"),
+                }
+            }
+
+            #[test]
+            fn valid_envelopes_parse_and_keep_their_fields(value in valid_envelope()) {
+                prop_assume!(!has_nul(&value["payload"]));
+                let bytes = serde_json::to_vec(&value).unwrap();
+                let envelope = parse_envelope(&bytes, &EnvelopeLimits::default(), now())
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(envelope.event_id.to_string(), value["eventId"].as_str().unwrap());
+                prop_assert_eq!(&envelope.tenant_id, value["tenantId"].as_str().unwrap());
+                prop_assert_eq!(&envelope.stream_key, value["streamKey"].as_str().unwrap());
+                prop_assert_eq!(Value::Object(envelope.payload), value["payload"].clone());
+            }
+
+            #[test]
+            fn one_wrong_field_is_one_violation_at_its_pointer(
+                value in valid_envelope(),
+                field in prop::sample::select(vec!["eventId", "tenantId", "source", "type", "timestampUtc", "schemaVersion", "streamKey", "payload"]),
+                replacement in prop_oneof![Just(Value::Null), Just(Value::Bool(true)), Just(serde_json::json!([1]))],
+            ) {
+                prop_assume!(!has_nul(&value["payload"]));
+                let mut broken = value.clone();
+                broken[field] = replacement;
+                let bytes = serde_json::to_vec(&broken).unwrap();
+                match parse_envelope(&bytes, &EnvelopeLimits::default(), now()) {
+                    Err(EnvelopeError::Invalid { violations }) => {
+                        prop_assert_eq!(violations.len(), 1, "{:?}", violations);
+                        prop_assert_eq!(&violations[0].pointer, &format!("/{field}"));
+                    }
+                    other => prop_assert!(false, "{field} broken but got {other:?}"),
+                }
+            }
+        }
+    }
 }
