@@ -66,14 +66,16 @@ impl Default for IngressSettings {
 }
 
 /// The 202 body: what the client needs to find its event again.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Accepted {
     /// The event's id, as sent.
     pub event_id: uuid::Uuid,
     /// When the gateway received it (RFC 3339, UTC, microseconds).
+    #[schema(format = DateTime, example = "2026-11-24T10:00:00.123456Z")]
     pub received_at_utc: String,
     /// The trace the event travels in (32 hex digits).
+    #[schema(pattern = "^[0-9a-f]{32}$")]
     pub trace_id: String,
 }
 
@@ -553,6 +555,35 @@ fn authorize(state: &IngressState, headers: &HeaderMap) -> Result<Principal, Res
 }
 
 /// Handler of `POST /v1/events`.
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    tag = "events",
+    request_body(content = crate::openapi::EnvelopeDoc, content_type = "application/json",
+        description = "One event envelope"),
+    params(
+        ("Idempotency-Key" = String, Header, description = "1-255 characters, no control characters; scoped by tenant"),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context to continue"),
+        ("tracestate" = Option<String>, Header, description = "W3C trace state, passed through"),
+    ),
+    responses(
+        (status = 202, description = "Written and acknowledged by the broker (or a replay)", body = Accepted,
+            headers(("Idempotent-Replayed" = String, description = "`true` when this answer replays an earlier request"))),
+        (status = 400, description = "Malformed JSON, invalid event or invalid Idempotency-Key", body = ApiError, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid bearer token", body = ApiError, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "Bearer challenge"))),
+        (status = 403, description = "Missing role or tenant mismatch", body = ApiError, content_type = "application/problem+json"),
+        (status = 409, description = "Idempotency key reused with another payload, or in flight elsewhere", body = ApiError, content_type = "application/problem+json"),
+        (status = 413, description = "Body or event too large", body = ApiError, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type is not JSON", body = ApiError, content_type = "application/problem+json"),
+        (status = 429, description = "Too many events in flight", body = ApiError, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 500, description = "Broker refused the record, or an internal failure", body = ApiError, content_type = "application/problem+json"),
+        (status = 503, description = "Broker or idempotency store unavailable", body = ApiError, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn post_event(
     State(state): State<IngressState>,
     headers: HeaderMap,
@@ -616,16 +647,22 @@ struct BatchLine {
 }
 
 /// One line's result in a batch answer.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LineResult {
     /// 1-based line number in the request body.
     pub line: usize,
     /// The status the single endpoint would have answered.
     pub status: u16,
-    /// The 202 body, for accepted lines.
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub accepted: Option<Accepted>,
+    /// The event's id, for accepted lines.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<uuid::Uuid>,
+    /// When the gateway received it, for accepted lines.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub received_at_utc: Option<String>,
+    /// The event's trace, for accepted lines.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     /// Whether the line replays an earlier request.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub replayed: bool,
@@ -635,7 +672,7 @@ pub struct LineResult {
 }
 
 /// The batch answer: one result per non-empty line, in order.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct BatchResults {
     /// Lines accepted (including replays).
     pub accepted: usize,
@@ -650,14 +687,18 @@ fn line_result(line: usize, outcome: Result<Ingested, ApiError>) -> LineResult {
         Ok(ingested) => LineResult {
             line,
             status: StatusCode::ACCEPTED.as_u16(),
-            accepted: Some(ingested.accepted),
+            event_id: Some(ingested.accepted.event_id),
+            received_at_utc: Some(ingested.accepted.received_at_utc),
+            trace_id: Some(ingested.accepted.trace_id),
             replayed: ingested.replayed,
             problem: None,
         },
         Err(problem) => LineResult {
             line,
             status: problem.status,
-            accepted: None,
+            event_id: None,
+            received_at_utc: None,
+            trace_id: None,
             replayed: false,
             problem: Some(problem),
         },
@@ -665,6 +706,28 @@ fn line_result(line: usize, outcome: Result<Ingested, ApiError>) -> LineResult {
 }
 
 /// Handler of `POST /v1/events:batch` (NDJSON, one `{"idempotencyKey", "event"}` per line).
+#[utoipa::path(
+    post,
+    path = "/v1/events:batch",
+    tag = "events",
+    request_body(content = String, content_type = "application/x-ndjson",
+        description = "One `{\"idempotencyKey\": string, \"event\": Envelope}` object per line"),
+    params(
+        ("traceparent" = Option<String>, Header, description = "W3C trace context to continue"),
+    ),
+    responses(
+        (status = 200, description = "One result per line, each with the single endpoint's semantics", body = BatchResults),
+        (status = 400, description = "Empty batch or unreadable body", body = ApiError, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid bearer token", body = ApiError, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "Bearer challenge"))),
+        (status = 403, description = "Missing role", body = ApiError, content_type = "application/problem+json"),
+        (status = 413, description = "Too many lines or too many bytes", body = ApiError, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type is not NDJSON", body = ApiError, content_type = "application/problem+json"),
+        (status = 429, description = "The batch does not fit the in-flight budget", body = ApiError, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn post_batch(
     State(state): State<IngressState>,
     headers: HeaderMap,

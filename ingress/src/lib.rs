@@ -6,6 +6,7 @@
 //! | [`idempotency`] | group-committed idempotency claims in PostgreSQL, purged after retention |
 //! | [`kafka`] | broker connection settings and the acknowledged event producer |
 //! | [`problem`] | RFC 9457 problem+json errors with stable problem types |
+//! | [`openapi`] | the OpenAPI 3.1 description generated from the handlers |
 //! | [`events`] | `POST /v1/events` and `POST /v1/events:batch`: the write path |
 //!
 //! [`router`] builds the gateway's routes; the `sentinel` binary mounts them on its one listener.
@@ -14,6 +15,7 @@ pub mod auth;
 pub mod events;
 pub mod idempotency;
 pub mod kafka;
+pub mod openapi;
 pub mod problem;
 
 use std::sync::Arc;

@@ -10,12 +10,15 @@ use serde::Serialize;
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// An HTTP error as RFC 9457 problem details.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = Problem)]
 pub struct ApiError {
     /// Stable problem type URI (`/problems/<slug>`), documented in `docs/api.md`.
     #[serde(rename = "type")]
+    #[schema(value_type = crate::openapi::ProblemType)]
     pub problem_type: String,
     /// Short, stable summary of the problem type.
+    #[schema(value_type = String)]
     pub title: &'static str,
     /// HTTP status code.
     pub status: u16,
@@ -26,6 +29,7 @@ pub struct ApiError {
     pub retry_after_seconds: Option<u32>,
     /// Every violation, each with its JSON pointer (for invalid events).
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<crate::openapi::ViolationDoc>)]
     pub errors: Vec<Violation>,
 }
 

@@ -12,6 +12,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use ingress::{ApiError, EventProducer, IngressState};
 use serde_json::json;
+use utoipa::OpenApi;
 
 /// What `/ready` checks.
 #[derive(Clone)]
@@ -45,6 +46,12 @@ async fn check_database(url: &str) -> Result<(), String> {
     }
 }
 
+/// Readiness: PostgreSQL, the broker and (for roles that run it) the dataflow.
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    responses(
+        (status = 200, description = "Every check is up", body = serde_json::Value),
+        (status = 503, description = "Some check is down; each check has a status and detail", body = serde_json::Value),
+    ))]
 async fn ready(State(readiness): State<Readiness>) -> Response {
     let (database, broker) = tokio::join!(
         check_database(&readiness.database_url),
@@ -86,8 +93,29 @@ async fn ready(State(readiness): State<Readiness>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// Liveness: the process runs.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "`{\"status\": \"alive\"}`", body = serde_json::Value)))]
 async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "alive"}))
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 description of this API", body = serde_json::Value)))]
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(openapi())
+}
+
+#[derive(OpenApi)]
+#[openapi(paths(health, ready, openapi_json), tags((name = "operations", description = "Health and discovery")))]
+struct OperationsApi;
+
+/// The whole OpenAPI document: the gateway and the operational endpoints.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = ingress::openapi::IngressApi::openapi();
+    doc.merge(OperationsApi::openapi());
+    doc
 }
 
 async fn not_found(OriginalUri(uri): OriginalUri) -> ApiError {
@@ -103,6 +131,7 @@ pub fn app(ingress: Option<IngressState>, readiness: Readiness) -> Router {
     let mut router = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/openapi.json", get(openapi_json))
         .with_state(readiness);
     if let Some(ingress) = ingress {
         router = router.merge(ingress::router(ingress));
