@@ -232,6 +232,15 @@ pub struct Settings {
     )]
     pub jwt_leeway_seconds: u64,
 
+    /// How often expired idempotency claims are purged, in seconds.
+    #[arg(
+        long,
+        env = "SENTINEL_IDEMPOTENCY_PURGE_INTERVAL_SECONDS",
+        default_value_t = 60,
+        global = true
+    )]
+    pub idempotency_purge_interval_seconds: u64,
+
     /// How long idempotency keys are remembered and replayed, in seconds.
     #[arg(
         long,
@@ -340,7 +349,7 @@ impl Settings {
             retention: Duration::from_secs(self.idempotency_retention_seconds),
             lease: self.idempotency_lease(),
             max_batch: 1_000,
-            purge_interval: Duration::from_secs(60),
+            purge_interval: Duration::from_secs(self.idempotency_purge_interval_seconds.max(1)),
         }
     }
 

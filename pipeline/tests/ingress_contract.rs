@@ -669,3 +669,142 @@ async fn an_unreachable_claim_store_answers_503_and_recovers() {
         sentinel.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_record_carries_the_shared_headers() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+
+    let env = TestEnv::new("headers").await;
+    let sentinel = env.start("up", "up").await;
+    let client = reqwest::Client::new();
+    let body = event("acme", 7);
+    let response = client
+        .post(format!("{}/v1/events", sentinel.base_url))
+        .bearer_auth(ingest_token("acme"))
+        .header("idempotency-key", "header-check")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .header("tracestate", "vendor=1")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let accepted: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        accepted["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736",
+        "the client's trace is continued"
+    );
+
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", support::kafka_brokers())
+        .set("group.id", "header-check")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for partition in 0..4 {
+        assignment
+            .add_partition_offset(&env.raw_topic(), partition, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let message = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the record never arrived"
+        );
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            break message.detach();
+        }
+    };
+    assert_eq!(
+        message.key(),
+        Some(&b"acme|stream-1"[..]),
+        "keyed tenantId|streamKey"
+    );
+    let sent: serde_json::Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+    assert_eq!(sent, body, "the value is the event as sent");
+    let headers: BTreeMap<String, String> = message
+        .headers()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h.key.to_owned(),
+                String::from_utf8(h.value.unwrap().to_vec()).unwrap(),
+            )
+        })
+        .collect();
+    let traceparent = &headers["traceparent"];
+    assert!(
+        traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{traceparent}"
+    );
+    assert!(
+        !traceparent.contains("00f067aa0ba902b7"),
+        "the gateway's own span is the parent"
+    );
+    assert_eq!(headers["tracestate"], "vendor=1");
+    assert_eq!(headers["sentinel-idempotency-key"], "header-check");
+    assert_eq!(headers["sentinel-received-at"], accepted["receivedAtUtc"]);
+    assert_eq!(
+        headers["sentinel-payload-hash"],
+        operators::canonical::canonical_hash(&body)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_expire_after_the_retention_and_are_purged() {
+    let env = TestEnv::new("expiry").await;
+    let sentinel = env
+        .start_with(
+            "up",
+            "up",
+            &[
+                ("SENTINEL_IDEMPOTENCY_RETENTION_SECONDS", "1"),
+                ("SENTINEL_IDEMPOTENCY_PURGE_INTERVAL_SECONDS", "1"),
+            ],
+        )
+        .await;
+    let base = sentinel.base_url.as_str();
+    let client = reqwest::Client::new();
+    let acme = ingest_token("acme");
+    assert_eq!(
+        post_event(&client, base, &acme, "short-lived", &event("acme", 1))
+            .await
+            .status(),
+        202
+    );
+    let db = env.db().await;
+    let claims: i64 = db
+        .query_one("SELECT count(*) FROM idempotency", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(claims, 1, "the claim is stored");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let claims: i64 = db
+            .query_one("SELECT count(*) FROM idempotency", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if claims == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the expired claim was never purged"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // After the retention the key is free again, even for another payload.
+    let again = post_event(&client, base, &acme, "short-lived", &event("acme", 2)).await;
+    assert_eq!(again.status(), 202);
+    assert!(again.headers().get("idempotent-replayed").is_none());
+}
