@@ -105,6 +105,19 @@ impl ClaimStore {
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreUnavailable> {
+        let started = std::time::Instant::now();
+        let answer = self.call_inner(make).await;
+        crate::telemetry::ClaimAnswered {
+            duration: started.elapsed(),
+        }
+        .emit();
+        answer
+    }
+
+    async fn call_inner<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Op,
+    ) -> Result<T, StoreUnavailable> {
         let (reply, answer) = oneshot::channel();
         self.ops
             .send(make(reply))
@@ -221,6 +234,15 @@ async fn run_batches(settings: IdempotencySettings, mut queue: mpsc::Receiver<Op
                 Op::Claim { .. } => claims.push(op),
                 Op::Complete { .. } => completes.push(op),
                 Op::Release { .. } => releases.push(op),
+            }
+        }
+        for (kind, operations) in [
+            ("complete", completes.len()),
+            ("release", releases.len()),
+            ("claim", claims.len()),
+        ] {
+            if operations > 0 {
+                crate::telemetry::ClaimStatementRun { kind, operations }.emit();
             }
         }
         let mut failed = false;

@@ -203,7 +203,8 @@ impl EventProducer {
             .payload(value)
             .headers(owned);
         let (generation, producer) = self.producer();
-        match producer.send(record, self.delivery_timeout).await {
+        let started = std::time::Instant::now();
+        let outcome = match producer.send(record, self.delivery_timeout).await {
             Ok(delivery) => Ok(Acknowledged {
                 partition: delivery.partition,
                 offset: delivery.offset,
@@ -214,7 +215,17 @@ impl EventProducer {
                 }
                 Err(PublishError::classify(err))
             }
+        };
+        crate::telemetry::RecordProduced {
+            duration: started.elapsed(),
+            error: match &outcome {
+                Ok(_) => None,
+                Err(err) if err.is_retriable() => Some("unavailable"),
+                Err(_) => Some("rejected"),
+            },
         }
+        .emit();
+        outcome
     }
 
     /// Whether the cluster answers a metadata request for `topic` within `timeout`.

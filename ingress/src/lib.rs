@@ -7,6 +7,7 @@
 //! | [`kafka`] | broker connection settings and the acknowledged event producer |
 //! | [`problem`] | RFC 9457 problem+json errors with stable problem types |
 //! | [`openapi`] | the OpenAPI 3.1 description generated from the handlers |
+//! | [`telemetry`] | typed telemetry events and the gateway's metrics |
 //! | [`events`] | `POST /v1/events` and `POST /v1/events:batch`: the write path |
 //!
 //! [`router`] builds the gateway's routes; the `sentinel` binary mounts them on its one listener.
@@ -17,6 +18,7 @@ pub mod idempotency;
 pub mod kafka;
 pub mod openapi;
 pub mod problem;
+pub mod telemetry;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,4 +101,22 @@ pub fn router(state: IngressState) -> Router {
             post(events::post_batch).layer(DefaultBodyLimit::max(batch_limit)),
         )
         .with_state(state)
+        .layer(axum::middleware::from_fn(record_request))
+}
+
+/// Emits one [`telemetry::RequestAnswered`] per request of the gateway's routes.
+async fn record_request(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let route = telemetry::route_label(request.uri().path());
+    let response = next.run(request).await;
+    telemetry::RequestAnswered {
+        status: response.status().as_u16(),
+        route,
+        duration: started.elapsed(),
+    }
+    .emit();
+    response
 }

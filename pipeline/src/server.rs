@@ -100,6 +100,27 @@ async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "alive"}))
 }
 
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Metrics (text/plain; version=0.0.4)", body = String, content_type = "text/plain")))]
+async fn metrics() -> Response {
+    let families = prometheus::gather();
+    match prometheus::TextEncoder::new().encode_to_string(&families) {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(err) => {
+            tracing::error!(error = %err, "encoding metrics failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "The OpenAPI 3.1 description of this API", body = serde_json::Value)))]
@@ -108,7 +129,7 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
 }
 
 #[derive(OpenApi)]
-#[openapi(paths(health, ready, openapi_json), tags((name = "operations", description = "Health and discovery")))]
+#[openapi(paths(health, ready, metrics, openapi_json), tags((name = "operations", description = "Health and discovery")))]
 struct OperationsApi;
 
 /// The whole OpenAPI document: the gateway and the operational endpoints.
@@ -128,10 +149,13 @@ async fn method_not_allowed(method: Method, OriginalUri(uri): OriginalUri) -> Ap
 
 /// The application: every HTTP surface of this role on one router.
 pub fn app(ingress: Option<IngressState>, readiness: Readiness) -> Router {
+    ingress::telemetry::register();
+    sinks::telemetry::register();
     let mut router = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/openapi.json", get(openapi_json))
+        .route("/metrics", get(metrics))
         .with_state(readiness);
     if let Some(ingress) = ingress {
         router = router.merge(ingress::router(ingress));

@@ -54,6 +54,8 @@ impl CommitBatch {
 /// What one committed transaction did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CommitReport {
+    /// The `processed_utc` stamped on the batch's events.
+    pub processed_utc: chrono::DateTime<chrono::Utc>,
     /// New rows in `events`.
     pub events_written: u64,
     /// Events whose id was already stored, skipped.

@@ -124,7 +124,10 @@ async fn commit_bulk(
         .await
         .map_err(SinkError::statement("beginning a transaction"))?;
     let processed_utc = Utc::now();
-    let mut report = CommitReport::default();
+    let mut report = CommitReport {
+        processed_utc,
+        ..CommitReport::default()
+    };
     if !batch.events.is_empty() {
         let sink = tx
             .copy_in(&format!(
@@ -198,7 +201,10 @@ async fn commit_isolating(
         ))
         .await
         .map_err(SinkError::statement("preparing the single-row insert"))?;
-    let mut report = CommitReport::default();
+    let mut report = CommitReport {
+        processed_utc,
+        ..CommitReport::default()
+    };
     let mut dead_letters = batch.dead_letters.clone();
     for event in &batch.events {
         let savepoint = tx
@@ -374,12 +380,24 @@ pub async fn run_writer(
         let mut backoff = settings.initial_backoff;
         let mut attempt = 1u32;
         loop {
+            let started = std::time::Instant::now();
             match sink.commit(&batch).await {
                 Ok(report) => {
+                    crate::telemetry::BatchCommitted {
+                        batch: &batch,
+                        report: &report,
+                        processed_utc: report.processed_utc,
+                        duration: started.elapsed(),
+                    }
+                    .emit();
                     on_commit(&batch, &report);
                     break;
                 }
                 Err(err) if err.is_retriable() => {
+                    crate::telemetry::BatchRetried {
+                        records: batch.record_count(),
+                    }
+                    .emit();
                     let delay = jittered(backoff);
                     tracing::warn!(
                         error = %error_chain(&err),

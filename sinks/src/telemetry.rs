@@ -1,0 +1,145 @@
+//! The dataflow sink's telemetry: one typed event per committed (or retried) batch, whose
+//! `emit()` updates the metrics. Label sets are fixed and bounded.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use prometheus::{
+    register_histogram, register_int_counter_vec, register_int_gauge_vec, Histogram, IntCounterVec,
+    IntGaugeVec,
+};
+
+use crate::postgres::{CommitBatch, CommitReport};
+
+static PROCESSOR_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "processor_events_total",
+        "Records handled by the dataflow, by result (success, duplicate, dlq, retry)",
+        &["result"]
+    )
+    .expect("registering processor_events_total")
+});
+
+static DLQ_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "dlq_events_total",
+        "Records dead-lettered, by reason code",
+        &["reason"]
+    )
+    .expect("registering dlq_events_total")
+});
+
+static FRESHNESS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "end_to_end_freshness_seconds",
+        "processed_utc - received_utc of each stored event, in seconds",
+        vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 300.0
+        ]
+    )
+    .expect("registering end_to_end_freshness_seconds")
+});
+
+static BATCH_RECORDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "sink_batch_records",
+        "Records (events and dead letters) per committed transaction",
+        vec![1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 20000.0]
+    )
+    .expect("registering sink_batch_records")
+});
+
+static COMMIT_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "sink_commit_duration_ms",
+        "Time to commit one batch transaction, in milliseconds",
+        vec![0.5, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0]
+    )
+    .expect("registering sink_commit_duration_ms")
+});
+
+static LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "processor_lag_seconds",
+        "Seconds between now and the receive time of the last committed record, per partition",
+        &["partition"]
+    )
+    .expect("registering processor_lag_seconds")
+});
+
+/// Registers every sink metric, so that `/metrics` lists them before they first change.
+pub fn register() {
+    LazyLock::force(&PROCESSOR_EVENTS);
+    LazyLock::force(&DLQ_EVENTS);
+    LazyLock::force(&FRESHNESS);
+    LazyLock::force(&BATCH_RECORDS);
+    LazyLock::force(&COMMIT_DURATION);
+    LazyLock::force(&LAG);
+}
+
+/// A batch became durable.
+pub struct BatchCommitted<'a> {
+    /// The batch.
+    pub batch: &'a CommitBatch,
+    /// What the transaction did.
+    pub report: &'a CommitReport,
+    /// The time stamped as `processed_utc`.
+    pub processed_utc: DateTime<Utc>,
+    /// Time the commit took.
+    pub duration: Duration,
+}
+
+impl BatchCommitted<'_> {
+    /// Records the event.
+    pub fn emit(self) {
+        let report = self.report;
+        PROCESSOR_EVENTS
+            .with_label_values(&["success"])
+            .inc_by(report.events_written);
+        PROCESSOR_EVENTS
+            .with_label_values(&["duplicate"])
+            .inc_by(report.duplicates_skipped);
+        PROCESSOR_EVENTS
+            .with_label_values(&["dlq"])
+            .inc_by(report.dead_letters_written);
+        for dead in &self.batch.dead_letters {
+            DLQ_EVENTS.with_label_values(&[dead.reason.code()]).inc();
+        }
+        if report.rejected_by_database > 0 {
+            DLQ_EVENTS
+                .with_label_values(&["database_rejected"])
+                .inc_by(report.rejected_by_database);
+        }
+        let mut last_received = std::collections::BTreeMap::new();
+        for event in &self.batch.events {
+            let freshness = (self.processed_utc - event.received_utc).num_microseconds();
+            FRESHNESS.observe(freshness.unwrap_or(0).max(0) as f64 / 1e6);
+            last_received
+                .entry(event.partition)
+                .and_modify(|at: &mut DateTime<Utc>| *at = (*at).max(event.received_utc))
+                .or_insert(event.received_utc);
+        }
+        for (partition, received) in last_received {
+            LAG.with_label_values(&[&partition.to_string()])
+                .set((self.processed_utc - received).num_seconds().max(0));
+        }
+        BATCH_RECORDS.observe(self.batch.record_count() as f64);
+        COMMIT_DURATION.observe(self.duration.as_secs_f64() * 1000.0);
+    }
+}
+
+/// A batch commit failed transiently and will be retried.
+pub struct BatchRetried {
+    /// Records in the batch.
+    pub records: usize,
+}
+
+impl BatchRetried {
+    /// Records the event.
+    pub fn emit(self) {
+        PROCESSOR_EVENTS
+            .with_label_values(&["retry"])
+            .inc_by(self.records as u64);
+    }
+}
