@@ -301,8 +301,9 @@ pub(crate) fn request_trace(headers: &HeaderMap) -> (TraceContext, Option<String
 
 type SharedOutcome = Option<Result<Ingested, ApiError>>;
 
-/// Requests with the same key in this process: the first owns the claim, the others with the
-/// same payload wait for its outcome and replay it.
+/// Requests with the same key in this process: the first owns the claim; the others wait for
+/// its outcome, and replay it when they carry the same payload or take their own turn when not
+/// (the stored claim, not the first request, decides who holds the key).
 #[derive(Default)]
 pub(crate) struct LocalClaims {
     owners: Mutex<HashMap<ClaimKey, (String, watch::Receiver<SharedOutcome>)>>,
@@ -310,8 +311,10 @@ pub(crate) struct LocalClaims {
 
 enum Turn {
     Owner(OwnerGuard),
-    Wait(watch::Receiver<SharedOutcome>),
-    Mismatch,
+    Wait {
+        outcome: watch::Receiver<SharedOutcome>,
+        same_payload: bool,
+    },
 }
 
 struct OwnerGuard {
@@ -324,10 +327,9 @@ impl LocalClaims {
     fn enter(self: &Arc<Self>, key: &ClaimKey, payload_hash: &str) -> Turn {
         let mut owners = self.owners.lock().expect("local claims lock");
         if let Some((hash, outcome)) = owners.get(key) {
-            return if hash == payload_hash {
-                Turn::Wait(outcome.clone())
-            } else {
-                Turn::Mismatch
+            return Turn::Wait {
+                outcome: outcome.clone(),
+                same_payload: hash == payload_hash,
             };
         }
         let (sender, receiver) = watch::channel(None);
@@ -395,28 +397,39 @@ fn ingest(
 async fn finish_ingest(
     state: IngressState,
     submission: Submission,
-    turn: Turn,
+    mut turn: Turn,
 ) -> Result<Ingested, ApiError> {
-    match turn {
-        Turn::Mismatch => Err(mismatch_problem()),
-        Turn::Wait(mut outcome) => {
-            let waited =
-                tokio::time::timeout(state.inner.lease, outcome.wait_for(Option::is_some)).await;
-            match waited {
-                Ok(Ok(done)) => match done.clone().expect("waited for Some") {
-                    Ok(ingested) => Ok(Ingested {
+    loop {
+        match turn {
+            Turn::Wait {
+                mut outcome,
+                same_payload,
+            } => {
+                let waited =
+                    tokio::time::timeout(state.inner.lease, outcome.wait_for(Option::is_some))
+                        .await;
+                let done = match waited {
+                    Ok(Ok(done)) => done.clone().expect("waited for Some"),
+                    _ => return Err(in_flight_problem(Duration::from_secs(1))),
+                };
+                if same_payload {
+                    return done.map(|ingested| Ingested {
                         replayed: true,
                         ..ingested
-                    }),
-                    Err(problem) => Err(problem),
-                },
-                _ => Err(in_flight_problem(Duration::from_secs(1))),
+                    });
+                }
+                // The owner carried another payload: whether it or this request holds the key
+                // is for the stored claim to say, so take a turn of our own.
+                turn = state
+                    .inner
+                    .local
+                    .enter(&submission.key, &submission.payload_hash);
             }
-        }
-        Turn::Owner(guard) => {
-            let outcome = write_owned(&state, submission).await;
-            guard.finish(&outcome);
-            outcome
+            Turn::Owner(guard) => {
+                let outcome = write_owned(&state, submission).await;
+                guard.finish(&outcome);
+                return outcome;
+            }
         }
     }
 }

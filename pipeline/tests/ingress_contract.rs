@@ -808,3 +808,38 @@ async fn claims_expire_after_the_retention_and_are_purged() {
     assert_eq!(again.status(), 202);
     assert!(again.headers().get("idempotent-replayed").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_queued_behind_a_conflicting_request_still_replays() {
+    let env = TestEnv::new("queued").await;
+    let sentinel = env.start("up", "up").await;
+    let client = reqwest::Client::new();
+    let acme = ingest_token("acme");
+    let original = event("acme", 1);
+    let first = post_event(&client, &sentinel.base_url, &acme, "contested", &original).await;
+    assert_eq!(first.status(), 202);
+    let first: serde_json::Value = first.json().await.unwrap();
+    // In one batch the conflicting line takes the key's turn first; the duplicate behind it must
+    // be judged against the stored claim (a replay), not against the line ahead of it.
+    let mut conflicting = original.clone();
+    conflicting["payload"]["seq"] = serde_json::json!(2);
+    let body = ndjson(&[
+        serde_json::json!({"idempotencyKey": "contested", "event": conflicting}),
+        serde_json::json!({"idempotencyKey": "contested", "event": original}),
+    ]);
+    let answer: serde_json::Value = client
+        .post(format!("{}/v1/events:batch", sentinel.base_url))
+        .bearer_auth(&acme)
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["results"][0]["status"], 409, "{answer}");
+    assert_eq!(answer["results"][1]["status"], 202, "{answer}");
+    assert_eq!(answer["results"][1]["replayed"], true, "{answer}");
+    assert_eq!(answer["results"][1]["eventId"], first["eventId"]);
+}
