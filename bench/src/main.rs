@@ -222,6 +222,53 @@ fn percentiles(histogram: &Histogram<u64>, scale: f64) -> Percentiles {
     }
 }
 
+/// Samples of Sentinel's `/metrics`, by full sample name.
+async fn scrape(client: &reqwest::Client, url: &str) -> std::collections::HashMap<String, f64> {
+    let text = match client.get(format!("{url}/metrics")).send().await {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// What the idempotency store cost during the run, from the server's own metrics.
+#[derive(Serialize)]
+struct ClaimCost {
+    claims: f64,
+    claim_statements: f64,
+    claims_per_statement: f64,
+    statements_per_event: f64,
+    mean_wait_ms: f64,
+}
+
+fn claim_cost(
+    before: &std::collections::HashMap<String, f64>,
+    after: &std::collections::HashMap<String, f64>,
+    events: u64,
+) -> ClaimCost {
+    let delta = |name: &str| after.get(name).unwrap_or(&0.0) - before.get(name).unwrap_or(&0.0);
+    let claims = delta(r#"idempotency_operations_total{kind="claim"}"#);
+    let statements: f64 = ["claim", "complete", "release"]
+        .iter()
+        .map(|kind| delta(&format!(r#"idempotency_statements_total{{kind="{kind}"}}"#)))
+        .sum();
+    let claim_statements = delta(r#"idempotency_statements_total{kind="claim"}"#);
+    let waits = delta("idempotency_claim_duration_ms_count");
+    ClaimCost {
+        claims,
+        claim_statements,
+        claims_per_statement: if claim_statements > 0.0 { claims / claim_statements } else { 0.0 },
+        statements_per_event: statements / events.max(1) as f64,
+        mean_wait_ms: if waits > 0.0 { delta("idempotency_claim_duration_ms_sum") / waits } else { 0.0 },
+    }
+}
+
 #[derive(Serialize)]
 struct Report {
     run: String,
@@ -239,6 +286,7 @@ struct Report {
     expected_rows: u64,
     stored_rows: u64,
     rows_exact: bool,
+    idempotency: ClaimCost,
 }
 
 fn expected_status(kind: Kind) -> u16 {
@@ -285,6 +333,7 @@ async fn main() -> anyhow::Result<()> {
     )?));
     let tally = Arc::new(Tally::default());
     let slots = Arc::new(tokio::sync::Semaphore::new(args.connections));
+    let metrics_before = scrape(&client, &args.url).await;
     let answered: Answered = Arc::default();
     let mut generator = Generator::new(args.clone(), run.clone(), Arc::clone(&answered));
     let started = Instant::now();
@@ -352,6 +401,7 @@ async fn main() -> anyhow::Result<()> {
     eprintln!();
 
     let events_sent = requests * per_request as u64;
+    let metrics_after = scrape(&client, &args.url).await;
     let expected_rows = tally.originals.load(Ordering::Relaxed);
     let (stored_rows, freshness) = check_rows(&args, &run, expected_rows).await?;
     let report = Report {
@@ -370,6 +420,7 @@ async fn main() -> anyhow::Result<()> {
         expected_rows,
         stored_rows,
         rows_exact: stored_rows == expected_rows,
+        idempotency: claim_cost(&metrics_before, &metrics_after, events_sent),
     };
     let json = serde_json::to_string_pretty(&report)?;
     if let Some(path) = &args.out {
@@ -523,7 +574,9 @@ fn markdown(report: &Report) -> String {
     format!(
         "## bench run {run} ({mode:?}, target {rate} events/s for {duration} s, {connections} connections)\n\n\
          - sent {sent} events at {achieved:.0} events/s; {ok} answered as expected, {unexpected} unexpected, {errors} transport errors\n\
-         - rows: {stored} stored, {expected} expected — {verdict}\n\n\
+         - rows: {stored} stored, {expected} expected — {verdict}\n\
+         - idempotency store: {claims:.0} claims in {claim_statements:.0} statements ({per_statement:.1} per statement), \
+         {per_event:.3} statements per event in all, {wait:.2} ms mean wait per operation\n\n\
          | ms | p50 | p90 | p95 | p99 | p99.9 | max |\n|---|---|---|---|---|---|---|\n{latency}\n{freshness}\n",
         run = report.run,
         mode = report.mode,
@@ -538,6 +591,11 @@ fn markdown(report: &Report) -> String {
         stored = report.stored_rows,
         expected = report.expected_rows,
         verdict = if report.rows_exact { "exact" } else { "MISMATCH" },
+        claims = report.idempotency.claims,
+        claim_statements = report.idempotency.claim_statements,
+        per_statement = report.idempotency.claims_per_statement,
+        per_event = report.idempotency.statements_per_event,
+        wait = report.idempotency.mean_wait_ms,
         latency = row("gateway latency", &report.gateway_latency_ms),
         freshness = row("freshness (received → stored)", &report.freshness_ms),
     )
