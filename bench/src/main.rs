@@ -263,9 +263,17 @@ fn claim_cost(
     ClaimCost {
         claims,
         claim_statements,
-        claims_per_statement: if claim_statements > 0.0 { claims / claim_statements } else { 0.0 },
+        claims_per_statement: if claim_statements > 0.0 {
+            claims / claim_statements
+        } else {
+            0.0
+        },
         statements_per_event: statements / events.max(1) as f64,
-        mean_wait_ms: if waits > 0.0 { delta("idempotency_claim_duration_ms_sum") / waits } else { 0.0 },
+        mean_wait_ms: if waits > 0.0 {
+            delta("idempotency_claim_duration_ms_sum") / waits
+        } else {
+            0.0
+        },
     }
 }
 

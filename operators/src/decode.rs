@@ -5,7 +5,8 @@ use timely::dataflow::operators::OkErr;
 use timely::dataflow::StreamVec;
 use timely::progress::Timestamp;
 
-use crate::envelope::{parse_envelope, EnvelopeError, EnvelopeLimits};
+use crate::canonical::canonical_hash;
+use crate::envelope::{envelope_from_value, parse_json, EnvelopeError, EnvelopeLimits};
 use crate::record::{DeadLetter, DeadLetterReason, EventRow, SourceRecord};
 
 /// Decodes one record with the gateway's envelope rules. The received time comes from the
@@ -41,8 +42,16 @@ pub fn decode_record(
         let message = "record has no value".to_owned();
         return Err(dead_letter(DeadLetterReason::Undecodable, message, record));
     };
-    let envelope = match parse_envelope(value, limits, received_utc) {
-        Ok(envelope) => envelope,
+    let parsed = parse_json(value).and_then(|document| {
+        // Trust the gateway's hash; compute it for records from other producers.
+        let hash = match &record.headers.payload_hash {
+            Some(hash) => hash.clone(),
+            None => canonical_hash(&document),
+        };
+        envelope_from_value(document, limits, received_utc).map(|envelope| (envelope, hash))
+    });
+    let (envelope, payload_hash) = match parsed {
+        Ok(parsed) => parsed,
         Err(err) => {
             let reason = match err {
                 EnvelopeError::MalformedJson { .. } => DeadLetterReason::Undecodable,
@@ -62,6 +71,8 @@ pub fn decode_record(
         payload_json: serde_json::Value::Object(envelope.payload).to_string(),
         received_utc,
         trace_id: trace_id.clone(),
+        payload_hash,
+        idempotency_key: record.headers.idempotency_key.clone(),
         partition: record.partition,
         offset: record.offset,
         key: record.key,

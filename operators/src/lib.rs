@@ -11,9 +11,11 @@
 //! | [`topics`] | topic names, with the per-deployment prefix |
 //! | [`record`] | the shapes that flow through the dataflow: source records, event rows, dead letters |
 //! | [`decode`] | operator: raw source records into `(events, dead letters)` |
+//! | [`dedup`] | operator: drop repeats by event id and idempotency key; dead-letter conflicts |
 
 pub mod canonical;
 pub mod decode;
+pub mod dedup;
 pub mod envelope;
 pub mod headers;
 pub mod record;

@@ -58,6 +58,10 @@ pub struct EventRow {
     pub received_utc: DateTime<Utc>,
     /// Trace id (32 hex digits) of the event's trace, when known.
     pub trace_id: Option<String>,
+    /// SHA-256 (hex) of the canonical envelope: the gateway's header, else computed.
+    pub payload_hash: String,
+    /// The client's idempotency key, when the record carried one.
+    pub idempotency_key: Option<String>,
     /// Source partition.
     pub partition: i32,
     /// Source offset.
@@ -94,6 +98,10 @@ pub enum DeadLetterReason {
     InvalidEnvelope,
     /// A valid envelope that PostgreSQL refused to store (e.g. a number beyond `numeric`).
     DatabaseRejected,
+    /// An event id seen before with a different payload.
+    DuplicateEventIdConflict,
+    /// An idempotency key seen before (same tenant) with a different payload.
+    IdempotencyKeyConflict,
 }
 
 impl DeadLetterReason {
@@ -103,6 +111,8 @@ impl DeadLetterReason {
             Self::Undecodable => "undecodable",
             Self::InvalidEnvelope => "invalid_envelope",
             Self::DatabaseRejected => "database_rejected",
+            Self::DuplicateEventIdConflict => "duplicate_event_id_conflict",
+            Self::IdempotencyKeyConflict => "idempotency_key_conflict",
         }
     }
 }

@@ -232,6 +232,15 @@ pub struct Settings {
     )]
     pub jwt_leeway_seconds: u64,
 
+    /// How long the dataflow's de-duplication remembers an event, in seconds.
+    #[arg(
+        long,
+        env = "SENTINEL_DEDUP_RETENTION_SECONDS",
+        default_value_t = 86_400,
+        global = true
+    )]
+    pub dedup_retention_seconds: i64,
+
     /// How often expired idempotency claims are purged, in seconds.
     #[arg(
         long,

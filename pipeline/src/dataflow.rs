@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use ingress::KafkaSettings;
 use operators::decode::decode_records;
+use operators::dedup::{dedup, DedupState, Deduplicated};
 use operators::record::{DeadLetter, EventRow, PartitionProgress, SourceRecord};
 use sinks::postgres::{self, CommitBatch, EventSink, WriterSettings};
 use timely::dataflow::channels::pact::Pipeline;
@@ -42,6 +43,8 @@ pub struct DataflowContext {
     pub source: SourceSettings,
     /// Envelope rules (the gateway's).
     pub envelope_limits: operators::envelope::EnvelopeLimits,
+    /// How long de-duplication remembers an event.
+    pub dedup_retention: chrono::TimeDelta,
     /// Set to stop the sources; the workers then drain and exit.
     pub shutdown: Arc<AtomicBool>,
     /// Number of workers whose dataflow is running.
@@ -52,6 +55,7 @@ pub struct DataflowContext {
 #[derive(Debug, Clone)]
 enum Effect {
     Event(EventRow),
+    Duplicate,
     DeadLetter(DeadLetter),
     Progress(PartitionProgress),
 }
@@ -59,6 +63,7 @@ enum Effect {
 fn add_effect(batch: &mut CommitBatch, effect: Effect) {
     match effect {
         Effect::Event(row) => batch.events.push(row),
+        Effect::Duplicate => batch.duplicates_dropped += 1,
         Effect::DeadLetter(dead) => batch.dead_letters.push(dead),
         Effect::Progress(progress) => batch.progress.push(progress),
     }
@@ -69,11 +74,20 @@ pub fn run_worker(worker: &mut Worker, ctx: &DataflowContext) -> anyhow::Result<
     let (index, peers) = (worker.index(), worker.peers());
     let partitions = partition_count(&ctx.kafka, &ctx.raw_topic, Duration::from_secs(60))?;
     let owned = owned_partitions(partitions, index, peers);
-    let stored = ctx.runtime.block_on(async {
+    let (stored, seen) = ctx.runtime.block_on(async {
         let client = postgres::connect(&ctx.database_url).await?;
-        postgres::load_offsets(&client, &ctx.raw_topic).await
+        let offsets = postgres::load_offsets(&client, &ctx.raw_topic).await?;
+        let seen = postgres::load_recent_events(&client, &owned, ctx.dedup_retention).await?;
+        Ok::<_, sinks::postgres::SinkError>((offsets, seen))
     })?;
-    tracing::info!(worker = index, partitions = ?owned, resume_from = ?stored, "worker starting");
+    let dedup_state = DedupState::seeded(ctx.dedup_retention, seen);
+    tracing::info!(
+        worker = index,
+        partitions = ?owned,
+        resume_from = ?stored,
+        remembered = dedup_state.len(),
+        "worker starting"
+    );
     let consumer = assigned_consumer(&ctx.kafka, &ctx.group_id, &ctx.raw_topic, &owned, &stored)?;
 
     let (batches_tx, batches_rx) = mpsc::channel::<CommitBatch>(2);
@@ -111,8 +125,13 @@ pub fn run_worker(worker: &mut Worker, ctx: &DataflowContext) -> anyhow::Result<
             SourceMessage::Progress(progress) => Err(progress),
         });
         let (events, dead_letters) = decode_records(records, ctx.envelope_limits.clone());
+        let verdicts = dedup(events, dedup_state).map(|verdict| match verdict {
+            Deduplicated::Unique(row) => Effect::Event(row),
+            Deduplicated::Duplicate(_) => Effect::Duplicate,
+            Deduplicated::Conflict(dead) => Effect::DeadLetter(dead),
+        });
         let effects = scope.concatenate([
-            events.map(Effect::Event),
+            verdicts,
             dead_letters.map(Effect::DeadLetter),
             progress.map(Effect::Progress),
         ]);

@@ -152,6 +152,7 @@ fn run(
             raw_topic: topics.raw_events.clone(),
             group_id: format!("{}sentinel-pipeline", settings.topic_prefix),
             envelope_limits: settings.envelope_limits(),
+            dedup_retention: chrono::TimeDelta::seconds(settings.dedup_retention_seconds),
             source: SourceSettings {
                 max_batch: settings.source_batch,
                 idle_poll: Duration::from_millis(5),

@@ -99,12 +99,17 @@ impl BatchCommitted<'_> {
             .inc_by(report.events_written);
         PROCESSOR_EVENTS
             .with_label_values(&["duplicate"])
-            .inc_by(report.duplicates_skipped);
+            .inc_by(report.duplicates_skipped + self.batch.duplicates_dropped);
         PROCESSOR_EVENTS
             .with_label_values(&["dlq"])
             .inc_by(report.dead_letters_written);
         for dead in &self.batch.dead_letters {
             DLQ_EVENTS.with_label_values(&[dead.reason.code()]).inc();
+        }
+        if report.id_conflicts > 0 {
+            DLQ_EVENTS
+                .with_label_values(&["duplicate_event_id_conflict"])
+                .inc_by(report.id_conflicts);
         }
         if report.rejected_by_database > 0 {
             DLQ_EVENTS

@@ -13,12 +13,17 @@ pub struct CommitBatch {
     pub dead_letters: Vec<DeadLetter>,
     /// Where each partition resumes once this batch is durable.
     pub progress: Vec<PartitionProgress>,
+    /// Repeats the de-duplication dropped (counted, not written).
+    pub duplicates_dropped: u64,
 }
 
 impl CommitBatch {
     /// Whether the batch has nothing to write at all.
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.dead_letters.is_empty() && self.progress.is_empty()
+        self.events.is_empty()
+            && self.dead_letters.is_empty()
+            && self.progress.is_empty()
+            && self.duplicates_dropped == 0
     }
 
     /// Number of records (events and dead letters) in the batch.
@@ -29,6 +34,7 @@ impl CommitBatch {
     /// Appends a later batch; each partition keeps its furthest position.
     pub fn absorb(&mut self, later: CommitBatch) {
         self.events.extend(later.events);
+        self.duplicates_dropped += later.duplicates_dropped;
         self.dead_letters.extend(later.dead_letters);
         self.progress.extend(later.progress);
         self.progress = Self::furthest(std::mem::take(&mut self.progress));
@@ -64,6 +70,8 @@ pub struct CommitReport {
     pub dead_letters_written: u64,
     /// Events the database rejected, dead-lettered instead.
     pub rejected_by_database: u64,
+    /// Events whose id was stored before with another payload, dead-lettered instead.
+    pub id_conflicts: u64,
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! Recovery of the positions the dataflow resumes from, stored beside the effects.
+//! Recovery at start: the positions the dataflow resumes from, and the identities of recently
+//! stored events that seed de-duplication, both stored beside the effects.
 
 use std::collections::BTreeMap;
 
@@ -18,5 +19,33 @@ pub async fn load_offsets(client: &Client, topic: &str) -> Result<BTreeMap<i32, 
     Ok(rows
         .iter()
         .map(|row| (row.get::<_, i32>(0), row.get::<_, i64>(1)))
+        .collect())
+}
+
+/// Identities of the events of `partitions` received in the last `retention`, oldest first.
+pub async fn load_recent_events(
+    client: &Client,
+    partitions: &[i32],
+    retention: chrono::TimeDelta,
+) -> Result<Vec<operators::dedup::SeenEvent>, SinkError> {
+    let since = chrono::Utc::now() - retention;
+    let rows = client
+        .query(
+            "SELECT id, tenant_id, idempotency_key, payload_hash, received_utc FROM events \
+             WHERE source_partition = ANY($1) AND received_utc >= $2 AND payload_hash IS NOT NULL \
+             ORDER BY received_utc",
+            &[&partitions, &since],
+        )
+        .await
+        .map_err(SinkError::statement("loading recent event identities"))?;
+    Ok(rows
+        .iter()
+        .map(|row| operators::dedup::SeenEvent {
+            event_id: row.get(0),
+            tenant_id: row.get(1),
+            idempotency_key: row.get(2),
+            payload_hash: row.get(3),
+            received_utc: row.get(4),
+        })
         .collect())
 }

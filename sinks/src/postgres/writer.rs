@@ -17,9 +17,9 @@ use super::{connect, CommitBatch, CommitReport, SinkError};
 
 const EVENT_COLUMNS: &str = "id, tenant_id, source, type, stream_key, timestamp_utc, \
     schema_version, payload_jsonb, received_utc, processed_utc, trace_id, source_partition, \
-    source_offset";
+    source_offset, payload_hash, idempotency_key";
 
-const EVENT_TYPES: [Type; 13] = [
+const EVENT_TYPES: [Type; 15] = [
     Type::UUID,
     Type::TEXT,
     Type::TEXT,
@@ -33,6 +33,8 @@ const EVENT_TYPES: [Type; 13] = [
     Type::TEXT,
     Type::INT4,
     Type::INT8,
+    Type::TEXT,
+    Type::TEXT,
 ];
 
 /// JSON text sent as `jsonb` without re-serialising it.
@@ -128,6 +130,7 @@ async fn commit_bulk(
         processed_utc,
         ..CommitReport::default()
     };
+    let mut conflicts: Vec<DeadLetter> = Vec::new();
     if !batch.events.is_empty() {
         let sink = tx
             .copy_in(&format!(
@@ -155,14 +158,48 @@ async fn commit_bulk(
                     &event.trace_id,
                     &event.partition,
                     &event.offset,
+                    &event.payload_hash,
+                    &event.idempotency_key,
                 ])
                 .await
                 .map_err(SinkError::statement("copying events"))?;
         }
-        let staged = writer
+        let mut staged = writer
             .finish()
             .await
             .map_err(SinkError::statement("finishing the events COPY"))?;
+        // An id stored before with another payload (e.g. from another partition, which the
+        // worker-local de-duplication cannot see) is a conflict: dead-letter it.
+        let conflicting: Vec<uuid::Uuid> = tx
+            .query(
+                "DELETE FROM events_staging s USING events e \
+                 WHERE e.id = s.id AND e.payload_hash <> s.payload_hash RETURNING s.id",
+                &[],
+            )
+            .await
+            .map_err(SinkError::statement(
+                "checking staged events for id conflicts",
+            ))?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        if !conflicting.is_empty() {
+            staged -= conflicting.len() as u64;
+            conflicts = batch
+                .events
+                .iter()
+                .filter(|event| conflicting.contains(&event.event_id))
+                .map(|event| {
+                    event.clone().into_dead_letter(
+                        DeadLetterReason::DuplicateEventIdConflict,
+                        format!(
+                            "event id {} is already stored with another payload",
+                            event.event_id
+                        ),
+                    )
+                })
+                .collect();
+        }
         let inserted = tx
             .execute(
                 &format!(
@@ -176,7 +213,9 @@ async fn commit_bulk(
         report.events_written = inserted;
         report.duplicates_skipped = staged - inserted;
     }
-    report.dead_letters_written = insert_dead_letters(&tx, topic, &batch.dead_letters).await?;
+    report.id_conflicts = conflicts.len() as u64;
+    conflicts.extend(batch.dead_letters.iter().cloned());
+    report.dead_letters_written = insert_dead_letters(&tx, topic, &conflicts).await?;
     store_offsets(&tx, topic, batch).await?;
     tx.commit()
         .await
@@ -197,7 +236,8 @@ async fn commit_isolating(
     let insert = tx
         .prepare(&format!(
             "INSERT INTO events ({EVENT_COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (id) DO NOTHING"
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+             ON CONFLICT (id) DO NOTHING"
         ))
         .await
         .map_err(SinkError::statement("preparing the single-row insert"))?;
@@ -229,6 +269,8 @@ async fn commit_isolating(
                     &event.trace_id,
                     &event.partition,
                     &event.offset,
+                    &event.payload_hash,
+                    &event.idempotency_key,
                 ],
             )
             .await

@@ -1,0 +1,376 @@
+//! Operator: de-duplicates events by `eventId` and by `(tenantId, idempotencyKey)` within a
+//! retention window; a repeat with another payload is not dropped but dead-lettered.
+//!
+//! Memory is bounded by the retention: identities older than the newest receive time minus the
+//! retention are forgotten. The state is seeded at start from what is already stored, so a
+//! duplicate that arrives after a restart is still recognised.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::StreamVec;
+use timely::progress::Timestamp;
+use uuid::Uuid;
+
+use crate::record::{DeadLetter, DeadLetterReason, EventRow};
+
+/// The identity of an accepted event, as remembered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenEvent {
+    /// The event's id.
+    pub event_id: Uuid,
+    /// Its tenant.
+    pub tenant_id: String,
+    /// Its idempotency key, if any.
+    pub idempotency_key: Option<String>,
+    /// Its canonical payload hash.
+    pub payload_hash: String,
+    /// When the gateway received it.
+    pub received_utc: DateTime<Utc>,
+}
+
+impl SeenEvent {
+    fn of(row: &EventRow) -> Self {
+        Self {
+            event_id: row.event_id,
+            tenant_id: row.tenant_id.clone(),
+            idempotency_key: row.idempotency_key.clone(),
+            payload_hash: row.payload_hash.clone(),
+            received_utc: row.received_utc,
+        }
+    }
+}
+
+/// The verdict on one event.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Deduplicated {
+    /// First time seen: goes on.
+    Unique(EventRow),
+    /// Seen before with the same payload: dropped (and counted).
+    Duplicate(EventRow),
+    /// Seen before with another payload: dead-lettered.
+    Conflict(DeadLetter),
+}
+
+/// A tenant and one of its idempotency keys.
+type TenantKey = (String, String);
+
+/// What the operator remembers.
+#[derive(Debug, Clone)]
+pub struct DedupState {
+    retention: TimeDelta,
+    newest: Option<DateTime<Utc>>,
+    by_id: HashMap<Uuid, String>,
+    by_key: HashMap<TenantKey, String>,
+    /// Remembered identities by (receive time, arrival number), oldest first.
+    expiry: BTreeMap<(DateTime<Utc>, u64), (Uuid, Option<TenantKey>)>,
+    sequence: u64,
+}
+
+impl DedupState {
+    /// An empty state forgetting identities after `retention`.
+    pub fn new(retention: TimeDelta) -> Self {
+        Self {
+            retention,
+            newest: None,
+            by_id: HashMap::new(),
+            by_key: HashMap::new(),
+            expiry: BTreeMap::new(),
+            sequence: 0,
+        }
+    }
+
+    /// A state that already knows `seen` (e.g. loaded from the database at start).
+    pub fn seeded(retention: TimeDelta, seen: impl IntoIterator<Item = SeenEvent>) -> Self {
+        let mut state = Self::new(retention);
+        for event in seen {
+            state.advance(event.received_utc);
+            state.remember(event);
+        }
+        state.expire();
+        state
+    }
+
+    /// Identities currently remembered.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    fn advance(&mut self, received: DateTime<Utc>) {
+        self.newest = Some(self.newest.map_or(received, |n| n.max(received)));
+    }
+
+    fn expire(&mut self) {
+        let Some(newest) = self.newest else {
+            return;
+        };
+        let horizon = newest - self.retention;
+        while let Some(entry) = self.expiry.first_entry() {
+            if entry.key().0 >= horizon {
+                break;
+            }
+            let (event_id, key) = entry.remove();
+            self.by_id.remove(&event_id);
+            if let Some(key) = key {
+                self.by_key.remove(&key);
+            }
+        }
+    }
+
+    fn remember(&mut self, seen: SeenEvent) {
+        let key = seen.idempotency_key.map(|key| (seen.tenant_id, key));
+        if let Some(key) = &key {
+            self.by_key.insert(key.clone(), seen.payload_hash.clone());
+        }
+        self.by_id.insert(seen.event_id, seen.payload_hash);
+        self.sequence += 1;
+        self.expiry
+            .insert((seen.received_utc, self.sequence), (seen.event_id, key));
+    }
+
+    /// Judges one event and remembers it when it is new.
+    pub fn judge(&mut self, row: EventRow) -> Deduplicated {
+        self.advance(row.received_utc);
+        self.expire();
+        if let Some(hash) = self.by_id.get(&row.event_id) {
+            if *hash == row.payload_hash {
+                return Deduplicated::Duplicate(row);
+            }
+            let message = format!(
+                "event id {} was already accepted with another payload",
+                row.event_id
+            );
+            return Deduplicated::Conflict(
+                row.into_dead_letter(DeadLetterReason::DuplicateEventIdConflict, message),
+            );
+        }
+        if let Some(key) = &row.idempotency_key {
+            if let Some(hash) = self.by_key.get(&(row.tenant_id.clone(), key.clone())) {
+                if *hash == row.payload_hash {
+                    return Deduplicated::Duplicate(row);
+                }
+                let message = format!(
+                    "idempotency key {key:?} of tenant {:?} was already used with another payload",
+                    row.tenant_id
+                );
+                return Deduplicated::Conflict(
+                    row.into_dead_letter(DeadLetterReason::IdempotencyKeyConflict, message),
+                );
+            }
+        }
+        self.remember(SeenEvent::of(&row));
+        Deduplicated::Unique(row)
+    }
+}
+
+/// De-duplicates a stream of events, each worker on its own (the Kafka key keeps an event's
+/// copies in one partition, hence on one worker); the commit sink catches conflicts that cross
+/// partitions.
+pub fn dedup<'scope, T: Timestamp>(
+    events: StreamVec<'scope, T, EventRow>,
+    state: DedupState,
+) -> StreamVec<'scope, T, Deduplicated> {
+    let mut state = state;
+    events.unary(Pipeline, "Dedup", move |_capability, _info| {
+        move |input, output| {
+            input.for_each(|capability, data| {
+                let mut session = output.session(&capability);
+                for row in data.drain(..) {
+                    session.give(state.judge(row));
+                }
+            });
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use timely::dataflow::operators::capture::Extract;
+    use timely::dataflow::operators::{Capture, ToStream};
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
+    }
+
+    fn row(id: u128, key: Option<&str>, hash: &str, received: i64, offset: i64) -> EventRow {
+        EventRow {
+            event_id: Uuid::from_u128(id),
+            tenant_id: "acme".into(),
+            source: "s".into(),
+            event_type: "t".into(),
+            stream_key: "k".into(),
+            timestamp_utc: at(received),
+            schema_version: 1,
+            payload_json: "{}".into(),
+            received_utc: at(received),
+            trace_id: None,
+            payload_hash: hash.into(),
+            idempotency_key: key.map(str::to_owned),
+            partition: 0,
+            offset,
+            key: None,
+            original: Vec::new(),
+        }
+    }
+
+    fn verdict(d: &Deduplicated) -> &'static str {
+        match d {
+            Deduplicated::Unique(_) => "unique",
+            Deduplicated::Duplicate(_) => "duplicate",
+            Deduplicated::Conflict(dl) => dl.reason.code(),
+        }
+    }
+
+    #[test]
+    fn repeats_are_dropped_and_conflicts_dead_lettered() {
+        let mut state = DedupState::new(TimeDelta::hours(24));
+        let verdicts: Vec<&str> = [
+            row(1, Some("k1"), "a", 0, 0),
+            row(1, Some("k1"), "a", 1, 1),
+            row(1, None, "b", 2, 2),
+            row(2, Some("k1"), "c", 3, 3),
+            row(3, Some("k3"), "d", 4, 4),
+        ]
+        .into_iter()
+        .map(|r| verdict(&state.judge(r)))
+        .collect();
+        assert_eq!(
+            verdicts,
+            [
+                "unique",
+                "duplicate",
+                "duplicate_event_id_conflict",
+                "idempotency_key_conflict",
+                "unique"
+            ]
+        );
+        assert_eq!(state.len(), 2);
+    }
+
+    #[test]
+    fn identities_are_forgotten_after_the_retention() {
+        let mut state = DedupState::new(TimeDelta::seconds(10));
+        assert_eq!(verdict(&state.judge(row(1, None, "a", 0, 0))), "unique");
+        assert_eq!(verdict(&state.judge(row(2, None, "a", 11, 1))), "unique");
+        assert_eq!(state.len(), 1, "event 1 expired");
+        assert_eq!(verdict(&state.judge(row(1, None, "a", 12, 2))), "unique");
+    }
+
+    #[test]
+    fn a_seeded_state_recognises_what_was_stored_before_a_restart() {
+        let stored = SeenEvent::of(&row(9, Some("k9"), "h", 0, 0));
+        let mut state = DedupState::seeded(TimeDelta::hours(1), [stored]);
+        assert_eq!(
+            verdict(&state.judge(row(9, Some("k9"), "h", 5, 1))),
+            "duplicate"
+        );
+        assert_eq!(
+            verdict(&state.judge(row(9, None, "other", 6, 2))),
+            "duplicate_event_id_conflict"
+        );
+    }
+
+    /// The from-scratch recomputation the operator must agree with.
+    fn oracle(rows: &[EventRow], retention: TimeDelta) -> Vec<&'static str> {
+        let mut accepted: Vec<&EventRow> = Vec::new();
+        let mut newest: Option<DateTime<Utc>> = None;
+        let mut out = Vec::new();
+        for row in rows {
+            newest = Some(newest.map_or(row.received_utc, |n| n.max(row.received_utc)));
+            let horizon = newest.unwrap() - retention;
+            let live: Vec<&&EventRow> = accepted
+                .iter()
+                .filter(|a| a.received_utc >= horizon)
+                .collect();
+            let verdict = if let Some(same_id) = live.iter().find(|a| a.event_id == row.event_id) {
+                if same_id.payload_hash == row.payload_hash {
+                    "duplicate"
+                } else {
+                    "duplicate_event_id_conflict"
+                }
+            } else if let Some(same_key) = live.iter().find(|a| {
+                row.idempotency_key.is_some()
+                    && a.idempotency_key == row.idempotency_key
+                    && a.tenant_id == row.tenant_id
+            }) {
+                if same_key.payload_hash == row.payload_hash {
+                    "duplicate"
+                } else {
+                    "idempotency_key_conflict"
+                }
+            } else {
+                accepted.push(row);
+                "unique"
+            };
+            out.push(verdict);
+        }
+        out
+    }
+
+    #[test]
+    fn randomized_streams_agree_with_a_recomputation_from_scratch() {
+        for seed in 0..200u64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let retention = TimeDelta::seconds(rng.random_range(1..30));
+            let rows: Vec<EventRow> = (0..rng.random_range(1..80))
+                .map(|offset| {
+                    let id = rng.random_range(0..12u128);
+                    let key = ["k1", "k2", "k3"][rng.random_range(0..3)];
+                    let key = rng.random_bool(0.7).then_some(key);
+                    let hash = ["h1", "h2"][rng.random_range(0..2)];
+                    // Receive times mostly rise, sometimes go back (out of order).
+                    let received = offset / 2 - rng.random_range(0..4);
+                    row(id, key, hash, received, offset)
+                })
+                .collect();
+            let mut state = DedupState::new(retention);
+            let got: Vec<&str> = rows
+                .iter()
+                .cloned()
+                .map(|r| verdict(&state.judge(r)))
+                .collect();
+            assert_eq!(got, oracle(&rows, retention), "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn the_operator_splits_a_stream_by_verdict() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx = std::sync::Mutex::new(tx);
+        timely::execute(timely::Config::thread(), move |worker| {
+            let tx = tx.lock().unwrap().clone();
+            worker.dataflow::<u64, _, _>(|scope| {
+                let input = vec![
+                    row(1, None, "a", 0, 0),
+                    row(1, None, "a", 1, 1),
+                    row(1, None, "b", 2, 2),
+                ]
+                .to_stream(scope)
+                .container::<Vec<_>>();
+                dedup(input, DedupState::new(TimeDelta::hours(1)))
+                    .container::<Vec<_>>()
+                    .capture_into(tx);
+            });
+        })
+        .unwrap();
+        let verdicts: Vec<&str> = rx
+            .extract()
+            .into_iter()
+            .flat_map(|(_, batch): (u64, Vec<Deduplicated>)| batch)
+            .map(|d| verdict(&d))
+            .collect();
+        assert_eq!(
+            verdicts,
+            ["unique", "duplicate", "duplicate_event_id_conflict"]
+        );
+    }
+}

@@ -1,0 +1,125 @@
+//! The dataflow on records written straight to the raw topic (as any producer could):
+//! de-duplication within a run and across a restart, conflicts and poison records
+//! dead-lettered with their reason and original bytes, and cross-partition conflicts.
+
+mod support;
+
+use std::time::Duration;
+
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use support::{envelope, TestEnv};
+use uuid::Uuid;
+
+async fn produce(producer: &FutureProducer, topic: &str, partition: i32, value: &[u8]) {
+    producer
+        .send(
+            FutureRecord::<(), [u8]>::to(topic)
+                .partition(partition)
+                .payload(value),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("produce");
+}
+
+async fn dead_letters(env: &TestEnv) -> Vec<(String, Vec<u8>)> {
+    env.db()
+        .await
+        .query("SELECT reason_code, original FROM dead_letter ORDER BY source_partition, source_offset", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
+}
+
+async fn wait_for_consumed(env: &TestEnv, records: i64) {
+    let db = env.db().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while env.consumed_records(&db).await < records {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dataflow did not consume {records} records"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_are_dropped_and_conflicts_and_poison_dead_lettered_across_restarts() {
+    let env = TestEnv::new("dedup").await;
+    let topic = env.raw_topic();
+    let mut sentinel = env.start("process", "process-1").await;
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", support::kafka_brokers())
+        .create()
+        .unwrap();
+
+    let first = envelope(Uuid::new_v4(), "acme", "s-1", 1, "2025-06-15T10:00:00Z");
+    let first_bytes = serde_json::to_vec(&first).unwrap();
+    let mut conflicting = first.clone();
+    conflicting["payload"]["seq"] = serde_json::json!(999);
+    let conflicting_bytes = serde_json::to_vec(&conflicting).unwrap();
+    produce(&producer, &topic, 0, &first_bytes).await;
+    produce(&producer, &topic, 0, &first_bytes).await; // a duplicate
+    produce(&producer, &topic, 0, &conflicting_bytes).await; // same id, other payload
+    produce(&producer, &topic, 0, b"\xff not json").await; // poison
+    produce(&producer, &topic, 0, br#"{"eventId": 5}"#).await; // not an envelope
+    wait_for_consumed(&env, 5).await;
+    assert_eq!(env.event_count(&env.db().await).await, 1);
+    assert_eq!(
+        sentinel
+            .metric(r#"processor_events_total{result="duplicate"}"#)
+            .await,
+        1.0,
+        "the duplicate is counted"
+    );
+
+    // After a restart the stored event is remembered: its duplicate is dropped again and a
+    // conflict on another partition is caught when it is stored.
+    sentinel.kill();
+    let sentinel = env.start("process", "process-2").await;
+    produce(&producer, &topic, 0, &first_bytes).await;
+    let mut elsewhere = first.clone();
+    elsewhere["payload"]["seq"] = serde_json::json!(1000);
+    produce(
+        &producer,
+        &topic,
+        1,
+        &serde_json::to_vec(&elsewhere).unwrap(),
+    )
+    .await;
+    let second = envelope(Uuid::new_v4(), "acme", "s-2", 2, "2025-06-15T10:00:00Z");
+    produce(&producer, &topic, 1, &serde_json::to_vec(&second).unwrap()).await;
+    wait_for_consumed(&env, 8).await;
+    assert_eq!(
+        env.event_count(&env.db().await).await,
+        2,
+        "only the two distinct events are stored"
+    );
+    assert_eq!(
+        sentinel
+            .metric(r#"processor_events_total{result="duplicate"}"#)
+            .await,
+        1.0,
+        "the duplicate after the restart is dropped by the seeded de-duplication"
+    );
+    let dead = dead_letters(&env).await;
+    let reasons: Vec<&str> = dead.iter().map(|(reason, _)| reason.as_str()).collect();
+    assert_eq!(
+        reasons,
+        [
+            "duplicate_event_id_conflict",
+            "undecodable",
+            "invalid_envelope",
+            "duplicate_event_id_conflict"
+        ],
+        "every poison record is dead-lettered with its reason"
+    );
+    assert_eq!(
+        dead[0].1, conflicting_bytes,
+        "the original bytes are kept exactly"
+    );
+    assert_eq!(dead[1].1, b"\xff not json");
+    let _ = producer.flush(Duration::from_secs(5));
+}
