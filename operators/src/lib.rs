@@ -11,6 +11,7 @@
 //! | [`topics`] | topic names, with the per-deployment prefix |
 //! | [`record`] | the shapes that flow through the dataflow: source records, event rows, dead letters |
 //! | [`decode`] | operator: raw source records into `(events, dead letters)` |
+//! | [`stream_state`] | operator: per stream, the latest event and the count, in a differential arrangement |
 //! | [`dedup`] | operator: drop repeats by event id and idempotency key; dead-letter conflicts |
 
 pub mod canonical;
@@ -19,5 +20,6 @@ pub mod dedup;
 pub mod envelope;
 pub mod headers;
 pub mod record;
+pub mod stream_state;
 pub mod topics;
 pub mod trace_context;

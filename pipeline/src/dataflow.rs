@@ -14,6 +14,7 @@ use ingress::KafkaSettings;
 use operators::decode::decode_records;
 use operators::dedup::{dedup, DedupState, Deduplicated};
 use operators::record::{DeadLetter, EventRow, PartitionProgress, SourceRecord};
+use operators::stream_state::{stream_state, StreamState};
 use sinks::postgres::{self, CommitBatch, EventSink, WriterSettings};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::vec::Map;
@@ -55,6 +56,7 @@ pub struct DataflowContext {
 #[derive(Debug, Clone)]
 enum Effect {
     Event(EventRow),
+    StreamState(StreamState),
     Duplicate,
     DeadLetter(DeadLetter),
     Progress(PartitionProgress),
@@ -64,6 +66,7 @@ fn add_effect(batch: &mut CommitBatch, effect: Effect) {
     match effect {
         Effect::Event(row) => batch.events.push(row),
         Effect::Duplicate => batch.duplicates_dropped += 1,
+        Effect::StreamState(state) => batch.stream_states.push(state),
         Effect::DeadLetter(dead) => batch.dead_letters.push(dead),
         Effect::Progress(progress) => batch.progress.push(progress),
     }
@@ -74,11 +77,12 @@ pub fn run_worker(worker: &mut Worker, ctx: &DataflowContext) -> anyhow::Result<
     let (index, peers) = (worker.index(), worker.peers());
     let partitions = partition_count(&ctx.kafka, &ctx.raw_topic, Duration::from_secs(60))?;
     let owned = owned_partitions(partitions, index, peers);
-    let (stored, seen) = ctx.runtime.block_on(async {
+    let (stored, seen, stream_states) = ctx.runtime.block_on(async {
         let client = postgres::connect(&ctx.database_url).await?;
         let offsets = postgres::load_offsets(&client, &ctx.raw_topic).await?;
         let seen = postgres::load_recent_events(&client, &owned, ctx.dedup_retention).await?;
-        Ok::<_, sinks::postgres::SinkError>((offsets, seen))
+        let states = postgres::load_stream_states(&client, &owned).await?;
+        Ok::<_, sinks::postgres::SinkError>((offsets, seen, states))
     })?;
     let dedup_state = DedupState::seeded(ctx.dedup_retention, seen);
     tracing::info!(
@@ -125,13 +129,16 @@ pub fn run_worker(worker: &mut Worker, ctx: &DataflowContext) -> anyhow::Result<
             SourceMessage::Progress(progress) => Err(progress),
         });
         let (events, dead_letters) = decode_records(records, ctx.envelope_limits.clone());
-        let verdicts = dedup(events, dedup_state).map(|verdict| match verdict {
-            Deduplicated::Unique(row) => Effect::Event(row),
-            Deduplicated::Duplicate(_) => Effect::Duplicate,
-            Deduplicated::Conflict(dead) => Effect::DeadLetter(dead),
+        let (unique, rejected) = dedup(events, dedup_state).ok_err(|verdict| match verdict {
+            Deduplicated::Unique(row) => Ok(row),
+            Deduplicated::Duplicate(_) => Err(Effect::Duplicate),
+            Deduplicated::Conflict(dead) => Err(Effect::DeadLetter(dead)),
         });
+        let states = stream_state(unique.clone(), stream_states);
         let effects = scope.concatenate([
-            verdicts,
+            unique.map(Effect::Event),
+            states.map(Effect::StreamState),
+            rejected,
             dead_letters.map(Effect::DeadLetter),
             progress.map(Effect::Progress),
         ]);

@@ -274,6 +274,31 @@ impl TestEnv {
         .get(0)
     }
 
+    /// Streams whose `stream_state` row differs from a recomputation over `events` (latest by
+    /// event time then offset, and the count), plus the number of stream_state rows.
+    pub async fn stream_state_check(&self, db: &tokio_postgres::Client) -> (i64, i64) {
+        let mismatches: i64 = db
+            .query_one(
+                "SELECT count(*) FROM stream_state s FULL JOIN ( \
+                    SELECT DISTINCT ON (tenant_id, stream_key) tenant_id, stream_key, id, timestamp_utc, \
+                        count(*) OVER (PARTITION BY tenant_id, stream_key) AS n \
+                    FROM events ORDER BY tenant_id, stream_key, timestamp_utc DESC, source_offset DESC \
+                 ) e USING (tenant_id, stream_key) \
+                 WHERE s.last_event_id IS DISTINCT FROM e.id OR s.event_count IS DISTINCT FROM e.n \
+                    OR s.last_seen_utc IS DISTINCT FROM e.timestamp_utc",
+                &[],
+            )
+            .await
+            .expect("checking stream_state")
+            .get(0);
+        let rows: i64 = db
+            .query_one("SELECT count(*) FROM stream_state", &[])
+            .await
+            .expect("counting stream_state")
+            .get(0);
+        (mismatches, rows)
+    }
+
     /// Waits until `events` holds at least `expected` rows; returns the count seen last.
     pub async fn wait_for_events(&self, expected: i64, timeout: Duration) -> i64 {
         let db = self.db().await;

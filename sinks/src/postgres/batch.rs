@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use operators::record::{DeadLetter, EventRow, PartitionProgress};
+use operators::stream_state::StreamState;
 
 /// Everything one transaction makes durable.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -15,6 +16,8 @@ pub struct CommitBatch {
     pub progress: Vec<PartitionProgress>,
     /// Repeats the de-duplication dropped (counted, not written).
     pub duplicates_dropped: u64,
+    /// New states of the streams the batch changed.
+    pub stream_states: Vec<StreamState>,
 }
 
 impl CommitBatch {
@@ -24,6 +27,7 @@ impl CommitBatch {
             && self.dead_letters.is_empty()
             && self.progress.is_empty()
             && self.duplicates_dropped == 0
+            && self.stream_states.is_empty()
     }
 
     /// Number of records (events and dead letters) in the batch.
@@ -34,6 +38,7 @@ impl CommitBatch {
     /// Appends a later batch; each partition keeps its furthest position.
     pub fn absorb(&mut self, later: CommitBatch) {
         self.events.extend(later.events);
+        self.stream_states.extend(later.stream_states);
         self.duplicates_dropped += later.duplicates_dropped;
         self.dead_letters.extend(later.dead_letters);
         self.progress.extend(later.progress);

@@ -12,7 +12,7 @@ mod writer;
 pub use batch::{CommitBatch, CommitReport};
 pub use error::SinkError;
 pub use migrate::migrate;
-pub use offsets::{load_offsets, load_recent_events};
+pub use offsets::{load_offsets, load_recent_events, load_stream_states};
 pub use writer::{error_chain, run_writer, EventSink, WriterSettings};
 
 use tokio_postgres::{Client, NoTls};

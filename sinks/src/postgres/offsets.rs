@@ -49,3 +49,35 @@ pub async fn load_recent_events(
         })
         .collect())
 }
+
+/// The stored state of every stream whose latest event came from one of `partitions`.
+pub async fn load_stream_states(
+    client: &Client,
+    partitions: &[i32],
+) -> Result<Vec<operators::stream_state::StreamState>, SinkError> {
+    let rows = client
+        .query(
+            "SELECT tenant_id, stream_key, event_count, last_seen_utc, last_offset, source_partition, \
+                    last_type, last_event_id, last_payload_jsonb::text \
+             FROM stream_state WHERE source_partition = ANY($1)",
+            &[&partitions],
+        )
+        .await
+        .map_err(SinkError::statement("loading stream states"))?;
+    Ok(rows
+        .iter()
+        .map(|row| operators::stream_state::StreamState {
+            tenant_id: row.get(0),
+            stream_key: row.get(1),
+            event_count: row.get(2),
+            latest: operators::stream_state::LatestEvent {
+                timestamp_utc: row.get(3),
+                offset: row.get(4),
+                partition: row.get(5),
+                event_type: row.get(6),
+                event_id: row.get(7),
+                payload_json: row.get(8),
+            },
+        })
+        .collect())
+}

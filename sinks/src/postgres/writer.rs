@@ -216,6 +216,7 @@ async fn commit_bulk(
     report.id_conflicts = conflicts.len() as u64;
     conflicts.extend(batch.dead_letters.iter().cloned());
     report.dead_letters_written = insert_dead_letters(&tx, topic, &conflicts).await?;
+    store_stream_states(&tx, batch).await?;
     store_offsets(&tx, topic, batch).await?;
     tx.commit()
         .await
@@ -306,6 +307,7 @@ async fn commit_isolating(
         }
     }
     report.dead_letters_written = insert_dead_letters(&tx, topic, &dead_letters).await?;
+    store_stream_states(&tx, batch).await?;
     store_offsets(&tx, topic, batch).await?;
     tx.commit()
         .await
@@ -355,6 +357,52 @@ async fn insert_dead_letters(
     )
     .await
     .map_err(SinkError::statement("inserting dead letters"))
+}
+
+/// Upserts the latest state of each stream (a later state of a stream in the batch wins).
+async fn store_stream_states(tx: &Transaction<'_>, batch: &CommitBatch) -> Result<(), SinkError> {
+    if batch.stream_states.is_empty() {
+        return Ok(());
+    }
+    let mut latest: std::collections::BTreeMap<
+        (&str, &str),
+        &operators::stream_state::StreamState,
+    > = std::collections::BTreeMap::new();
+    for state in &batch.stream_states {
+        latest.insert((&state.tenant_id, &state.stream_key), state);
+    }
+    let states: Vec<_> = latest.into_values().collect();
+    let tenants: Vec<&str> = states.iter().map(|s| s.tenant_id.as_str()).collect();
+    let streams: Vec<&str> = states.iter().map(|s| s.stream_key.as_str()).collect();
+    let seen: Vec<DateTime<Utc>> = states.iter().map(|s| s.latest.timestamp_utc).collect();
+    let types: Vec<&str> = states
+        .iter()
+        .map(|s| s.latest.event_type.as_str())
+        .collect();
+    let payloads: Vec<RawJsonb<'_>> = states
+        .iter()
+        .map(|s| RawJsonb(&s.latest.payload_json))
+        .collect();
+    let ids: Vec<uuid::Uuid> = states.iter().map(|s| s.latest.event_id).collect();
+    let counts: Vec<i64> = states.iter().map(|s| s.event_count).collect();
+    let partitions: Vec<i32> = states.iter().map(|s| s.latest.partition).collect();
+    let offsets: Vec<i64> = states.iter().map(|s| s.latest.offset).collect();
+    tx.execute(
+        "INSERT INTO stream_state (tenant_id, stream_key, last_seen_utc, last_type, \
+            last_payload_jsonb, last_event_id, event_count, source_partition, last_offset, updated_utc) \
+         SELECT t, k, s, y, p, i, c, sp, o, now() FROM UNNEST($1::text[], $2::text[], \
+            $3::timestamptz[], $4::text[], $5::jsonb[], $6::uuid[], $7::int8[], $8::int4[], $9::int8[]) \
+            AS u(t, k, s, y, p, i, c, sp, o) \
+         ON CONFLICT (tenant_id, stream_key) DO UPDATE SET last_seen_utc = EXCLUDED.last_seen_utc, \
+            last_type = EXCLUDED.last_type, last_payload_jsonb = EXCLUDED.last_payload_jsonb, \
+            last_event_id = EXCLUDED.last_event_id, event_count = EXCLUDED.event_count, \
+            source_partition = EXCLUDED.source_partition, last_offset = EXCLUDED.last_offset, \
+            updated_utc = EXCLUDED.updated_utc",
+        &[&tenants, &streams, &seen, &types, &payloads, &ids, &counts, &partitions, &offsets],
+    )
+    .await
+    .map_err(SinkError::statement("upserting stream states"))?;
+    Ok(())
 }
 
 async fn store_offsets(
