@@ -214,8 +214,9 @@ fn run(
     let mut failures = Vec::new();
     if let Some(guards) = workers {
         for outcome in guards.join() {
-            if let Err(err) = outcome {
-                failures.push(err);
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) | Err(err) => failures.push(err),
             }
         }
     }

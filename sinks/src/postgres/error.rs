@@ -42,6 +42,11 @@ impl SinkError {
     /// Transient: the server or the network is down or busy, or the transaction lost a race.
     /// Retrying the same batch later can succeed, so it must never be dead-lettered.
     pub fn is_retriable(&self) -> bool {
+        // A server that cannot be reached, is starting, shutting down or refusing connections
+        // now may accept them later; the sink waits (loudly) rather than give up.
+        if let Self::Connect(_) = self {
+            return true;
+        }
         let Some(err) = self.driver_error() else {
             return false;
         };
