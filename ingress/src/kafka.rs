@@ -191,11 +191,27 @@ impl EventProducer {
         value: &[u8],
         headers: &RecordHeaders,
     ) -> Result<Acknowledged, PublishError> {
-        let mut owned = OwnedHeaders::new_with_capacity(5);
-        for (name, header_value) in headers.to_pairs() {
+        let pairs = headers.to_pairs();
+        let pairs: Vec<(&str, &[u8])> = pairs
+            .iter()
+            .map(|(name, value)| (*name, value.as_bytes()))
+            .collect();
+        self.publish_with_headers(topic, key, value, &pairs).await
+    }
+
+    /// Produces one record with arbitrary headers and waits for the broker's acknowledgement.
+    pub async fn publish_with_headers(
+        &self,
+        topic: &str,
+        key: &str,
+        value: &[u8],
+        headers: &[(&str, &[u8])],
+    ) -> Result<Acknowledged, PublishError> {
+        let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+        for (name, header_value) in headers {
             owned = owned.insert(Header {
                 key: name,
-                value: Some(header_value.as_bytes()),
+                value: Some(*header_value),
             });
         }
         let record = FutureRecord::to(topic)

@@ -46,6 +46,8 @@ pub struct DataflowContext {
     pub envelope_limits: operators::envelope::EnvelopeLimits,
     /// How long de-duplication remembers an event.
     pub dedup_retention: chrono::TimeDelta,
+    /// Where dead letters are published besides the table.
+    pub dead_letter_topic: Arc<dyn sinks::postgres::DeadLetterPublisher>,
     /// Set to stop the sources; the workers then drain and exit.
     pub shutdown: Arc<AtomicBool>,
     /// Number of workers whose dataflow is running.
@@ -95,7 +97,8 @@ pub fn run_worker(worker: &mut Worker, ctx: &DataflowContext) -> anyhow::Result<
     let consumer = assigned_consumer(&ctx.kafka, &ctx.group_id, &ctx.raw_topic, &owned, &stored)?;
 
     let (batches_tx, batches_rx) = mpsc::channel::<CommitBatch>(2);
-    let sink = EventSink::new(ctx.database_url.clone(), ctx.raw_topic.clone());
+    let sink = EventSink::new(ctx.database_url.clone(), ctx.raw_topic.clone())
+        .with_dead_letter_publisher(Arc::clone(&ctx.dead_letter_topic));
     let worker_index = index;
     let mut writer = Some(ctx.runtime.spawn(postgres::run_writer(
         sink,

@@ -3,6 +3,7 @@
 
 mod config;
 mod dataflow;
+mod dead_letter_topic;
 mod kafka_source;
 mod server;
 mod topics;
@@ -153,6 +154,10 @@ fn run(
             group_id: format!("{}sentinel-pipeline", settings.topic_prefix),
             envelope_limits: settings.envelope_limits(),
             dedup_retention: chrono::TimeDelta::seconds(settings.dedup_retention_seconds),
+            dead_letter_topic: Arc::new(dead_letter_topic::DeadLetterTopic::new(
+                producer.clone(),
+                topics.dead_letters.clone(),
+            )),
             source: SourceSettings {
                 max_batch: settings.source_batch,
                 idle_poll: Duration::from_millis(5),

@@ -33,6 +33,53 @@ async fn dead_letters(env: &TestEnv) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// Reads `count` records from every partition of `topic`: (headers, value).
+async fn read_topic(
+    topic: &str,
+    count: usize,
+) -> Vec<(std::collections::BTreeMap<String, String>, Vec<u8>)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", support::kafka_brokers())
+        .set("group.id", "dlq-check")
+        .create()
+        .unwrap();
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for partition in 0..4 {
+        assignment
+            .add_partition_offset(topic, partition, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut records = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while records.len() < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of {count} records on {topic}",
+            records.len()
+        );
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            let headers = message
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_owned(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            records.push((headers, message.payload().unwrap_or_default().to_vec()));
+        }
+    }
+    records
+}
+
 async fn wait_for_consumed(env: &TestEnv, records: i64) {
     let db = env.db().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -121,5 +168,22 @@ async fn duplicates_are_dropped_and_conflicts_and_poison_dead_lettered_across_re
         "the original bytes are kept exactly"
     );
     assert_eq!(dead[1].1, b"\xff not json");
+
+    // The same dead letters are on the dead-letter topic: original value, reason in headers.
+    let on_topic = read_topic(&format!("{}events.dlq.v1", env.topic_prefix), 4).await;
+    let mut topic_reasons: Vec<(String, Vec<u8>)> = on_topic
+        .iter()
+        .map(|(headers, value)| (headers["sentinel-dlq-reason"].clone(), value.clone()))
+        .collect();
+    topic_reasons.sort();
+    let mut table_reasons = dead.clone();
+    table_reasons.sort();
+    assert_eq!(
+        topic_reasons, table_reasons,
+        "the topic holds what the table holds"
+    );
+    assert!(on_topic
+        .iter()
+        .all(|(headers, _)| headers["sentinel-dlq-source"].starts_with(&env.raw_topic())));
     let _ = producer.flush(Duration::from_secs(5));
 }

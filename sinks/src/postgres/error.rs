@@ -18,6 +18,9 @@ pub enum SinkError {
     /// The schema migrations failed.
     #[error("schema migration failed")]
     Migration(#[source] refinery::Error),
+    /// Dead letters could not be published to the dead-letter topic (transient).
+    #[error("publishing to the dead-letter topic failed: {0}")]
+    DeadLetterTopic(String),
 }
 
 impl SinkError {
@@ -28,7 +31,7 @@ impl SinkError {
     fn driver_error(&self) -> Option<&tokio_postgres::Error> {
         match self {
             Self::Connect(e) | Self::Statement { source: e, .. } => Some(e),
-            Self::Migration(_) => None,
+            Self::Migration(_) | Self::DeadLetterTopic(_) => None,
         }
     }
 
@@ -44,7 +47,7 @@ impl SinkError {
     pub fn is_retriable(&self) -> bool {
         // A server that cannot be reached, is starting, shutting down or refusing connections
         // now may accept them later; the sink waits (loudly) rather than give up.
-        if let Self::Connect(_) = self {
+        if let Self::Connect(_) | Self::DeadLetterTopic(_) = self {
             return true;
         }
         let Some(err) = self.driver_error() else {

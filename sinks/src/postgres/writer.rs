@@ -59,11 +59,24 @@ impl ToSql for RawJsonb<'_> {
     to_sql_checked!();
 }
 
+/// Where dead letters are published besides the `dead_letter` table (the dead-letter topic).
+/// Called before the batch's transaction commits, so a dead letter is published at least once;
+/// a failure is transient and makes the whole batch retry.
+pub trait DeadLetterPublisher: Send + Sync {
+    /// Publishes `dead_letters`, consumed from `source_topic`.
+    fn publish<'a>(
+        &'a self,
+        source_topic: &'a str,
+        dead_letters: &'a [DeadLetter],
+    ) -> futures::future::BoxFuture<'a, Result<(), String>>;
+}
+
 /// One connection's worth of writing, bound to the topic whose offsets it stores.
 pub struct EventSink {
     url: String,
     topic: String,
     client: Option<Client>,
+    publisher: Option<std::sync::Arc<dyn DeadLetterPublisher>>,
 }
 
 impl EventSink {
@@ -73,7 +86,17 @@ impl EventSink {
             url: url.into(),
             topic: topic.into(),
             client: None,
+            publisher: None,
         }
+    }
+
+    /// Also publishes every dead letter with `publisher`, before its batch commits.
+    pub fn with_dead_letter_publisher(
+        mut self,
+        publisher: std::sync::Arc<dyn DeadLetterPublisher>,
+    ) -> Self {
+        self.publisher = Some(publisher);
+        self
     }
 
     async fn client(&mut self) -> Result<&mut Client, SinkError> {
@@ -95,15 +118,16 @@ impl EventSink {
     /// and the batch is written again row by row, the rejected rows becoming dead letters.
     pub async fn commit(&mut self, batch: &CommitBatch) -> Result<CommitReport, SinkError> {
         let topic = self.topic.clone();
+        let publisher = self.publisher.clone();
         let outcome = {
             let client = self.client().await?;
-            commit_bulk(client, &topic, batch).await
+            commit_bulk(client, &topic, batch, publisher.as_deref()).await
         };
         match outcome {
             Err(err) if err.is_data_error() => {
                 tracing::warn!(sqlstate = ?err.sqlstate(), "batch rejected, isolating rows");
                 let client = self.client().await?;
-                commit_isolating(client, &topic, batch).await
+                commit_isolating(client, &topic, batch, publisher.as_deref()).await
             }
             Err(err) => {
                 if err.is_retriable() {
@@ -116,10 +140,25 @@ impl EventSink {
     }
 }
 
+async fn publish_dead_letters(
+    publisher: Option<&dyn DeadLetterPublisher>,
+    topic: &str,
+    dead_letters: &[DeadLetter],
+) -> Result<(), SinkError> {
+    match publisher {
+        Some(publisher) if !dead_letters.is_empty() => publisher
+            .publish(topic, dead_letters)
+            .await
+            .map_err(SinkError::DeadLetterTopic),
+        _ => Ok(()),
+    }
+}
+
 async fn commit_bulk(
     client: &mut Client,
     topic: &str,
     batch: &CommitBatch,
+    publisher: Option<&dyn DeadLetterPublisher>,
 ) -> Result<CommitReport, SinkError> {
     let tx = client
         .transaction()
@@ -218,6 +257,7 @@ async fn commit_bulk(
     report.dead_letters_written = insert_dead_letters(&tx, topic, &conflicts).await?;
     store_stream_states(&tx, batch).await?;
     store_offsets(&tx, topic, batch).await?;
+    publish_dead_letters(publisher, topic, &conflicts).await?;
     tx.commit()
         .await
         .map_err(SinkError::statement("committing a batch"))?;
@@ -228,6 +268,7 @@ async fn commit_isolating(
     client: &mut Client,
     topic: &str,
     batch: &CommitBatch,
+    publisher: Option<&dyn DeadLetterPublisher>,
 ) -> Result<CommitReport, SinkError> {
     let mut tx = client
         .transaction()
@@ -309,6 +350,7 @@ async fn commit_isolating(
     report.dead_letters_written = insert_dead_letters(&tx, topic, &dead_letters).await?;
     store_stream_states(&tx, batch).await?;
     store_offsets(&tx, topic, batch).await?;
+    publish_dead_letters(publisher, topic, &dead_letters).await?;
     tx.commit()
         .await
         .map_err(SinkError::statement("committing an isolated batch"))?;
