@@ -8,6 +8,8 @@ use timely::progress::Timestamp;
 use crate::canonical::canonical_hash;
 use crate::envelope::{envelope_from_value, parse_json, EnvelopeError, EnvelopeLimits};
 use crate::record::{DeadLetter, DeadLetterReason, EventRow, SourceRecord};
+use crate::validate::{SchemaRegistry, SchemaRejection, SharedRegistry};
+use std::sync::Arc;
 
 /// Decodes one record with the gateway's envelope rules. The received time comes from the
 /// gateway's header, else the record's timestamp, else `fallback_now`; it is also the reference
@@ -15,6 +17,7 @@ use crate::record::{DeadLetter, DeadLetterReason, EventRow, SourceRecord};
 pub fn decode_record(
     record: SourceRecord,
     limits: &EnvelopeLimits,
+    schemas: Option<&SchemaRegistry>,
     fallback_now: DateTime<Utc>,
 ) -> Result<EventRow, DeadLetter> {
     let trace_id = record.headers.traceparent.map(|ctx| ctx.trace_id_hex());
@@ -60,6 +63,31 @@ pub fn decode_record(
             return Err(dead_letter(reason, err.to_string(), record));
         }
     };
+    let payload = serde_json::Value::Object(envelope.payload);
+    if let Some(schemas) = schemas {
+        let checked = schemas.check(
+            &envelope.tenant_id,
+            &envelope.event_type,
+            envelope.schema_version,
+            &payload,
+        );
+        if let Err(rejection) = checked {
+            let (reason, message) = match rejection {
+                SchemaRejection::UnknownType => (
+                    DeadLetterReason::UnknownEventType,
+                    format!(
+                        "no schema is registered for type {:?} version {}",
+                        envelope.event_type, envelope.schema_version
+                    ),
+                ),
+                SchemaRejection::Violations(violations) => (
+                    DeadLetterReason::SchemaViolation,
+                    EnvelopeError::Invalid { violations }.to_string(),
+                ),
+            };
+            return Err(dead_letter(reason, message, record));
+        }
+    }
     Ok(EventRow {
         event_id: envelope.event_id,
         tenant_id: envelope.tenant_id,
@@ -68,7 +96,7 @@ pub fn decode_record(
         stream_key: envelope.stream_key,
         timestamp_utc: envelope.timestamp_utc.with_timezone(&Utc),
         schema_version: envelope.schema_version,
-        payload_json: serde_json::Value::Object(envelope.payload).to_string(),
+        payload_json: payload.to_string(),
         received_utc,
         trace_id: trace_id.clone(),
         payload_hash,
@@ -80,15 +108,22 @@ pub fn decode_record(
     })
 }
 
-/// Splits a stream of raw records into decoded events and dead letters.
+/// Splits a stream of raw records into decoded events and dead letters, checking payloads
+/// against the current schemas of `schemas` when given.
 pub fn decode_records<'scope, T: Timestamp>(
     records: StreamVec<'scope, T, SourceRecord>,
     limits: EnvelopeLimits,
+    schemas: Option<SharedRegistry>,
 ) -> (
     StreamVec<'scope, T, EventRow>,
     StreamVec<'scope, T, DeadLetter>,
 ) {
-    records.ok_err(move |record| decode_record(record, &limits, Utc::now()))
+    records.ok_err(move |record| {
+        let current = schemas
+            .as_ref()
+            .map(|shared| Arc::clone(&shared.read().expect("schema registry lock")));
+        decode_record(record, &limits, current.as_deref(), Utc::now())
+    })
 }
 
 #[cfg(test)]
@@ -119,7 +154,8 @@ mod tests {
         let received = Utc::now();
         rec.headers.traceparent = Some(ctx);
         rec.headers.received_at = Some(received);
-        let row = decode_record(rec, &EnvelopeLimits::default(), Utc::now()).expect("valid record");
+        let row =
+            decode_record(rec, &EnvelopeLimits::default(), None, Utc::now()).expect("valid record");
         assert_eq!(row.tenant_id, "acme");
         assert_eq!(row.payload_json, r#"{"x":1}"#);
         assert_eq!(row.schema_version, 1);
@@ -134,6 +170,7 @@ mod tests {
         let row = decode_record(
             record(0, Some(VALID)),
             &EnvelopeLimits::default(),
+            None,
             Utc::now(),
         )
         .unwrap();
@@ -145,6 +182,7 @@ mod tests {
         let dl = decode_record(
             record(1, Some("{oops")),
             &EnvelopeLimits::default(),
+            None,
             Utc::now(),
         )
         .unwrap_err();
@@ -153,12 +191,18 @@ mod tests {
         let dl = decode_record(
             record(2, Some(r#"{"eventId":1}"#)),
             &EnvelopeLimits::default(),
+            None,
             Utc::now(),
         )
         .unwrap_err();
         assert_eq!(dl.reason, DeadLetterReason::InvalidEnvelope);
-        let dl =
-            decode_record(record(3, None), &EnvelopeLimits::default(), Utc::now()).unwrap_err();
+        let dl = decode_record(
+            record(3, None),
+            &EnvelopeLimits::default(),
+            None,
+            Utc::now(),
+        )
+        .unwrap_err();
         assert_eq!((dl.reason, dl.offset), (DeadLetterReason::Undecodable, 3));
     }
 
@@ -179,7 +223,7 @@ mod tests {
                 ]
                 .to_stream(scope)
                 .container::<Vec<_>>();
-                let (events, dead) = decode_records(input, EnvelopeLimits::default());
+                let (events, dead) = decode_records(input, EnvelopeLimits::default(), None);
                 events.capture_into(ok_tx);
                 dead.capture_into(err_tx);
             });

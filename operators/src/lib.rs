@@ -10,6 +10,7 @@
 //! | [`trace_context`] | W3C `traceparent` parsing and minting |
 //! | [`topics`] | topic names, with the per-deployment prefix |
 //! | [`record`] | the shapes that flow through the dataflow: source records, event rows, dead letters |
+//! | [`validate`] | JSON Schemas per (tenant or `*`, type, version) and the unknown-type policy |
 //! | [`decode`] | operator: raw source records into `(events, dead letters)` |
 //! | [`stream_state`] | operator: per stream, the latest event and the count, in a differential arrangement |
 //! | [`dedup`] | operator: drop repeats by event id and idempotency key; dead-letter conflicts |
@@ -23,3 +24,4 @@ pub mod record;
 pub mod stream_state;
 pub mod topics;
 pub mod trace_context;
+pub mod validate;

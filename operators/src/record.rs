@@ -102,6 +102,10 @@ pub enum DeadLetterReason {
     DuplicateEventIdConflict,
     /// An idempotency key seen before (same tenant) with a different payload.
     IdempotencyKeyConflict,
+    /// The payload breaks the JSON Schema registered for its type.
+    SchemaViolation,
+    /// No schema is registered for the type and the policy is to dead-letter.
+    UnknownEventType,
 }
 
 impl DeadLetterReason {
@@ -113,6 +117,8 @@ impl DeadLetterReason {
             Self::DatabaseRejected => "database_rejected",
             Self::DuplicateEventIdConflict => "duplicate_event_id_conflict",
             Self::IdempotencyKeyConflict => "idempotency_key_conflict",
+            Self::SchemaViolation => "schema_violation",
+            Self::UnknownEventType => "unknown_event_type",
         }
     }
 }

@@ -68,6 +68,25 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(seconds))
 }
 
+/// Policy for event types without a schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UnknownTypes {
+    /// Accept them unchecked.
+    Accept,
+    /// Dead-letter them (reason unknown_event_type).
+    #[value(name = "dead_letter")]
+    DeadLetter,
+}
+
+impl From<UnknownTypes> for operators::validate::UnknownTypePolicy {
+    fn from(policy: UnknownTypes) -> Self {
+        match policy {
+            UnknownTypes::Accept => Self::Accept,
+            UnknownTypes::DeadLetter => Self::DeadLetter,
+        }
+    }
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -231,6 +250,34 @@ pub struct Settings {
         global = true
     )]
     pub jwt_leeway_seconds: u64,
+
+    /// Directory of the payload JSON Schemas (reloaded when it changes).
+    #[arg(
+        long,
+        env = "SENTINEL_SCHEMA_DIR",
+        default_value = "infra/schemas",
+        global = true
+    )]
+    pub schema_dir: std::path::PathBuf,
+
+    /// What to do with events whose type has no schema.
+    #[arg(
+        long,
+        env = "SENTINEL_UNKNOWN_TYPE_POLICY",
+        value_enum,
+        default_value = "accept",
+        global = true
+    )]
+    pub unknown_type_policy: UnknownTypes,
+
+    /// How often the schema directory is checked for changes, in seconds.
+    #[arg(
+        long,
+        env = "SENTINEL_SCHEMA_RELOAD_SECONDS",
+        default_value_t = 2,
+        global = true
+    )]
+    pub schema_reload_seconds: u64,
 
     /// How long the dataflow's de-duplication remembers an event, in seconds.
     #[arg(

@@ -46,6 +46,8 @@ pub struct DataflowContext {
     pub envelope_limits: operators::envelope::EnvelopeLimits,
     /// How long de-duplication remembers an event.
     pub dedup_retention: chrono::TimeDelta,
+    /// The payload schemas, reloaded when their directory changes.
+    pub schemas: operators::validate::SharedRegistry,
     /// Where dead letters are published besides the table.
     pub dead_letter_topic: Arc<dyn sinks::postgres::DeadLetterPublisher>,
     /// Set to stop the sources; the workers then drain and exit.
@@ -131,7 +133,11 @@ pub fn run_worker(worker: &mut Worker, ctx: &DataflowContext) -> anyhow::Result<
             SourceMessage::Record(record) => Ok(record),
             SourceMessage::Progress(progress) => Err(progress),
         });
-        let (events, dead_letters) = decode_records(records, ctx.envelope_limits.clone());
+        let (events, dead_letters) = decode_records(
+            records,
+            ctx.envelope_limits.clone(),
+            Some(Arc::clone(&ctx.schemas)),
+        );
         let (unique, rejected) = dedup(events, dedup_state).ok_err(|verdict| match verdict {
             Deduplicated::Unique(row) => Ok(row),
             Deduplicated::Duplicate(_) => Err(Effect::Duplicate),

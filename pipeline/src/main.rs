@@ -5,6 +5,7 @@ mod config;
 mod dataflow;
 mod dead_letter_topic;
 mod kafka_source;
+mod schemas;
 mod server;
 mod topics;
 
@@ -146,7 +147,14 @@ fn run(
     let running_workers = Arc::new(AtomicUsize::new(0));
     let fatal = Arc::new(Notify::new());
     let workers = if with_dataflow {
+        let schemas = schemas::watch(
+            settings.schema_dir.clone(),
+            settings.unknown_type_policy.into(),
+            Duration::from_secs(settings.schema_reload_seconds.max(1)),
+        )
+        .context("loading the schema directory")?;
         let ctx = Arc::new(DataflowContext {
+            schemas,
             runtime: runtime.handle().clone(),
             database_url: settings.database_url.clone(),
             kafka: kafka.clone(),

@@ -187,3 +187,89 @@ async fn duplicates_are_dropped_and_conflicts_and_poison_dead_lettered_across_re
         .all(|(headers, _)| headers["sentinel-dlq-source"].starts_with(&env.raw_topic())));
     let _ = producer.flush(Duration::from_secs(5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_are_checked_against_schemas_reloaded_from_their_directory() {
+    let env = TestEnv::new("schemas").await;
+    let dir = env.log_dir.join("schemas");
+    std::fs::create_dir_all(dir.join("acme")).unwrap();
+    let schema = |required: &str| {
+        serde_json::json!({
+            "x-sentinel-tenant": "*",
+            "x-sentinel-type": "order.created",
+            "x-sentinel-schema-version": 1,
+            "type": "object",
+            "required": [required],
+            "properties": {"seq": {"type": "integer"}}
+        })
+        .to_string()
+    };
+    std::fs::write(dir.join("acme").join("order.json"), schema("seq")).unwrap();
+    let dir_text = dir.display().to_string();
+    let _sentinel = env
+        .start_with(
+            "process",
+            "process",
+            &[
+                ("SENTINEL_SCHEMA_DIR", &dir_text),
+                ("SENTINEL_UNKNOWN_TYPE_POLICY", "dead_letter"),
+                ("SENTINEL_SCHEMA_RELOAD_SECONDS", "1"),
+            ],
+        )
+        .await;
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", support::kafka_brokers())
+        .create()
+        .unwrap();
+    let topic = env.raw_topic();
+    // envelope(): even seq → order.created, odd → order.paid (no schema: dead-lettered);
+    // schemaVersion is 1 + seq % 3.
+    let valid = envelope(Uuid::new_v4(), "acme", "s", 0, "2025-06-15T10:00:00Z");
+    let mut invalid = envelope(Uuid::new_v4(), "acme", "s", 6, "2025-06-15T10:00:00Z");
+    invalid["payload"]["seq"] = serde_json::json!("six");
+    let unknown = envelope(Uuid::new_v4(), "acme", "s", 3, "2025-06-15T10:00:00Z");
+    for body in [&valid, &invalid, &unknown] {
+        produce(&producer, &topic, 0, &serde_json::to_vec(body).unwrap()).await;
+    }
+    wait_for_consumed(&env, 3).await;
+    assert_eq!(env.event_count(&env.db().await).await, 1);
+    let reasons: Vec<String> = dead_letters(&env)
+        .await
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    assert_eq!(reasons, ["schema_violation", "unknown_event_type"]);
+
+    // A changed schema applies without a restart.
+    std::fs::write(dir.join("acme").join("order.json"), schema("mustHave")).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let now_invalid = envelope(Uuid::new_v4(), "acme", "s", 12, "2025-06-15T10:00:00Z");
+    produce(
+        &producer,
+        &topic,
+        0,
+        &serde_json::to_vec(&now_invalid).unwrap(),
+    )
+    .await;
+    wait_for_consumed(&env, 4).await;
+    let reasons: Vec<String> = dead_letters(&env)
+        .await
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    assert_eq!(
+        reasons,
+        ["schema_violation", "unknown_event_type", "schema_violation"]
+    );
+    let message: String = env
+        .db()
+        .await
+        .query_one(
+            "SELECT message FROM dead_letter ORDER BY source_offset DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(message.contains("mustHave"), "{message}");
+}

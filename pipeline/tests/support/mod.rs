@@ -241,7 +241,7 @@ impl TestEnv {
             .stderr(log)
             .spawn()
             .expect("spawning sentinel");
-        let process = SentinelProcess {
+        let mut process = SentinelProcess {
             child,
             base_url: format!("http://127.0.0.1:{port}"),
             log_path,
@@ -355,10 +355,13 @@ pub struct SentinelProcess {
 }
 
 impl SentinelProcess {
-    async fn wait_ready(&self, timeout: Duration) {
+    async fn wait_ready(&mut self, timeout: Duration) {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + timeout;
         loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("sentinel exited with {status} before it was ready; log:\n{}", self.log());
+            }
             if let Ok(response) = client.get(format!("{}/ready", self.base_url)).send().await {
                 if response.status().is_success() {
                     return;
