@@ -360,7 +360,10 @@ impl SentinelProcess {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("sentinel exited with {status} before it was ready; log:\n{}", self.log());
+                panic!(
+                    "sentinel exited with {status} before it was ready; log:\n{}",
+                    self.log()
+                );
             }
             if let Ok(response) = client.get(format!("{}/ready", self.base_url)).send().await {
                 if response.status().is_success() {
