@@ -7,6 +7,7 @@
 //! | [`kafka`] | broker connection settings and the acknowledged event producer |
 //! | [`problem`] | RFC 9457 problem+json errors with stable problem types |
 //! | [`openapi`] | the OpenAPI 3.1 description generated from the handlers |
+//! | [`outcomes`] | per-window answer counts published to the outcomes topic for the ingestion SLO |
 //! | [`telemetry`] | typed telemetry events and the gateway's metrics |
 //! | [`events`] | `POST /v1/events` and `POST /v1/events:batch`: the write path |
 //!
@@ -17,6 +18,7 @@ pub mod events;
 pub mod idempotency;
 pub mod kafka;
 pub mod openapi;
+pub mod outcomes;
 pub mod problem;
 pub mod telemetry;
 
@@ -49,6 +51,7 @@ struct IngressInner {
     local: Arc<events::LocalClaims>,
     in_flight: Arc<Semaphore>,
     lease: Duration,
+    outcomes: Option<Arc<outcomes::OutcomeRecorder>>,
 }
 
 impl IngressState {
@@ -72,8 +75,17 @@ impl IngressState {
                 claims,
                 local: Arc::default(),
                 lease,
+                outcomes: None,
             }),
         }
+    }
+
+    /// Counts the write endpoints' answers in `recorder` (for the ingestion SLO).
+    pub fn with_outcomes(mut self, recorder: Arc<outcomes::OutcomeRecorder>) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("with_outcomes is called before the state is shared")
+            .outcomes = Some(recorder);
+        self
     }
 
     /// The authenticator, shared with the other HTTP surfaces.
@@ -100,23 +112,29 @@ pub fn router(state: IngressState) -> Router {
             "/v1/events:batch",
             post(events::post_batch).layer(DefaultBodyLimit::max(batch_limit)),
         )
-        .with_state(state)
-        .layer(axum::middleware::from_fn(record_request))
+        .with_state(state.clone())
+        .layer(axum::middleware::from_fn_with_state(state, record_request))
 }
 
-/// Emits one [`telemetry::RequestAnswered`] per request of the gateway's routes.
+/// Emits one [`telemetry::RequestAnswered`] per request of the gateway's routes, and counts the
+/// answer for the ingestion SLO.
 async fn record_request(
+    axum::extract::State(state): axum::extract::State<IngressState>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let started = std::time::Instant::now();
     let route = telemetry::route_label(request.uri().path());
     let response = next.run(request).await;
+    let status = response.status().as_u16();
     telemetry::RequestAnswered {
-        status: response.status().as_u16(),
+        status,
         route,
         duration: started.elapsed(),
     }
     .emit();
+    if let Some(outcomes) = &state.inner.outcomes {
+        outcomes.record(status, chrono::Utc::now());
+    }
     response
 }

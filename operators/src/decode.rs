@@ -136,6 +136,7 @@ mod tests {
 
     fn record(offset: i64, value: Option<&str>) -> SourceRecord {
         SourceRecord {
+            topic: "events.raw.v1".into(),
             partition: 3,
             offset,
             timestamp_ms: Some(1_800_000_000_000),

@@ -12,6 +12,7 @@
 //! | [`record`] | the shapes that flow through the dataflow: source records, event rows, dead letters |
 //! | [`validate`] | JSON Schemas per (tenant or `*`, type, version) and the unknown-type policy |
 //! | [`decode`] | operator: raw source records into `(events, dead letters)` |
+//! | [`slo_window`] | operator: tumbling SLO windows of gateway outcomes and freshness |
 //! | [`stream_state`] | operator: per stream, the latest event and the count, in a differential arrangement |
 //! | [`dedup`] | operator: drop repeats by event id and idempotency key; dead-letter conflicts |
 
@@ -21,6 +22,7 @@ pub mod dedup;
 pub mod envelope;
 pub mod headers;
 pub mod record;
+pub mod slo_window;
 pub mod stream_state;
 pub mod topics;
 pub mod trace_context;

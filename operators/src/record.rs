@@ -10,7 +10,9 @@ use crate::headers::RecordHeaders;
 /// One record as consumed from the raw topic, before any interpretation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceRecord {
-    /// Partition of the raw topic.
+    /// The topic the record was consumed from.
+    pub topic: std::sync::Arc<str>,
+    /// Partition of the topic.
     pub partition: i32,
     /// Offset within the partition.
     pub offset: i64,
@@ -26,9 +28,11 @@ pub struct SourceRecord {
 
 /// Where the source has read up to in one partition: every record below `next_offset` has been
 /// emitted into the dataflow. Committed in the same transaction as the records' effects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PartitionProgress {
-    /// Partition of the raw topic.
+    /// The topic.
+    pub topic: String,
+    /// Partition of the topic.
     pub partition: i32,
     /// The offset to resume from.
     pub next_offset: i64,

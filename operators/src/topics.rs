@@ -4,6 +4,8 @@
 pub const RAW_EVENTS: &str = "events.raw.v1";
 /// Unprefixed name of the dead-letter topic.
 pub const DEAD_LETTERS: &str = "events.dlq.v1";
+/// Unprefixed name of the topic of gateway outcomes (per-window answer counts).
+pub const GATEWAY_OUTCOMES: &str = "gateway.outcomes.v1";
 
 /// The topic names one deployment uses, derived from its prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,6 +14,8 @@ pub struct TopicNames {
     pub raw_events: String,
     /// Topic of dead letters (`<prefix>events.dlq.v1`).
     pub dead_letters: String,
+    /// Topic of gateway outcomes (`<prefix>gateway.outcomes.v1`).
+    pub gateway_outcomes: String,
 }
 
 impl TopicNames {
@@ -20,12 +24,13 @@ impl TopicNames {
         Self {
             raw_events: format!("{prefix}{RAW_EVENTS}"),
             dead_letters: format!("{prefix}{DEAD_LETTERS}"),
+            gateway_outcomes: format!("{prefix}{GATEWAY_OUTCOMES}"),
         }
     }
 
     /// Every topic a deployment needs, for creation at start.
-    pub fn all(&self) -> [&str; 2] {
-        [&self.raw_events, &self.dead_letters]
+    pub fn all(&self) -> [&str; 3] {
+        [&self.raw_events, &self.dead_letters, &self.gateway_outcomes]
     }
 }
 

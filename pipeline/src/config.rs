@@ -279,6 +279,33 @@ pub struct Settings {
     )]
     pub schema_reload_seconds: u64,
 
+    /// Width of the tumbling SLO windows, in seconds.
+    #[arg(
+        long,
+        env = "SENTINEL_SLO_WINDOW_SECONDS",
+        default_value_t = 60,
+        global = true
+    )]
+    pub slo_window_seconds: i64,
+
+    /// Freshness objective: an event is fresh when processed within this many seconds of receipt.
+    #[arg(
+        long,
+        env = "SENTINEL_FRESHNESS_THRESHOLD_SECONDS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub freshness_threshold_seconds: i64,
+
+    /// How often the gateway publishes its answer counts to the outcomes topic, in milliseconds.
+    #[arg(
+        long,
+        env = "SENTINEL_OUTCOME_FLUSH_MS",
+        default_value_t = 1000,
+        global = true
+    )]
+    pub outcome_flush_ms: u64,
+
     /// How long the dataflow's de-duplication remembers an event, in seconds.
     #[arg(
         long,

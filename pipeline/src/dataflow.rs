@@ -14,6 +14,7 @@ use ingress::KafkaSettings;
 use operators::decode::decode_records;
 use operators::dedup::{dedup, DedupState, Deduplicated};
 use operators::record::{DeadLetter, EventRow, PartitionProgress, SourceRecord};
+use operators::slo_window::{freshness_sample, slo_windows, GatewayOutcomes, SloSample};
 use operators::stream_state::{stream_state, StreamState};
 use sinks::postgres::{self, CommitBatch, EventSink, WriterSettings};
 use timely::dataflow::channels::pact::Pipeline;
@@ -25,6 +26,7 @@ use tokio::sync::mpsc;
 
 use crate::kafka_source::{
     assigned_consumer, kafka_source, owned_partitions, SourceMessage, SourceSettings,
+    TopicAssignment,
 };
 use crate::topics::partition_count;
 
@@ -38,6 +40,12 @@ pub struct DataflowContext {
     pub kafka: KafkaSettings,
     /// The raw events topic (prefixed).
     pub raw_topic: String,
+    /// The gateway outcomes topic (prefixed).
+    pub outcomes_topic: String,
+    /// Width of the SLO windows.
+    pub slo_window: chrono::TimeDelta,
+    /// Freshness objective: processed − received at most this.
+    pub freshness_threshold: chrono::TimeDelta,
     /// Consumer group id (used for nothing but librdkafka's bookkeeping: assignment is static).
     pub group_id: String,
     /// Source tuning.
@@ -61,6 +69,7 @@ pub struct DataflowContext {
 enum Effect {
     Event(EventRow),
     StreamState(StreamState),
+    Slo(SloSample),
     Duplicate,
     DeadLetter(DeadLetter),
     Progress(PartitionProgress),
@@ -71,6 +80,7 @@ fn add_effect(batch: &mut CommitBatch, effect: Effect) {
         Effect::Event(row) => batch.events.push(row),
         Effect::Duplicate => batch.duplicates_dropped += 1,
         Effect::StreamState(state) => batch.stream_states.push(state),
+        Effect::Slo(sample) => batch.slo_samples.push(sample),
         Effect::DeadLetter(dead) => batch.dead_letters.push(dead),
         Effect::Progress(progress) => batch.progress.push(progress),
     }
@@ -81,22 +91,40 @@ pub fn run_worker(worker: &mut Worker, ctx: &DataflowContext) -> anyhow::Result<
     let (index, peers) = (worker.index(), worker.peers());
     let partitions = partition_count(&ctx.kafka, &ctx.raw_topic, Duration::from_secs(60))?;
     let owned = owned_partitions(partitions, index, peers);
-    let (stored, seen, stream_states) = ctx.runtime.block_on(async {
+    let outcome_partitions =
+        partition_count(&ctx.kafka, &ctx.outcomes_topic, Duration::from_secs(60))?;
+    let owned_outcomes = owned_partitions(outcome_partitions, index, peers);
+    let (stored, stored_outcomes, seen, stream_states) = ctx.runtime.block_on(async {
         let client = postgres::connect(&ctx.database_url).await?;
         let offsets = postgres::load_offsets(&client, &ctx.raw_topic).await?;
+        let outcome_offsets = postgres::load_offsets(&client, &ctx.outcomes_topic).await?;
         let seen = postgres::load_recent_events(&client, &owned, ctx.dedup_retention).await?;
         let states = postgres::load_stream_states(&client, &owned).await?;
-        Ok::<_, sinks::postgres::SinkError>((offsets, seen, states))
+        Ok::<_, sinks::postgres::SinkError>((offsets, outcome_offsets, seen, states))
     })?;
     let dedup_state = DedupState::seeded(ctx.dedup_retention, seen);
     tracing::info!(
         worker = index,
-        partitions = ?owned,
-        resume_from = ?stored,
+        partitions = ?owned_partitions(partitions, index, peers),
         remembered = dedup_state.len(),
         "worker starting"
     );
-    let consumer = assigned_consumer(&ctx.kafka, &ctx.group_id, &ctx.raw_topic, &owned, &stored)?;
+    let consumer = assigned_consumer(
+        &ctx.kafka,
+        &ctx.group_id,
+        &[
+            TopicAssignment {
+                topic: ctx.raw_topic.clone(),
+                partitions: owned,
+                stored,
+            },
+            TopicAssignment {
+                topic: ctx.outcomes_topic.clone(),
+                partitions: owned_outcomes,
+                stored: stored_outcomes,
+            },
+        ],
+    )?;
 
     let (batches_tx, batches_rx) = mpsc::channel::<CommitBatch>(2);
     let sink = EventSink::new(ctx.database_url.clone(), ctx.raw_topic.clone())
@@ -133,6 +161,34 @@ pub fn run_worker(worker: &mut Worker, ctx: &DataflowContext) -> anyhow::Result<
             SourceMessage::Record(record) => Ok(record),
             SourceMessage::Progress(progress) => Err(progress),
         });
+        let raw_topic = ctx.raw_topic.clone();
+        let (records, outcome_records): (
+            StreamVec<u64, SourceRecord>,
+            StreamVec<u64, SourceRecord>,
+        ) = records.ok_err(move |record| {
+            if *record.topic == *raw_topic {
+                Ok(record)
+            } else {
+                Err(record)
+            }
+        });
+        let outcome_samples = outcome_records.flat_map(|record| {
+            let parsed = record
+                .value
+                .as_deref()
+                .map(serde_json::from_slice::<GatewayOutcomes>);
+            match parsed {
+                Some(Ok(outcomes)) => Some(outcomes.sample()),
+                _ => {
+                    tracing::error!(
+                        partition = record.partition,
+                        offset = record.offset,
+                        "unreadable gateway outcomes record skipped"
+                    );
+                    None
+                }
+            }
+        });
         let (events, dead_letters) = decode_records(
             records,
             ctx.envelope_limits.clone(),
@@ -144,9 +200,15 @@ pub fn run_worker(worker: &mut Worker, ctx: &DataflowContext) -> anyhow::Result<
             Deduplicated::Conflict(dead) => Err(Effect::DeadLetter(dead)),
         });
         let states = stream_state(unique.clone(), stream_states);
+        let (width, threshold) = (ctx.slo_window, ctx.freshness_threshold);
+        let freshness = unique.clone().map(move |row| {
+            freshness_sample(row.received_utc, chrono::Utc::now(), width, threshold)
+        });
+        let windows = slo_windows(scope.concatenate([outcome_samples, freshness]));
         let effects = scope.concatenate([
             unique.map(Effect::Event),
             states.map(Effect::StreamState),
+            windows.map(Effect::Slo),
             rejected,
             dead_letters.map(Effect::DeadLetter),
             progress.map(Effect::Progress),

@@ -38,14 +38,23 @@ pub fn owned_partitions(partition_count: i32, worker_index: usize, peers: usize)
         .collect()
 }
 
-/// A consumer assigned to `partitions` of `topic`, starting at the stored offsets (the beginning
-/// where none is stored). No consumer group membership: assignment is static.
+/// The partitions of one topic a worker reads, and where each resumes.
+#[derive(Debug, Clone)]
+pub struct TopicAssignment {
+    /// The topic.
+    pub topic: String,
+    /// Its partitions this worker owns.
+    pub partitions: Vec<i32>,
+    /// Stored next offsets (the beginning where none is stored).
+    pub stored: BTreeMap<i32, i64>,
+}
+
+/// A consumer statically assigned to the given topics' partitions, starting at the stored
+/// offsets. No consumer group membership: assignment is static.
 pub fn assigned_consumer(
     kafka: &KafkaSettings,
     group_id: &str,
-    topic: &str,
-    partitions: &[i32],
-    stored: &BTreeMap<i32, i64>,
+    assignments: &[TopicAssignment],
 ) -> anyhow::Result<BaseConsumer> {
     let mut config = kafka.client_config();
     config
@@ -59,13 +68,16 @@ pub fn assigned_consumer(
     }
     let consumer: BaseConsumer = config.create().context("creating the Kafka consumer")?;
     let mut assignment = TopicPartitionList::new();
-    for &partition in partitions {
-        let offset = stored
-            .get(&partition)
-            .map_or(Offset::Beginning, |&next| Offset::Offset(next));
-        assignment
-            .add_partition_offset(topic, partition, offset)
-            .context("building the partition assignment")?;
+    for topic in assignments {
+        for &partition in &topic.partitions {
+            let offset = topic
+                .stored
+                .get(&partition)
+                .map_or(Offset::Beginning, |&next| Offset::Offset(next));
+            assignment
+                .add_partition_offset(&topic.topic, partition, offset)
+                .context("building the partition assignment")?;
+        }
     }
     consumer
         .assign(&assignment)
@@ -98,6 +110,7 @@ pub fn kafka_source<'scope>(
             let activator = scope.activator_for(info.address);
             let mut capability = Some(capability);
             let mut last_error_log: Option<Instant> = None;
+            let mut topics = TopicNamesInterned::default();
             move |output| {
                 let Some(cap) = capability.as_mut() else {
                     return;
@@ -110,7 +123,7 @@ pub fn kafka_source<'scope>(
                 if *cap.time() < now {
                     cap.downgrade(&now);
                 }
-                let mut reached: BTreeMap<i32, i64> = BTreeMap::new();
+                let mut reached: BTreeMap<(Arc<str>, i32), i64> = BTreeMap::new();
                 let mut emitted = 0;
                 {
                     let mut session = output.session(&*cap);
@@ -118,8 +131,12 @@ pub fn kafka_source<'scope>(
                         match consumer.poll(Duration::ZERO) {
                             None => break,
                             Some(Ok(message)) => {
-                                reached.insert(message.partition(), message.offset() + 1);
-                                session.give(SourceMessage::Record(source_record(&message)));
+                                let topic = topics.intern(message.topic());
+                                reached.insert(
+                                    (Arc::clone(&topic), message.partition()),
+                                    message.offset() + 1,
+                                );
+                                session.give(SourceMessage::Record(source_record(topic, &message)));
                                 emitted += 1;
                             }
                             Some(Err(err)) => {
@@ -133,8 +150,9 @@ pub fn kafka_source<'scope>(
                             }
                         }
                     }
-                    for (partition, next_offset) in reached {
+                    for ((topic, partition), next_offset) in reached {
                         session.give(SourceMessage::Progress(PartitionProgress {
+                            topic: topic.to_string(),
                             partition,
                             next_offset,
                         }));
@@ -159,7 +177,24 @@ pub fn wall_clock_millis() -> u64 {
         .map_or(0, |since| since.as_millis() as u64)
 }
 
-fn source_record(message: &rdkafka::message::BorrowedMessage<'_>) -> SourceRecord {
+/// Topic names shared by every record of a topic, so that a record carries a pointer, not a copy.
+#[derive(Default)]
+struct TopicNamesInterned {
+    names: Vec<Arc<str>>,
+}
+
+impl TopicNamesInterned {
+    fn intern(&mut self, topic: &str) -> Arc<str> {
+        if let Some(name) = self.names.iter().find(|name| &***name == topic) {
+            return Arc::clone(name);
+        }
+        let name: Arc<str> = Arc::from(topic);
+        self.names.push(Arc::clone(&name));
+        name
+    }
+}
+
+fn source_record(topic: Arc<str>, message: &rdkafka::message::BorrowedMessage<'_>) -> SourceRecord {
     let headers = message
         .headers()
         .map(|headers| {
@@ -167,6 +202,7 @@ fn source_record(message: &rdkafka::message::BorrowedMessage<'_>) -> SourceRecor
         })
         .unwrap_or_default();
     SourceRecord {
+        topic,
         partition: message.partition(),
         offset: message.offset(),
         timestamp_ms: message.timestamp().to_millis(),

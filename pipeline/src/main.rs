@@ -159,6 +159,9 @@ fn run(
             database_url: settings.database_url.clone(),
             kafka: kafka.clone(),
             raw_topic: topics.raw_events.clone(),
+            outcomes_topic: topics.gateway_outcomes.clone(),
+            slo_window: chrono::TimeDelta::seconds(settings.slo_window_seconds.max(1)),
+            freshness_threshold: chrono::TimeDelta::seconds(settings.freshness_threshold_seconds),
             group_id: format!("{}sentinel-pipeline", settings.topic_prefix),
             envelope_limits: settings.envelope_limits(),
             dedup_retention: chrono::TimeDelta::seconds(settings.dedup_retention_seconds),
@@ -198,8 +201,17 @@ fn run(
         topic: topics.raw_events.clone(),
         dataflow: with_dataflow.then(|| (Arc::clone(&running_workers), settings.workers)),
     };
+    let outcomes = Arc::new(ingress::outcomes::OutcomeRecorder::new(
+        chrono::TimeDelta::seconds(settings.slo_window_seconds.max(1)),
+        format!("gateway-{}", uuid::Uuid::new_v4().simple()),
+    ));
     let ingress = authenticator.map(|auth| {
         let _runtime = runtime.enter();
+        outcomes.start_publishing(
+            producer.clone(),
+            topics.gateway_outcomes.clone(),
+            Duration::from_millis(settings.outcome_flush_ms.max(100)),
+        );
         IngressState::new(
             producer.clone(),
             topics.raw_events.clone(),
@@ -208,6 +220,7 @@ fn run(
             ClaimStore::start(settings.idempotency()),
             settings.idempotency_lease(),
         )
+        .with_outcomes(Arc::clone(&outcomes))
     });
     let app = server::app(ingress, readiness);
     let addr = settings.http_addr;
@@ -222,6 +235,10 @@ fn run(
             .context("serving HTTP")
     })?;
 
+    if with_ingress {
+        // Publish the last answers' counts before the dataflow stops.
+        runtime.block_on(outcomes.publish(&producer, &topics.gateway_outcomes));
+    }
     shutdown.store(true, Ordering::Release);
     producer.flush(Duration::from_secs(5));
     let mut failures = Vec::new();

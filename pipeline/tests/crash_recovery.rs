@@ -127,17 +127,21 @@ async fn sigkill_of_the_dataflow_mid_stream_loses_and_duplicates_nothing() {
         "rows that were never acknowledged: {extra:?}"
     );
 
-    let consumed: i64 = db
-        .query_one(
-            "SELECT coalesce(sum(next_offset), 0)::bigint FROM source_offsets WHERE topic = $1",
-            &[&format!("{}events.raw.v1", env.topic_prefix)],
-        )
-        .await
-        .expect("reading source offsets")
-        .get(0);
     assert_eq!(
-        consumed, EVENTS as i64,
+        env.consumed_records(&db).await,
+        EVENTS as i64,
         "stored offsets must cover exactly the records produced"
+    );
+    let (mismatches, streams) = env.stream_state_check(&db).await;
+    assert_eq!(
+        (mismatches, streams),
+        (0, 60),
+        "after the crash stream_state still equals a recomputation over events"
+    );
+    let (_, _, fresh_good, fresh_total) = env.slo_totals(0).await;
+    assert_eq!(
+        fresh_total, EVENTS as i64,
+        "freshness is counted once per stored event, also across the crash ({fresh_good} good)"
     );
 }
 

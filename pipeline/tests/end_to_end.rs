@@ -189,6 +189,54 @@ async fn thousand_events_over_twenty_streams_and_three_tenants_arrive_exactly_on
         consumed, EVENTS as i64,
         "stored offsets cover exactly the records produced"
     );
+
+    // stream_state agrees with a recomputation over the stored events.
+    let (mismatches, streams) = env.stream_state_check(&db).await;
+    assert_eq!(
+        streams,
+        partitions_of_stream.len() as i64,
+        "one stream_state row per stream"
+    );
+    assert_eq!(
+        mismatches, 0,
+        "stream_state rows differ from a recomputation"
+    );
+
+    // The SLO windows hold every answer (all good) and every event's freshness.
+    assert_eq!(
+        env.slo_totals(EVENTS as i64).await,
+        (EVENTS as i64, EVENTS as i64, EVENTS as i64, EVENTS as i64),
+        "slo_samples: (ingestion good, total, freshness good, total)"
+    );
+
+    // The metrics tell the same story, and claims were group-committed.
+    let accepted = sentinel
+        .metric(r#"gateway_requests_total{status="202"}"#)
+        .await;
+    assert_eq!(
+        accepted, EVENTS as f64,
+        "gateway_requests_total{{status=202}}"
+    );
+    let stored = sentinel
+        .metric(r#"processor_events_total{result="success"}"#)
+        .await;
+    assert_eq!(
+        stored, EVENTS as f64,
+        "processor_events_total{{result=success}}"
+    );
+    let fresh = sentinel.metric("end_to_end_freshness_seconds_count").await;
+    assert_eq!(fresh, EVENTS as f64, "one freshness sample per event");
+    let claims = sentinel
+        .metric(r#"idempotency_operations_total{kind="claim"}"#)
+        .await;
+    let statements = sentinel
+        .metric(r#"idempotency_statements_total{kind="claim"}"#)
+        .await;
+    assert_eq!(claims, EVENTS as f64);
+    assert!(
+        statements < claims,
+        "claims were not group-committed: {statements} statements for {claims} claims"
+    );
 }
 
 fn gcd(a: usize, b: usize) -> usize {

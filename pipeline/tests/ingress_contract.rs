@@ -583,6 +583,11 @@ async fn a_broker_failure_between_claim_and_ack_does_not_swallow_the_retry() {
         sentinel.log()
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let (good, total, _, _) = env.slo_totals(4).await;
+    assert!(
+        total - good >= 1,
+        "the 503 answered during the outage counts against the ingestion SLO ({good} good of {total})"
+    );
     let db = env.db().await;
     let ids: Vec<Uuid> = db
         .query("SELECT id FROM events ORDER BY id", &[])

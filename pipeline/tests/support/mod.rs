@@ -235,6 +235,7 @@ impl TestEnv {
             .env("SENTINEL_LOG_FORMAT", "text")
             .env("RUST_LOG", "info")
             .env("SENTINEL_JWT_SECRET", JWT_SECRET)
+            .env("SENTINEL_OUTCOME_FLUSH_MS", "200")
             .envs(extra.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("cloning the log handle"))
@@ -297,6 +298,29 @@ impl TestEnv {
             .expect("counting stream_state")
             .get(0);
         (mismatches, rows)
+    }
+
+    /// Sums of `slo_samples` over all windows, once `ingestion_total` reaches `answers` (or 30 s
+    /// passed): (ingestion_good, ingestion_total, freshness_good, freshness_total).
+    pub async fn slo_totals(&self, answers: i64) -> (i64, i64, i64, i64) {
+        let db = self.db().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let row = db
+                .query_one(
+                    "SELECT coalesce(sum(ingestion_good), 0)::bigint, coalesce(sum(ingestion_total), 0)::bigint, \
+                            coalesce(sum(freshness_good), 0)::bigint, coalesce(sum(freshness_total), 0)::bigint \
+                     FROM slo_samples",
+                    &[],
+                )
+                .await
+                .expect("summing slo_samples");
+            let totals = (row.get(0), row.get(1), row.get(2), row.get(3));
+            if totals.1 >= answers || Instant::now() > deadline {
+                return totals;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Waits until `events` holds at least `expected` rows; returns the count seen last.

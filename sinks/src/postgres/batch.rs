@@ -18,6 +18,8 @@ pub struct CommitBatch {
     pub duplicates_dropped: u64,
     /// New states of the streams the batch changed.
     pub stream_states: Vec<StreamState>,
+    /// Deltas to SLO windows.
+    pub slo_samples: Vec<operators::slo_window::SloSample>,
 }
 
 impl CommitBatch {
@@ -28,6 +30,7 @@ impl CommitBatch {
             && self.progress.is_empty()
             && self.duplicates_dropped == 0
             && self.stream_states.is_empty()
+            && self.slo_samples.is_empty()
     }
 
     /// Number of records (events and dead letters) in the batch.
@@ -39,22 +42,26 @@ impl CommitBatch {
     pub fn absorb(&mut self, later: CommitBatch) {
         self.events.extend(later.events);
         self.stream_states.extend(later.stream_states);
+        self.slo_samples.extend(later.slo_samples);
         self.duplicates_dropped += later.duplicates_dropped;
         self.dead_letters.extend(later.dead_letters);
         self.progress.extend(later.progress);
         self.progress = Self::furthest(std::mem::take(&mut self.progress));
     }
 
-    /// One position per partition, the furthest one, in partition order.
+    /// One position per topic partition, the furthest one, in (topic, partition) order.
     pub fn furthest(progress: Vec<PartitionProgress>) -> Vec<PartitionProgress> {
         let mut by_partition = BTreeMap::new();
         for p in progress {
-            let next = by_partition.entry(p.partition).or_insert(p.next_offset);
+            let next = by_partition
+                .entry((p.topic, p.partition))
+                .or_insert(p.next_offset);
             *next = (*next).max(p.next_offset);
         }
         by_partition
             .into_iter()
-            .map(|(partition, next_offset)| PartitionProgress {
+            .map(|((topic, partition), next_offset)| PartitionProgress {
+                topic,
                 partition,
                 next_offset,
             })
@@ -85,6 +92,7 @@ mod tests {
 
     fn at(partition: i32, next_offset: i64) -> PartitionProgress {
         PartitionProgress {
+            topic: "t".into(),
             partition,
             next_offset,
         }

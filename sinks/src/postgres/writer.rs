@@ -256,7 +256,8 @@ async fn commit_bulk(
     conflicts.extend(batch.dead_letters.iter().cloned());
     report.dead_letters_written = insert_dead_letters(&tx, topic, &conflicts).await?;
     store_stream_states(&tx, batch).await?;
-    store_offsets(&tx, topic, batch).await?;
+    store_slo_samples(&tx, batch).await?;
+    store_offsets(&tx, batch).await?;
     publish_dead_letters(publisher, topic, &conflicts).await?;
     tx.commit()
         .await
@@ -349,7 +350,8 @@ async fn commit_isolating(
     }
     report.dead_letters_written = insert_dead_letters(&tx, topic, &dead_letters).await?;
     store_stream_states(&tx, batch).await?;
-    store_offsets(&tx, topic, batch).await?;
+    store_slo_samples(&tx, batch).await?;
+    store_offsets(&tx, batch).await?;
     publish_dead_letters(publisher, topic, &dead_letters).await?;
     tx.commit()
         .await
@@ -447,22 +449,53 @@ async fn store_stream_states(tx: &Transaction<'_>, batch: &CommitBatch) -> Resul
     Ok(())
 }
 
-async fn store_offsets(
-    tx: &Transaction<'_>,
-    topic: &str,
-    batch: &CommitBatch,
-) -> Result<(), SinkError> {
+/// Adds the batch's deltas to their SLO windows.
+async fn store_slo_samples(tx: &Transaction<'_>, batch: &CommitBatch) -> Result<(), SinkError> {
+    if batch.slo_samples.is_empty() {
+        return Ok(());
+    }
+    let mut windows: std::collections::BTreeMap<DateTime<Utc>, [i64; 4]> = Default::default();
+    for sample in &batch.slo_samples {
+        let sums = windows.entry(sample.window_start).or_default();
+        sums[0] += sample.counts.ingestion_good;
+        sums[1] += sample.counts.ingestion_total;
+        sums[2] += sample.counts.freshness_good;
+        sums[3] += sample.counts.freshness_total;
+    }
+    let starts: Vec<DateTime<Utc>> = windows.keys().copied().collect();
+    let column = |i: usize| windows.values().map(|sums| sums[i]).collect::<Vec<i64>>();
+    let (ig, it, fg, ft) = (column(0), column(1), column(2), column(3));
+    tx.execute(
+        "INSERT INTO slo_samples AS s (window_start_utc, ingestion_good, ingestion_total, \
+            freshness_good, freshness_total, updated_utc) \
+         SELECT w, a, b, c, d, now() FROM UNNEST($1::timestamptz[], $2::int8[], $3::int8[], \
+            $4::int8[], $5::int8[]) AS u(w, a, b, c, d) \
+         ON CONFLICT (window_start_utc) DO UPDATE SET \
+            ingestion_good = s.ingestion_good + EXCLUDED.ingestion_good, \
+            ingestion_total = s.ingestion_total + EXCLUDED.ingestion_total, \
+            freshness_good = s.freshness_good + EXCLUDED.freshness_good, \
+            freshness_total = s.freshness_total + EXCLUDED.freshness_total, \
+            updated_utc = EXCLUDED.updated_utc",
+        &[&starts, &ig, &it, &fg, &ft],
+    )
+    .await
+    .map_err(SinkError::statement("adding to SLO windows"))?;
+    Ok(())
+}
+
+async fn store_offsets(tx: &Transaction<'_>, batch: &CommitBatch) -> Result<(), SinkError> {
     if batch.progress.is_empty() {
         return Ok(());
     }
+    let topics: Vec<&str> = batch.progress.iter().map(|p| p.topic.as_str()).collect();
     let partitions: Vec<i32> = batch.progress.iter().map(|p| p.partition).collect();
     let next_offsets: Vec<i64> = batch.progress.iter().map(|p| p.next_offset).collect();
     tx.execute(
         "INSERT INTO source_offsets (topic, partition, next_offset, updated_utc) \
-         SELECT $1, p, o, now() FROM UNNEST($2::int4[], $3::int8[]) AS u(p, o) \
+         SELECT t, p, o, now() FROM UNNEST($1::text[], $2::int4[], $3::int8[]) AS u(t, p, o) \
          ON CONFLICT (topic, partition) DO UPDATE \
          SET next_offset = EXCLUDED.next_offset, updated_utc = EXCLUDED.updated_utc",
-        &[&topic, &partitions, &next_offsets],
+        &[&topics, &partitions, &next_offsets],
     )
     .await
     .map_err(SinkError::statement("storing source offsets"))?;

@@ -1,0 +1,224 @@
+//! Operator: tumbling SLO windows. Samples — gateway outcomes (2xx/4xx good, 5xx bad) and the
+//! freshness of each stored event (processed − received within a threshold) — are summed per
+//! window; once the frontier passes a timestamp, one delta per window is emitted. Late samples
+//! simply add to their (older) window, so a window is never wrong for having closed.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::StreamVec;
+
+/// Counts of one window (or a delta to them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SloCounts {
+    /// Gateway answers that were not 5xx.
+    pub ingestion_good: i64,
+    /// All gateway answers.
+    pub ingestion_total: i64,
+    /// Events processed within the freshness threshold.
+    pub freshness_good: i64,
+    /// All processed events.
+    pub freshness_total: i64,
+}
+
+impl SloCounts {
+    fn add(&mut self, other: &SloCounts) {
+        self.ingestion_good += other.ingestion_good;
+        self.ingestion_total += other.ingestion_total;
+        self.freshness_good += other.freshness_good;
+        self.freshness_total += other.freshness_total;
+    }
+}
+
+/// A delta to one window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SloSample {
+    /// Start of the window.
+    pub window_start: DateTime<Utc>,
+    /// What to add to it.
+    pub counts: SloCounts,
+}
+
+/// What a gateway publishes to the outcomes topic: its answers in one window since its last
+/// publication.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayOutcomes {
+    /// Start of the window the answers fall in.
+    pub window_start_utc: DateTime<Utc>,
+    /// Answers that were not 5xx.
+    pub good: i64,
+    /// All answers.
+    pub total: i64,
+    /// The publishing gateway instance.
+    pub gateway: String,
+}
+
+impl GatewayOutcomes {
+    /// The sample these outcomes add to their window.
+    pub fn sample(&self) -> SloSample {
+        SloSample {
+            window_start: self.window_start_utc,
+            counts: SloCounts {
+                ingestion_good: self.good,
+                ingestion_total: self.total,
+                ..SloCounts::default()
+            },
+        }
+    }
+}
+
+/// The start of the window of width `width` that holds `at`.
+pub fn window_start(at: DateTime<Utc>, width: TimeDelta) -> DateTime<Utc> {
+    let width_ms = width.num_milliseconds().max(1);
+    let ms = at.timestamp_millis();
+    DateTime::from_timestamp_millis(ms - ms.rem_euclid(width_ms)).unwrap_or(at)
+}
+
+/// The freshness sample of one event, in the window of its receive time.
+pub fn freshness_sample(
+    received: DateTime<Utc>,
+    processed: DateTime<Utc>,
+    width: TimeDelta,
+    threshold: TimeDelta,
+) -> SloSample {
+    SloSample {
+        window_start: window_start(received, width),
+        counts: SloCounts {
+            freshness_good: i64::from(processed - received <= threshold),
+            freshness_total: 1,
+            ..SloCounts::default()
+        },
+    }
+}
+
+/// Sums per window start.
+type Windows = BTreeMap<DateTime<Utc>, SloCounts>;
+
+/// Sums samples per window and timestamp; emits the sums once the frontier passes.
+pub fn slo_windows<'scope>(
+    samples: StreamVec<'scope, u64, SloSample>,
+) -> StreamVec<'scope, u64, SloSample> {
+    samples.unary_frontier(Pipeline, "SloWindows", |_capability, _info| {
+        let mut pending: BTreeMap<u64, (Capability<u64>, Windows)> = BTreeMap::new();
+        move |(input, frontier), output| {
+            input.for_each(|capability, data| {
+                let time = *capability.least().expect("an input stamp holds a time");
+                let (_, windows) = pending.entry(time).or_insert_with(|| {
+                    (
+                        capability.delayed(&time, output.output_index()),
+                        BTreeMap::new(),
+                    )
+                });
+                for sample in data.drain(..) {
+                    windows
+                        .entry(sample.window_start)
+                        .or_default()
+                        .add(&sample.counts);
+                }
+            });
+            while let Some(entry) = pending.first_entry() {
+                if frontier.less_equal(entry.key()) {
+                    break;
+                }
+                let (capability, windows) = entry.remove();
+                let mut session = output.session(&capability);
+                for (window_start, counts) in windows {
+                    session.give(SloSample {
+                        window_start,
+                        counts,
+                    });
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use timely::dataflow::operators::capture::Extract;
+    use timely::dataflow::operators::{Capture, ToStream};
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
+    }
+
+    #[test]
+    fn windows_are_tumbling_and_aligned() {
+        let minute = TimeDelta::minutes(1);
+        assert_eq!(
+            window_start(at(0) + TimeDelta::seconds(59), minute),
+            window_start(at(0), minute)
+        );
+        assert_ne!(
+            window_start(at(0) + TimeDelta::seconds(60), minute),
+            window_start(at(0), minute)
+        );
+        assert_eq!(window_start(at(0), minute).timestamp() % 60, 0);
+    }
+
+    #[test]
+    fn freshness_is_good_within_the_threshold() {
+        let (minute, ten) = (TimeDelta::minutes(1), TimeDelta::seconds(10));
+        assert_eq!(
+            freshness_sample(at(0), at(10), minute, ten)
+                .counts
+                .freshness_good,
+            1
+        );
+        assert_eq!(
+            freshness_sample(at(0), at(11), minute, ten)
+                .counts
+                .freshness_good,
+            0
+        );
+    }
+
+    #[test]
+    fn samples_are_summed_per_window_and_timestamp() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx = std::sync::Mutex::new(tx);
+        timely::execute(timely::Config::thread(), move |worker| {
+            let tx = tx.lock().unwrap().clone();
+            worker.dataflow::<u64, _, _>(|scope| {
+                let minute = TimeDelta::minutes(1);
+                let outcome = |good, total, second| {
+                    GatewayOutcomes {
+                        window_start_utc: window_start(at(second), minute),
+                        good,
+                        total,
+                        gateway: "g".into(),
+                    }
+                    .sample()
+                };
+                slo_windows(
+                    vec![
+                        outcome(3, 4, 0),
+                        outcome(1, 1, 30),
+                        freshness_sample(at(10), at(12), minute, TimeDelta::seconds(10)),
+                        outcome(2, 2, 61),
+                    ]
+                    .to_stream(scope)
+                    .container::<Vec<_>>(),
+                )
+                .capture_into(tx);
+            });
+        })
+        .unwrap();
+        let windows: Vec<SloSample> = rx
+            .extract()
+            .into_iter()
+            .flat_map(|(_, samples): (u64, Vec<SloSample>)| samples)
+            .collect();
+        assert_eq!(windows.len(), 2, "{windows:?}");
+        let first = windows[0].counts;
+        assert_eq!((first.ingestion_good, first.ingestion_total), (4, 5));
+        assert_eq!((first.freshness_good, first.freshness_total), (1, 1));
+        assert_eq!(windows[1].counts.ingestion_total, 2);
+    }
+}
