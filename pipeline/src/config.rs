@@ -158,6 +158,25 @@ pub struct Settings {
     #[arg(long, env = "SENTINEL_WORKERS", default_value_t = 2, global = true)]
     pub workers: usize,
 
+    /// Every process of a timely cluster, `host:port` comma-separated, in process-index order.
+    /// Empty: this process alone. Partitions spread over all workers of all processes.
+    #[arg(
+        long,
+        env = "SENTINEL_TIMELY_HOSTS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub timely_hosts: Vec<String>,
+
+    /// This process's index in SENTINEL_TIMELY_HOSTS.
+    #[arg(
+        long,
+        env = "SENTINEL_PROCESS_INDEX",
+        default_value_t = 0,
+        global = true
+    )]
+    pub process_index: usize,
+
     /// How long a produced event may wait for the broker's acknowledgement before the gateway
     /// answers 503, in milliseconds.
     #[arg(
@@ -378,6 +397,31 @@ fn parse_key_values(text: &str) -> Result<KafkaOptions, String> {
 }
 
 impl Settings {
+    /// The timely configuration: this process alone, or one process of a cluster.
+    pub fn timely_config(&self) -> anyhow::Result<timely::Config> {
+        let workers = self.workers.max(1);
+        if self.timely_hosts.len() <= 1 {
+            return Ok(timely::Config::process(workers));
+        }
+        if self.process_index >= self.timely_hosts.len() {
+            anyhow::bail!(
+                "SENTINEL_PROCESS_INDEX {} is not an index of the {} SENTINEL_TIMELY_HOSTS",
+                self.process_index,
+                self.timely_hosts.len()
+            );
+        }
+        Ok(timely::Config {
+            communication: timely::CommunicationConfig::Cluster {
+                threads: workers,
+                process: self.process_index,
+                addresses: self.timely_hosts.clone(),
+                report: false,
+                zerocopy: false,
+            },
+            worker: timely::WorkerConfig::default(),
+        })
+    }
+
     /// Broker connection settings.
     pub fn kafka(&self) -> KafkaSettings {
         KafkaSettings {

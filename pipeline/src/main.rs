@@ -177,20 +177,42 @@ fn run(
             running_workers: Arc::clone(&running_workers),
         });
         let fatal = Arc::clone(&fatal);
-        let guards = timely::execute(timely::Config::process(settings.workers), move |worker| {
-            let outcome = dataflow::run_worker(worker, &ctx);
-            if let Err(err) = &outcome {
-                tracing::error!(
-                    worker = worker.index(),
-                    error = format!("{err:#}"),
-                    "worker failed"
-                );
-                fatal.notify_one();
-            }
-            outcome.map_err(|err| format!("{err:#}"))
-        })
-        .map_err(|err| anyhow!("starting the dataflow: {err}"))?;
-        Some(guards)
+        let config = settings.timely_config()?;
+        // Forming a cluster waits for every process; HTTP (health, readiness) serves meanwhile.
+        let dataflow = std::thread::Builder::new()
+            .name("timely".into())
+            .spawn(move || -> Vec<String> {
+                let fatal_on_start = Arc::clone(&fatal);
+                let guards = timely::execute(config, move |worker| {
+                    let outcome = dataflow::run_worker(worker, &ctx);
+                    if let Err(err) = &outcome {
+                        tracing::error!(
+                            worker = worker.index(),
+                            error = format!("{err:#}"),
+                            "worker failed"
+                        );
+                        fatal.notify_one();
+                    }
+                    outcome.map_err(|err| format!("{err:#}"))
+                });
+                match guards {
+                    Ok(guards) => guards
+                        .join()
+                        .into_iter()
+                        .filter_map(|outcome| match outcome {
+                            Ok(Ok(())) => None,
+                            Ok(Err(err)) | Err(err) => Some(err),
+                        })
+                        .collect(),
+                    Err(err) => {
+                        tracing::error!(error = %err, "the dataflow could not start");
+                        fatal_on_start.notify_one();
+                        vec![format!("starting the dataflow: {err}")]
+                    }
+                }
+            })
+            .context("starting the dataflow thread")?;
+        Some(dataflow)
     } else {
         None
     };
@@ -242,12 +264,10 @@ fn run(
     shutdown.store(true, Ordering::Release);
     producer.flush(Duration::from_secs(5));
     let mut failures = Vec::new();
-    if let Some(guards) = workers {
-        for outcome in guards.join() {
-            match outcome {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) | Err(err) => failures.push(err),
-            }
+    if let Some(dataflow) = workers {
+        match dataflow.join() {
+            Ok(errors) => failures.extend(errors),
+            Err(_) => failures.push("the dataflow thread panicked".to_owned()),
         }
     }
     if failures.is_empty() {

@@ -218,6 +218,13 @@ impl TestEnv {
         label: &str,
         extra: &[(&str, &str)],
     ) -> SentinelProcess {
+        let mut process = self.spawn_with(role, label, extra);
+        process.wait_ready(Duration::from_secs(90)).await;
+        process
+    }
+
+    /// Starts `sentinel <role>` without waiting for it to be ready.
+    pub fn spawn_with(&self, role: &str, label: &str, extra: &[(&str, &str)]) -> SentinelProcess {
         let port = free_port();
         let log_path = self.log_dir.join(format!("{label}.log"));
         let log = std::fs::OpenOptions::new()
@@ -242,13 +249,11 @@ impl TestEnv {
             .stderr(log)
             .spawn()
             .expect("spawning sentinel");
-        let mut process = SentinelProcess {
+        SentinelProcess {
             child,
             base_url: format!("http://127.0.0.1:{port}"),
             log_path,
-        };
-        process.wait_ready(Duration::from_secs(90)).await;
-        process
+        }
     }
 
     /// Number of rows in `events`.
@@ -362,7 +367,8 @@ impl Drop for TestEnv {
     }
 }
 
-fn free_port() -> u16 {
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
@@ -379,7 +385,8 @@ pub struct SentinelProcess {
 }
 
 impl SentinelProcess {
-    async fn wait_ready(&mut self, timeout: Duration) {
+    /// Waits until `/ready` answers 200; panics (with the log) if the process exits first.
+    pub async fn wait_ready(&mut self, timeout: Duration) {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + timeout;
         loop {
@@ -419,7 +426,22 @@ impl SentinelProcess {
 
     /// The child's log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+        let raw = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        // Drop the colour escapes of the text log format.
+        let mut plain = String::with_capacity(raw.len());
+        let mut chars = raw.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                for next in chars.by_ref() {
+                    if next.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                plain.push(c);
+            }
+        }
+        plain
     }
 
     /// SIGKILL: no shutdown hooks, no flushing.
