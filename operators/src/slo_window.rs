@@ -221,4 +221,78 @@ mod tests {
         assert_eq!((first.freshness_good, first.freshness_total), (1, 1));
         assert_eq!(windows[1].counts.ingestion_total, 2);
     }
+
+    #[test]
+    fn randomized_late_samples_agree_with_sums_from_scratch() {
+        use rand::{Rng, SeedableRng};
+        use timely::dataflow::operators::vec::Input;
+        use timely::dataflow::operators::Probe;
+
+        for seed in 0..20u64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let minute = TimeDelta::minutes(1);
+            // Batches of samples; windows are random, so later batches carry late samples.
+            let batches: Vec<Vec<SloSample>> = (0..rng.random_range(1..6))
+                .map(|_| {
+                    (0..rng.random_range(0..15))
+                        .map(|_| {
+                            let window = window_start(at(rng.random_range(0..300)), minute);
+                            let counts = SloCounts {
+                                ingestion_good: rng.random_range(0..3),
+                                ingestion_total: rng.random_range(3..6),
+                                freshness_good: rng.random_range(0..2),
+                                freshness_total: 2,
+                            };
+                            SloSample {
+                                window_start: window,
+                                counts,
+                            }
+                        })
+                        .collect()
+                })
+                .collect();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let tx = std::sync::Mutex::new(tx);
+            let feed = std::sync::Mutex::new(Some(batches.clone()));
+            timely::execute(timely::Config::thread(), move |worker| {
+                let tx = tx.lock().unwrap().clone();
+                let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
+                    let (input, samples) = scope.new_input::<SloSample>();
+                    let (probe, sums) = slo_windows(samples).probe();
+                    sums.capture_into(tx);
+                    (input, probe)
+                });
+                for (time, batch) in feed.lock().unwrap().take().unwrap().into_iter().enumerate() {
+                    for sample in batch {
+                        input.send(sample);
+                    }
+                    input.advance_to(time as u64 + 1);
+                    while probe.less_than(input.time()) {
+                        worker.step();
+                    }
+                }
+            })
+            .unwrap();
+            let emitted: Vec<(u64, Vec<SloSample>)> = rx.extract();
+            for (time, batch) in batches.iter().enumerate() {
+                let mut expected: BTreeMap<DateTime<Utc>, SloCounts> = BTreeMap::new();
+                for sample in batch {
+                    expected
+                        .entry(sample.window_start)
+                        .or_default()
+                        .add(&sample.counts);
+                }
+                let got: BTreeMap<DateTime<Utc>, SloCounts> = emitted
+                    .iter()
+                    .filter(|(t, _)| *t == time as u64)
+                    .flat_map(|(_, samples)| samples.iter())
+                    .map(|sample| (sample.window_start, sample.counts))
+                    .collect();
+                assert_eq!(
+                    got, expected,
+                    "seed {seed}, time {time}: one summed delta per window"
+                );
+            }
+        }
+    }
 }

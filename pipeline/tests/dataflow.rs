@@ -273,3 +273,100 @@ async fn payloads_are_checked_against_schemas_reloaded_from_their_directory() {
         .get(0);
     assert!(message.contains("mustHave"), "{message}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_load_yields_exact_rows_in_every_table() {
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+
+    let env = TestEnv::new("mixed").await;
+    let _sentinel = env.start("process", "process").await;
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", support::kafka_brokers())
+        .set("partitioner", "murmur2_random")
+        .create()
+        .unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let mut records: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut unique = 0;
+    let mut invalid = 0;
+    for seq in 0..1000usize {
+        let tenant = ["acme", "globex", "initech"][seq % 3];
+        let stream = format!("stream-{}", seq % 25);
+        // Shuffled event times: streams receive them out of order.
+        let timestamp = format!(
+            "2025-06-15T10:{:02}:{:02}Z",
+            rng.random_range(0..60),
+            rng.random_range(0..60)
+        );
+        let key = format!("{tenant}|{stream}");
+        let roll = rng.random_range(0..100);
+        if roll < 2 {
+            let mut bad = envelope(Uuid::new_v4(), tenant, &stream, seq, &timestamp);
+            bad["schemaVersion"] = serde_json::json!(0);
+            records.push((key, serde_json::to_vec(&bad).unwrap()));
+            invalid += 1;
+            continue;
+        }
+        let bytes = serde_json::to_vec(&envelope(Uuid::new_v4(), tenant, &stream, seq, &timestamp))
+            .unwrap();
+        records.push((key.clone(), bytes.clone()));
+        unique += 1;
+        if roll < 7 {
+            records.push((key, bytes)); // a duplicate
+        }
+    }
+    // Duplicates land later in the topic, sometimes right after their original.
+    let tail_start = records.len() / 2;
+    records[tail_start..].shuffle(&mut rng);
+    let topic = env.raw_topic();
+    for (key, value) in &records {
+        producer
+            .send(
+                FutureRecord::<str, [u8]>::to(&topic)
+                    .key(key.as_str())
+                    .payload(value.as_slice()),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("produce");
+    }
+    wait_for_consumed(&env, records.len() as i64).await;
+    let db = env.db().await;
+    assert_eq!(
+        env.event_count(&db).await,
+        unique as i64,
+        "events: each unique valid event once"
+    );
+    let dead: Vec<String> = dead_letters(&env)
+        .await
+        .into_iter()
+        .map(|(reason, _)| reason)
+        .collect();
+    assert_eq!(dead.len(), invalid, "dead_letter: each invalid event");
+    assert!(
+        dead.iter().all(|reason| reason == "invalid_envelope"),
+        "{dead:?}"
+    );
+    let (mismatches, streams) = env.stream_state_check(&db).await;
+    assert_eq!(
+        mismatches, 0,
+        "stream_state equals a recomputation over events"
+    );
+    assert_eq!(streams, 75, "3 tenants × 25 streams");
+    let (_, _, fresh_good, fresh_total) = env.slo_totals(0).await;
+    assert_eq!(
+        fresh_total, unique as i64,
+        "slo_samples: one freshness sample per stored event"
+    );
+    assert!(fresh_good <= fresh_total);
+    let windows: i64 = db
+        .query_one(
+            "SELECT count(*) FROM slo_samples WHERE freshness_total > 0",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(windows >= 1);
+}
