@@ -1,0 +1,133 @@
+//! `find-max`: steps the arrival rate up until a bound breaks — gateway p99 latency, freshness
+//! p99, achieved rate, exact rows or unexpected answers — and reports the highest rate that held.
+
+use std::io::Write;
+
+use serde::Serialize;
+
+use crate::load::{self, LoadArgs, Report};
+
+/// Search settings; the load's own settings shape every step.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FindMaxArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// First rate tried, events/s.
+    #[arg(long, default_value_t = 1_000)]
+    pub start_rate: u64,
+    /// Each step multiplies the rate by this.
+    #[arg(long, default_value_t = 1.3)]
+    pub step_factor: f64,
+    /// Seconds of load per step.
+    #[arg(long, default_value_t = 8)]
+    pub step_seconds: u64,
+    /// Bound on gateway p99 latency, ms.
+    #[arg(long, default_value_t = 100.0)]
+    pub p99_bound_ms: f64,
+    /// Bound on freshness p99, ms.
+    #[arg(long, default_value_t = 1_000.0)]
+    pub freshness_p99_bound_ms: f64,
+    /// Most steps.
+    #[arg(long, default_value_t = 14)]
+    pub max_steps: usize,
+}
+
+/// One step of the search.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    /// The step's run.
+    pub report: Report,
+    /// Why the step failed, if it did.
+    pub broke: Option<String>,
+}
+
+/// The outcome of a search.
+#[derive(Debug, Clone, Serialize)]
+pub struct Search {
+    /// Every step, in order.
+    pub steps: Vec<Step>,
+    /// The highest rate that held every bound (events/s achieved).
+    pub max_sustained: Option<f64>,
+}
+
+fn broken_bound(args: &FindMaxArgs, report: &Report) -> Option<String> {
+    let target = report.target_events_per_second as f64;
+    if report.achieved_events_per_second < 0.95 * target {
+        return Some(format!(
+            "sent only {:.0} of {target:.0} events/s",
+            report.achieved_events_per_second
+        ));
+    }
+    if report.gateway_latency_ms.p99 > args.p99_bound_ms {
+        return Some(format!(
+            "gateway p99 {:.1} ms > {} ms",
+            report.gateway_latency_ms.p99, args.p99_bound_ms
+        ));
+    }
+    if !args.load.no_check && report.freshness_ms.p99 > args.freshness_p99_bound_ms {
+        return Some(format!(
+            "freshness p99 {:.1} ms > {} ms",
+            report.freshness_ms.p99, args.freshness_p99_bound_ms
+        ));
+    }
+    let bad = report.unexpected_answers + report.transport_errors;
+    if bad * 1000 > report.events_sent {
+        return Some(format!("{bad} unexpected answers or errors"));
+    }
+    if !report.rows_exact {
+        return Some(format!(
+            "{} rows stored, {} expected",
+            report.stored_rows, report.expected_rows
+        ));
+    }
+    None
+}
+
+/// Runs the search.
+pub async fn search(args: &FindMaxArgs) -> anyhow::Result<Search> {
+    let mut steps = Vec::new();
+    let mut rate = args.start_rate as f64;
+    let mut max_sustained = None;
+    for _ in 0..args.max_steps {
+        let mut load = args.load.clone();
+        load.rate = rate.round() as u64;
+        load.duration = args.step_seconds;
+        let report = load::run(&load, true).await?;
+        let broke = broken_bound(args, &report);
+        eprintln!(
+            "find-max: {:>7} events/s → p99 {:>8.1} ms, freshness p99 {:>8.1} ms{}",
+            load.rate,
+            report.gateway_latency_ms.p99,
+            report.freshness_ms.p99,
+            broke
+                .as_ref()
+                .map(|b| format!(" — {b}"))
+                .unwrap_or_default()
+        );
+        let stop = broke.is_some();
+        if !stop {
+            max_sustained = Some(report.achieved_events_per_second);
+        }
+        steps.push(Step { report, broke });
+        if stop {
+            break;
+        }
+        rate *= args.step_factor;
+    }
+    Ok(Search {
+        steps,
+        max_sustained,
+    })
+}
+
+/// `bench find-max`.
+pub async fn command(args: &FindMaxArgs) -> anyhow::Result<()> {
+    let search = search(args).await?;
+    let mut out = std::io::stdout().lock();
+    match search.max_sustained {
+        Some(rate) => writeln!(out, "max sustained: {rate:.0} events/s")?,
+        None => writeln!(out, "no step held its bounds")?,
+    }
+    writeln!(out, "{}", serde_json::to_string_pretty(&search)?)?;
+    Ok(())
+}

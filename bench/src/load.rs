@@ -1,0 +1,626 @@
+//! The open-loop load generator: requests leave at a constant arrival rate and latency is
+//! measured from each request's *intended* send time, so a slow server cannot hide its queueing
+//! (no coordinated omission). At the end it reads PostgreSQL to check that exactly the expected
+//! rows arrived and to measure freshness.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::ValueEnum;
+use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use uuid::Uuid;
+
+/// Open-loop load against `POST /v1/events` or `POST /v1/events:batch`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// Sentinel's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// PostgreSQL URL, to check rows and measure freshness.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/sentinel"
+    )]
+    pub database_url: String,
+    /// Secret to mint HS256 tokens with (the server's SENTINEL_JWT_SECRET).
+    #[arg(long, env = "SENTINEL_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: String,
+    /// Target events per second (in batch mode, events, not requests).
+    #[arg(long, default_value_t = 2_000)]
+    pub rate: u64,
+    /// How long to send, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Most requests in flight at once (HTTP connections).
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// One event per request, or NDJSON batches.
+    #[arg(long, value_enum, default_value = "single")]
+    pub mode: Mode,
+    /// Events per batch request.
+    #[arg(long, default_value_t = 100)]
+    pub batch_size: usize,
+    /// Percent of requests that repeat an earlier key and payload (expect a replay).
+    #[arg(long, default_value_t = 0.0)]
+    pub duplicates: f64,
+    /// Percent of requests that reuse an earlier key with another payload (expect 409).
+    #[arg(long, default_value_t = 0.0)]
+    pub conflicts: f64,
+    /// Percent of invalid events (expect 400).
+    #[arg(long, default_value_t = 0.0)]
+    pub invalid: f64,
+    /// Number of tenants.
+    #[arg(long, default_value_t = 3)]
+    pub tenants: usize,
+    /// Number of streams per tenant.
+    #[arg(long, default_value_t = 100)]
+    pub streams: usize,
+    /// Approximate payload size in bytes.
+    #[arg(long, default_value_t = 200)]
+    pub payload_bytes: usize,
+    /// Seconds to wait for the pipeline to store everything after sending stops.
+    #[arg(long, default_value_t = 60)]
+    pub drain_timeout: u64,
+    /// Write the JSON result here (the markdown summary goes to stdout).
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+    /// Do not read PostgreSQL afterwards (for targets that store nothing, like the HTTP ceiling).
+    #[arg(long)]
+    pub no_check: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Single,
+    Batch,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Original,
+    Duplicate,
+    Conflict,
+    Invalid,
+}
+
+/// What one event of the load is, and what the server must answer.
+struct Planned {
+    kind: Kind,
+    key: String,
+    tenant: usize,
+    body: serde_json::Value,
+}
+
+/// Originals whose request was answered: the only safe targets for duplicates and conflicts
+/// (an event still in flight may lose the race to its own duplicate).
+type Answered = Arc<Mutex<Vec<(String, usize, serde_json::Value)>>>;
+
+struct Generator {
+    run: String,
+    args: LoadArgs,
+    rng: rand::rngs::StdRng,
+    answered: Answered,
+    filler: String,
+}
+
+impl Generator {
+    fn new(args: LoadArgs, run: String, answered: Answered) -> Self {
+        let filler = "x".repeat(args.payload_bytes.saturating_sub(60).max(1));
+        Self {
+            run,
+            args,
+            rng: rand::rngs::StdRng::seed_from_u64(7),
+            answered,
+            filler,
+        }
+    }
+
+    fn tenant_name(&self, tenant: usize) -> String {
+        format!("bench-{}-{tenant}", self.run)
+    }
+
+    /// A random tenant (a batch request is for one tenant: its token's).
+    fn pick_tenant(&mut self) -> usize {
+        self.rng.random_range(0..self.args.tenants)
+    }
+
+    fn next(&mut self, seq: u64, tenant: usize) -> Planned {
+        let roll = self.rng.random::<f64>() * 100.0;
+        let (dup, conflict, invalid) =
+            (self.args.duplicates, self.args.conflicts, self.args.invalid);
+        if roll < dup + conflict {
+            // An answered event of this tenant, among the last thousand.
+            let answered = self.answered.lock().expect("answered list");
+            let window = answered.len().min(1000);
+            let candidates: Vec<usize> = (answered.len() - window..answered.len())
+                .filter(|&i| answered[i].1 == tenant)
+                .collect();
+            if !candidates.is_empty() {
+                let pick = candidates[self.rng.random_range(0..candidates.len())];
+                let (key, tenant, mut body) = answered[pick].clone();
+                if roll < dup {
+                    return Planned {
+                        kind: Kind::Duplicate,
+                        key,
+                        tenant,
+                        body,
+                    };
+                }
+                body["eventId"] = serde_json::json!(Uuid::new_v4());
+                return Planned {
+                    kind: Kind::Conflict,
+                    key,
+                    tenant,
+                    body,
+                };
+            }
+        }
+        let stream = self.rng.random_range(0..self.args.streams);
+        let mut body = serde_json::json!({
+            "eventId": Uuid::new_v4(),
+            "tenantId": self.tenant_name(tenant),
+            "source": "bench",
+            "type": "bench.event",
+            "timestampUtc": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "schemaVersion": 1,
+            "streamKey": format!("stream-{stream}"),
+            "payload": {"seq": seq, "filler": self.filler},
+        });
+        let key = format!("{}-{seq}", self.run);
+        if roll < dup + conflict + invalid {
+            body["schemaVersion"] = serde_json::json!(0);
+            return Planned {
+                kind: Kind::Invalid,
+                key,
+                tenant,
+                body,
+            };
+        }
+        Planned {
+            kind: Kind::Original,
+            key,
+            tenant,
+            body,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    unexpected: AtomicU64,
+    errors: AtomicU64,
+    originals: AtomicU64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub count: u64,
+}
+
+pub fn percentiles(histogram: &Histogram<u64>, scale: f64) -> Percentiles {
+    let at = |q: f64| histogram.value_at_quantile(q) as f64 / scale;
+    Percentiles {
+        p50: at(0.50),
+        p90: at(0.90),
+        p95: at(0.95),
+        p99: at(0.99),
+        p999: at(0.999),
+        max: histogram.max() as f64 / scale,
+        count: histogram.len(),
+    }
+}
+
+/// Samples of Sentinel's `/metrics`, by full sample name.
+pub async fn scrape(client: &reqwest::Client, url: &str) -> std::collections::HashMap<String, f64> {
+    let text = match client.get(format!("{url}/metrics")).send().await {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// What the idempotency store cost during the run, from the server's own metrics.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClaimCost {
+    pub claims: f64,
+    pub claim_statements: f64,
+    pub claims_per_statement: f64,
+    pub statements_per_event: f64,
+    pub mean_wait_ms: f64,
+}
+
+fn claim_cost(
+    before: &std::collections::HashMap<String, f64>,
+    after: &std::collections::HashMap<String, f64>,
+    events: u64,
+) -> ClaimCost {
+    let delta = |name: &str| after.get(name).unwrap_or(&0.0) - before.get(name).unwrap_or(&0.0);
+    let claims = delta(r#"idempotency_operations_total{kind="claim"}"#);
+    let statements: f64 = ["claim", "complete", "release"]
+        .iter()
+        .map(|kind| delta(&format!(r#"idempotency_statements_total{{kind="{kind}"}}"#)))
+        .sum();
+    let claim_statements = delta(r#"idempotency_statements_total{kind="claim"}"#);
+    let waits = delta("idempotency_claim_duration_ms_count");
+    ClaimCost {
+        claims,
+        claim_statements,
+        claims_per_statement: if claim_statements > 0.0 {
+            claims / claim_statements
+        } else {
+            0.0
+        },
+        statements_per_event: statements / events.max(1) as f64,
+        mean_wait_ms: if waits > 0.0 {
+            delta("idempotency_claim_duration_ms_sum") / waits
+        } else {
+            0.0
+        },
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub run: String,
+    pub mode: Mode,
+    pub target_events_per_second: u64,
+    pub duration_seconds: u64,
+    pub connections: usize,
+    pub events_sent: u64,
+    pub achieved_events_per_second: f64,
+    pub answered_as_expected: u64,
+    pub unexpected_answers: u64,
+    pub transport_errors: u64,
+    pub gateway_latency_ms: Percentiles,
+    pub freshness_ms: Percentiles,
+    pub expected_rows: u64,
+    pub stored_rows: u64,
+    pub rows_exact: bool,
+    pub idempotency: ClaimCost,
+}
+
+fn expected_status(kind: Kind) -> u16 {
+    match kind {
+        Kind::Original | Kind::Duplicate => 202,
+        Kind::Conflict => 409,
+        Kind::Invalid => 400,
+    }
+}
+
+/// Runs one load; prints progress unless `quiet`. Fails only when the load could not run.
+pub async fn run(args: &LoadArgs, quiet: bool) -> anyhow::Result<Report> {
+    if args.rate == 0 || args.duration == 0 {
+        bail!("--rate and --duration must be positive");
+    }
+    let run = Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let tokens: Vec<String> = (0..args.tenants)
+        .map(|t| {
+            ingress::auth::mint_hs256(
+                &args.jwt_secret,
+                &format!("bench-{run}-{t}"),
+                &[ingress::Role::Ingest],
+                Duration::from_secs(3600),
+                None,
+                None,
+            )
+        })
+        .collect::<Result<_, _>>()
+        .context("minting tokens")?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.connections)
+        .build()?;
+    let per_request = match args.mode {
+        Mode::Single => 1,
+        Mode::Batch => args.batch_size.max(1),
+    };
+    let requests = args.rate * args.duration / per_request as u64;
+    let interval = Duration::from_secs_f64(per_request as f64 / args.rate as f64);
+    let latency = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1,
+        120_000_000,
+        3,
+    )?));
+    let tally = Arc::new(Tally::default());
+    let slots = Arc::new(tokio::sync::Semaphore::new(args.connections));
+    let metrics_before = scrape(&client, &args.url).await;
+    let answered: Answered = Arc::default();
+    let mut generator = Generator::new(args.clone(), run.clone(), Arc::clone(&answered));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(requests as usize);
+    let mut last_progress = Instant::now();
+    for request in 0..requests {
+        let intended = started + interval.mul_f64(request as f64);
+        tokio::time::sleep_until(intended.into()).await;
+        let tenant = generator.pick_tenant();
+        let planned: Vec<Planned> = (0..per_request)
+            .map(|i| generator.next(request * per_request as u64 + i as u64, tenant))
+            .collect();
+        let originals = planned.iter().filter(|p| p.kind == Kind::Original).count() as u64;
+        tally.originals.fetch_add(originals, Ordering::Relaxed);
+        let (client, latency, counts, slots) = (
+            client.clone(),
+            latency.clone(),
+            tally.clone(),
+            slots.clone(),
+        );
+        let answered = Arc::clone(&answered);
+        let token = tokens[planned[0].tenant].clone();
+        let url = args.url.clone();
+        let mode = args.mode;
+        tasks.push(tokio::spawn(async move {
+            let _slot = slots.acquire_owned().await.expect("semaphore open");
+            let outcome = send(&client, &url, &token, mode, &planned).await;
+            let elapsed = intended.elapsed().as_micros() as u64;
+            latency
+                .lock()
+                .expect("histogram")
+                .saturating_record(elapsed.max(1));
+            match outcome {
+                Ok((ok, unexpected)) => {
+                    counts.ok.fetch_add(ok, Ordering::Relaxed);
+                    counts.unexpected.fetch_add(unexpected, Ordering::Relaxed);
+                    let mut answered = answered.lock().expect("answered list");
+                    answered.extend(
+                        planned
+                            .into_iter()
+                            .filter(|p| p.kind == Kind::Original)
+                            .map(|p| (p.key, p.tenant, p.body)),
+                    );
+                    if answered.len() > 20_000 {
+                        answered.drain(..10_000);
+                    }
+                }
+                Err(_) => {
+                    counts
+                        .errors
+                        .fetch_add(planned.len() as u64, Ordering::Relaxed);
+                }
+            }
+        }));
+        if !quiet && last_progress.elapsed() >= Duration::from_secs(1) {
+            last_progress = Instant::now();
+            progress(request + 1, requests, &tally);
+        }
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let sending = started.elapsed();
+    if !quiet {
+        progress(requests, requests, &tally);
+        eprintln!();
+    }
+
+    let events_sent = requests * per_request as u64;
+    let metrics_after = scrape(&client, &args.url).await;
+    let expected_rows = tally.originals.load(Ordering::Relaxed);
+    let (stored_rows, freshness) = if args.no_check {
+        (expected_rows, Histogram::<u64>::new(3)?)
+    } else {
+        check_rows(args, &run, expected_rows).await?
+    };
+    let report = Report {
+        run: run.clone(),
+        mode: args.mode,
+        target_events_per_second: args.rate,
+        duration_seconds: args.duration,
+        connections: args.connections,
+        events_sent,
+        achieved_events_per_second: events_sent as f64 / sending.as_secs_f64(),
+        answered_as_expected: tally.ok.load(Ordering::Relaxed),
+        unexpected_answers: tally.unexpected.load(Ordering::Relaxed),
+        transport_errors: tally.errors.load(Ordering::Relaxed),
+        gateway_latency_ms: percentiles(&latency.lock().expect("histogram"), 1000.0),
+        freshness_ms: percentiles(&freshness, 1000.0),
+        expected_rows,
+        stored_rows,
+        rows_exact: stored_rows == expected_rows,
+        idempotency: claim_cost(&metrics_before, &metrics_after, events_sent),
+    };
+    Ok(report)
+}
+
+/// `bench load`: one run, printed as markdown (and JSON to `--out`); fails on a row mismatch.
+pub async fn load_command(args: &LoadArgs) -> anyhow::Result<()> {
+    let report = run(args, false).await?;
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.out {
+        std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    writeln!(std::io::stdout().lock(), "{}", markdown(&report))?;
+    if !report.rows_exact {
+        bail!(
+            "PostgreSQL holds {} rows; {} were expected",
+            report.stored_rows,
+            report.expected_rows
+        );
+    }
+    Ok(())
+}
+
+fn progress(done: u64, total: u64, tally: &Tally) {
+    let width = 40;
+    let filled = (done * width / total.max(1)) as usize;
+    eprint!(
+        "\r[{}{}] {done}/{total} requests, {} unexpected, {} errors",
+        "#".repeat(filled),
+        " ".repeat(width as usize - filled),
+        tally.unexpected.load(Ordering::Relaxed),
+        tally.errors.load(Ordering::Relaxed)
+    );
+}
+
+static REPORTED: AtomicU64 = AtomicU64::new(0);
+
+/// Prints the first few unexpected answers, so that a surprise can be looked at.
+fn report_unexpected(plan: &Planned, answer: &str) {
+    if REPORTED.fetch_add(1, Ordering::Relaxed) < 5 {
+        eprintln!(
+            "\nunexpected answer for a {:?} event (key {}): {}",
+            plan.kind,
+            plan.key,
+            answer.chars().take(400).collect::<String>()
+        );
+    }
+}
+
+/// Sends one request; returns (answers as expected, unexpected answers).
+async fn send(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    mode: Mode,
+    planned: &[Planned],
+) -> anyhow::Result<(u64, u64)> {
+    match mode {
+        Mode::Single => {
+            let event = &planned[0];
+            let response = client
+                .post(format!("{url}/v1/events"))
+                .bearer_auth(token)
+                .header("idempotency-key", &event.key)
+                .json(&event.body)
+                .send()
+                .await?;
+            let status = response.status().as_u16();
+            if status == expected_status(event.kind) {
+                Ok((1, 0))
+            } else {
+                report_unexpected(
+                    event,
+                    &format!("{status} {}", response.text().await.unwrap_or_default()),
+                );
+                Ok((0, 1))
+            }
+        }
+        Mode::Batch => {
+            let body: String = planned
+                .iter()
+                .map(|p| {
+                    serde_json::json!({"idempotencyKey": p.key, "event": p.body}).to_string() + "\n"
+                })
+                .collect();
+            let response = client
+                .post(format!("{url}/v1/events:batch"))
+                .bearer_auth(token)
+                .header("content-type", "application/x-ndjson")
+                .body(body)
+                .send()
+                .await?;
+            if !response.status().is_success() {
+                return Ok((0, planned.len() as u64));
+            }
+            let answer: serde_json::Value = response.json().await?;
+            let mut tally = (0, 0);
+            for (plan, result) in planned
+                .iter()
+                .zip(answer["results"].as_array().into_iter().flatten())
+            {
+                if result["status"].as_u64() == Some(expected_status(plan.kind) as u64) {
+                    tally.0 += 1;
+                } else {
+                    tally.1 += 1;
+                    report_unexpected(plan, &result.to_string());
+                }
+            }
+            Ok(tally)
+        }
+    }
+}
+
+/// Waits for the pipeline to store the run's rows; returns the count and the freshness histogram.
+async fn check_rows(
+    args: &LoadArgs,
+    run: &str,
+    expected: u64,
+) -> anyhow::Result<(u64, Histogram<u64>)> {
+    let (db, connection) = tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls)
+        .await
+        .context("connecting to PostgreSQL")?;
+    tokio::spawn(connection);
+    let pattern = format!("bench-{run}-%");
+    let deadline = Instant::now() + Duration::from_secs(args.drain_timeout);
+    let mut stored: i64;
+    loop {
+        stored = db
+            .query_one(
+                "SELECT count(*) FROM events WHERE tenant_id LIKE $1",
+                &[&pattern],
+            )
+            .await?
+            .get(0);
+        if stored as u64 >= expected || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut freshness = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+    let rows = db
+        .query(
+            "SELECT (extract(epoch FROM processed_utc - received_utc) * 1e6)::bigint \
+             FROM events WHERE tenant_id LIKE $1",
+            &[&pattern],
+        )
+        .await?;
+    for row in rows {
+        freshness.saturating_record(row.get::<_, i64>(0).max(1) as u64);
+    }
+    Ok((stored as u64, freshness))
+}
+
+pub fn markdown(report: &Report) -> String {
+    let row = |name: &str, p: &Percentiles| {
+        format!(
+            "| {name} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            p.p50, p.p90, p.p95, p.p99, p.p999, p.max
+        )
+    };
+    format!(
+        "## bench run {run} ({mode:?}, target {rate} events/s for {duration} s, {connections} connections)\n\n\
+         - sent {sent} events at {achieved:.0} events/s; {ok} answered as expected, {unexpected} unexpected, {errors} transport errors\n\
+         - rows: {stored} stored, {expected} expected — {verdict}\n\
+         - idempotency store: {claims:.0} claims in {claim_statements:.0} statements ({per_statement:.1} per statement), \
+         {per_event:.3} statements per event in all, {wait:.2} ms mean wait per operation\n\n\
+         | ms | p50 | p90 | p95 | p99 | p99.9 | max |\n|---|---|---|---|---|---|---|\n{latency}\n{freshness}\n",
+        run = report.run,
+        mode = report.mode,
+        rate = report.target_events_per_second,
+        duration = report.duration_seconds,
+        connections = report.connections,
+        sent = report.events_sent,
+        achieved = report.achieved_events_per_second,
+        ok = report.answered_as_expected,
+        unexpected = report.unexpected_answers,
+        errors = report.transport_errors,
+        stored = report.stored_rows,
+        expected = report.expected_rows,
+        verdict = if report.rows_exact { "exact" } else { "MISMATCH" },
+        claims = report.idempotency.claims,
+        claim_statements = report.idempotency.claim_statements,
+        per_statement = report.idempotency.claims_per_statement,
+        per_event = report.idempotency.statements_per_event,
+        wait = report.idempotency.mean_wait_ms,
+        latency = row("gateway latency", &report.gateway_latency_ms),
+        freshness = row("freshness (received → stored)", &report.freshness_ms),
+    )
+}

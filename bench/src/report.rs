@@ -1,0 +1,338 @@
+//! `report`: runs the searches, the half-rate runs and the ceilings, and writes
+//! `docs/perf/results.md` (with `results.json` and `latency-vs-rate.svg` beside it).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use plotters::prelude::*;
+use serde::Serialize;
+
+use crate::ceilings::{self, CeilingArgs, Ceilings};
+use crate::find_max::{self, Search};
+use crate::load::{self, Mode, Report};
+
+/// Report settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub ceilings: CeilingArgs,
+    /// Where results.md, results.json and the plot go.
+    #[arg(long, default_value = "docs/perf")]
+    pub out_dir: PathBuf,
+    /// Seconds of each run at half the maximum rate.
+    #[arg(long, default_value_t = 20)]
+    pub half_rate_seconds: u64,
+    /// The command that produced the report, quoted in it.
+    #[arg(long, default_value = "infra/dev bench")]
+    pub command_line: String,
+}
+
+#[derive(Serialize)]
+struct Results {
+    machine: String,
+    single: Search,
+    batch: Search,
+    single_at_half: Option<Report>,
+    batch_at_half: Option<Report>,
+    ceilings: Ceilings,
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split(':').nth(1))
+                .map(|model| model.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|line| line.starts_with("MemTotal"))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or("unknown memory".into(), |kb| {
+            format!("{:.0} GiB", kb / 1024.0 / 1024.0)
+        });
+    format!("{cores} cores ({cpu}), {memory}; generator, Sentinel, tansu 0.6.0 and PostgreSQL on the same machine")
+}
+
+async fn half_rate(
+    args: &ReportArgs,
+    mode: Mode,
+    max: Option<f64>,
+) -> anyhow::Result<Option<Report>> {
+    let Some(max) = max else {
+        return Ok(None);
+    };
+    let mut load = args.ceilings.search.load.clone();
+    load.mode = mode;
+    load.rate = (max / 2.0).round() as u64;
+    load.duration = args.half_rate_seconds;
+    eprintln!(
+        "report: {mode:?} at half the maximum, {} events/s",
+        load.rate
+    );
+    Ok(Some(load::run(&load, true).await?))
+}
+
+/// A named, coloured line of (rate, latency) points.
+type Series = (&'static str, Vec<(f64, f64)>, RGBColor);
+
+fn plot(path: &std::path::Path, results: &Results) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let points = |search: &Search, pick: fn(&Report) -> f64| -> Vec<(f64, f64)> {
+        search
+            .steps
+            .iter()
+            .map(|step| {
+                (
+                    step.report.achieved_events_per_second,
+                    pick(&step.report).max(0.01),
+                )
+            })
+            .collect()
+    };
+    let series: Vec<Series> = vec![
+        (
+            "single p50",
+            points(&results.single, |r| r.gateway_latency_ms.p50),
+            BLUE,
+        ),
+        (
+            "single p99",
+            points(&results.single, |r| r.gateway_latency_ms.p99),
+            RED,
+        ),
+        (
+            "batch p50",
+            points(&results.batch, |r| r.gateway_latency_ms.p50),
+            GREEN,
+        ),
+        (
+            "batch p99",
+            points(&results.batch, |r| r.gateway_latency_ms.p99),
+            MAGENTA,
+        ),
+    ];
+    let max_x = series
+        .iter()
+        .flat_map(|(_, p, _)| p.iter().map(|(x, _)| *x))
+        .fold(1.0, f64::max);
+    let max_y = series
+        .iter()
+        .flat_map(|(_, p, _)| p.iter().map(|(_, y)| *y))
+        .fold(1.0, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Gateway latency against achieved rate", ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..max_x * 1.05, (0.01f64..max_y * 1.5).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("events/s")
+        .y_desc("latency, ms (log)")
+        .draw()?;
+    for (name, points, color) in series {
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn verdict(measured: f64, target: f64, higher_is_better: bool) -> String {
+    let met = if higher_is_better {
+        measured >= target
+    } else {
+        measured <= target
+    };
+    if met {
+        "met".into()
+    } else if higher_is_better {
+        format!("missed by {:.0}%", (1.0 - measured / target) * 100.0)
+    } else {
+        format!("missed: {:.1}× the bound", measured / target)
+    }
+}
+
+fn markdown(args: &ReportArgs, results: &Results) -> String {
+    let mut md = String::new();
+    let rate = |value: Option<f64>| value.map_or("—".into(), |v| format!("{v:.0}"));
+    let ratio = |value: Option<f64>, ceiling: Option<f64>| match (value, ceiling) {
+        (Some(v), Some(c)) if c > 0.0 => format!("{:.0}%", v / c * 100.0),
+        _ => "—".into(),
+    };
+    let _ = writeln!(md, "# Performance results\n");
+    let _ = writeln!(
+        md,
+        "Produced by `{}` (which runs `bench report`); every number below comes from that run.\n",
+        args.command_line
+    );
+    let _ = writeln!(md, "- Machine: {}", results.machine);
+    let load = &args.ceilings.search.load;
+    let _ = writeln!(
+        md,
+        "- Load: {} tenants × {} streams, ~{}-byte payloads, {} connections, batches of {}; each step {} s; bounds: gateway p99 ≤ {} ms, freshness p99 ≤ {} ms, exact rows\n",
+        load.tenants, load.streams, load.payload_bytes, load.connections, load.batch_size,
+        args.ceilings.search.step_seconds, args.ceilings.search.p99_bound_ms, args.ceilings.search.freshness_p99_bound_ms
+    );
+    let _ = writeln!(md, "## Maximum sustained rate\n");
+    let _ = writeln!(md, "| mode | Sentinel events/s | HTTP ceiling | Sentinel / HTTP | PostgreSQL COPY ceiling rows/s | Sentinel / COPY | broker ceiling records/s | Sentinel / broker |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    let c = &results.ceilings;
+    for (name, search, http) in [
+        ("single", &results.single, c.http_single),
+        ("batch", &results.batch, c.http_batch),
+    ] {
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} | {} | {:.0} | {} | {:.0} | {} |",
+            rate(search.max_sustained),
+            rate(http),
+            ratio(search.max_sustained, http),
+            c.postgres_copy,
+            ratio(search.max_sustained, Some(c.postgres_copy)),
+            c.broker_produce,
+            ratio(search.max_sustained, Some(c.broker_produce)),
+        );
+    }
+    let _ = writeln!(md, "\n## At half the maximum rate\n");
+    let _ = writeln!(md, "| mode | rate | gateway p50 | p90 | p95 | p99 | p99.9 | freshness p50 | p95 | p99 | rows |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
+    for (name, report) in [
+        ("single", &results.single_at_half),
+        ("batch", &results.batch_at_half),
+    ] {
+        if let Some(r) = report {
+            let (g, f) = (&r.gateway_latency_ms, &r.freshness_ms);
+            let _ = writeln!(
+                md,
+                "| {name} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {} |",
+                r.achieved_events_per_second, g.p50, g.p90, g.p95, g.p99, g.p999, f.p50, f.p95, f.p99,
+                if r.rows_exact { "exact" } else { "MISMATCH" }
+            );
+        }
+    }
+    let _ = writeln!(md, "\n![latency against rate](latency-vs-rate.svg)\n");
+    let _ = writeln!(md, "## Targets\n");
+    let _ = writeln!(md, "| target | measured | verdict |\n|---|---|---|");
+    if let Some(max) = results.single.max_sustained {
+        let _ = writeln!(
+            md,
+            "| ≥ 20,000 events/s single | {max:.0} | {} |",
+            verdict(max, 20_000.0, true)
+        );
+    }
+    if let Some(max) = results.batch.max_sustained {
+        let _ = writeln!(
+            md,
+            "| ≥ 60,000 events/s batch | {max:.0} | {} |",
+            verdict(max, 60_000.0, true)
+        );
+        let _ = writeln!(
+            md,
+            "| batch ≥ 50% of the COPY ceiling | {:.0}% | {} |",
+            max / c.postgres_copy * 100.0,
+            verdict(max / c.postgres_copy, 0.5, true)
+        );
+    }
+    for (name, report) in [
+        ("single", &results.single_at_half),
+        ("batch", &results.batch_at_half),
+    ] {
+        if let Some(r) = report {
+            let _ = writeln!(
+                md,
+                "| {name}, half max: gateway p99 < 5 ms | {:.2} ms | {} |",
+                r.gateway_latency_ms.p99,
+                verdict(r.gateway_latency_ms.p99, 5.0, false)
+            );
+            let _ = writeln!(
+                md,
+                "| {name}, half max: freshness p99 < 250 ms | {:.1} ms | {} |",
+                r.freshness_ms.p99,
+                verdict(r.freshness_ms.p99, 250.0, false)
+            );
+        }
+    }
+    let _ = writeln!(md, "\n## Steps of the searches\n");
+    for (name, search) in [("single", &results.single), ("batch", &results.batch)] {
+        let _ = writeln!(md, "{name}:\n\n| target | achieved | p50 | p99 | freshness p99 | idempotency claims per statement | outcome |\n|---|---|---|---|---|---|---|");
+        for step in &search.steps {
+            let r = &step.report;
+            let _ = writeln!(
+                md,
+                "| {} | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} | {} |",
+                r.target_events_per_second,
+                r.achieved_events_per_second,
+                r.gateway_latency_ms.p50,
+                r.gateway_latency_ms.p99,
+                r.freshness_ms.p99,
+                r.idempotency.claims_per_statement,
+                step.broke.as_deref().unwrap_or("held")
+            );
+        }
+        let _ = writeln!(md);
+    }
+    let _ = writeln!(md, "## Not measured by this version of the report\n");
+    let _ = writeln!(
+        md,
+        "- Lag during a 2× overload burst and the recovery after it."
+    );
+    let _ = writeln!(
+        md,
+        "- Observability overhead (metrics cannot be switched off; tracing is not built yet)."
+    );
+    md
+}
+
+/// `bench report`.
+pub async fn command(args: &ReportArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.out_dir)?;
+    let mut single = args.ceilings.search.clone();
+    single.load.mode = Mode::Single;
+    eprintln!("report: searching the single-event maximum");
+    let single = find_max::search(&single).await?;
+    let mut batch = args.ceilings.search.clone();
+    batch.load.mode = Mode::Batch;
+    batch.start_rate = batch.start_rate.max(4 * args.ceilings.search.start_rate);
+    eprintln!("report: searching the batch maximum");
+    let batch = find_max::search(&batch).await?;
+    let single_at_half = half_rate(args, Mode::Single, single.max_sustained).await?;
+    let batch_at_half = half_rate(args, Mode::Batch, batch.max_sustained).await?;
+    let ceilings = ceilings::measure(&args.ceilings).await?;
+    let results = Results {
+        machine: machine(),
+        single,
+        batch,
+        single_at_half,
+        batch_at_half,
+        ceilings,
+    };
+    std::fs::write(
+        args.out_dir.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    plot(&args.out_dir.join("latency-vs-rate.svg"), &results)?;
+    std::fs::write(args.out_dir.join("results.md"), markdown(args, &results))?;
+    eprintln!(
+        "report: wrote {}",
+        args.out_dir.join("results.md").display()
+    );
+    Ok(())
+}
