@@ -36,6 +36,10 @@ pub struct Ceilings {
     pub http_single: Option<f64>,
     /// The same in batch mode, events/s.
     pub http_batch: Option<f64>,
+    /// Whether the single-mode search ended without breaking a bound (the ceiling is higher).
+    pub http_single_unbroken: bool,
+    /// The same for batch mode.
+    pub http_batch_unbroken: bool,
     /// Rows/s of COPY into a copy of `events` (with its indexes).
     pub postgres_copy: f64,
     /// Records/s produced with acks=all and idempotence.
@@ -61,12 +65,14 @@ async fn trivial_server() -> anyhow::Result<String> {
 }
 
 /// The HTTP ceiling for one mode.
-async fn http_ceiling(args: &CeilingArgs, mode: Mode) -> anyhow::Result<Option<f64>> {
+async fn http_ceiling(args: &CeilingArgs, mode: Mode) -> anyhow::Result<(Option<f64>, bool)> {
     let mut search = args.search.clone();
     search.load.url = trivial_server().await?;
     search.load.no_check = true;
     search.load.mode = mode;
-    Ok(find_max::search(&search).await?.max_sustained)
+    let found = find_max::search(&search).await?;
+    let unbroken = found.steps.last().is_some_and(|step| step.broke.is_none());
+    Ok((found.max_sustained, unbroken))
 }
 
 /// COPY of rows shaped like Sentinel's into a temporary copy of `events`.
@@ -167,9 +173,9 @@ async fn broker_ceiling(args: &CeilingArgs) -> anyhow::Result<f64> {
 /// Measures every ceiling.
 pub async fn measure(args: &CeilingArgs) -> anyhow::Result<Ceilings> {
     eprintln!("ceilings: HTTP (single)");
-    let http_single = http_ceiling(args, Mode::Single).await?;
+    let (http_single, http_single_unbroken) = http_ceiling(args, Mode::Single).await?;
     eprintln!("ceilings: HTTP (batch)");
-    let http_batch = http_ceiling(args, Mode::Batch).await?;
+    let (http_batch, http_batch_unbroken) = http_ceiling(args, Mode::Batch).await?;
     eprintln!("ceilings: PostgreSQL COPY");
     let postgres_copy = postgres_ceiling(args).await?;
     eprintln!("ceilings: broker produce");
@@ -177,6 +183,8 @@ pub async fn measure(args: &CeilingArgs) -> anyhow::Result<Ceilings> {
     Ok(Ceilings {
         http_single,
         http_batch,
+        http_single_unbroken,
+        http_batch_unbroken,
         postgres_copy,
         broker_produce,
     })

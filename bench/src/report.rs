@@ -195,14 +195,24 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
     let _ = writeln!(md, "| mode | Sentinel events/s | HTTP ceiling | Sentinel / HTTP | PostgreSQL COPY ceiling rows/s | Sentinel / COPY | broker ceiling records/s | Sentinel / broker |");
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
     let c = &results.ceilings;
-    for (name, search, http) in [
-        ("single", &results.single, c.http_single),
-        ("batch", &results.batch, c.http_batch),
+    for (name, search, http, http_unbroken) in [
+        (
+            "single",
+            &results.single,
+            c.http_single,
+            c.http_single_unbroken,
+        ),
+        ("batch", &results.batch, c.http_batch, c.http_batch_unbroken),
     ] {
+        // A search that never broke a bound found a floor, not the maximum.
+        let floor = |unbroken: bool| if unbroken { "≥ " } else { "" };
+        let unbroken = search.steps.last().is_some_and(|step| step.broke.is_none());
         let _ = writeln!(
             md,
-            "| {name} | {} | {} | {} | {:.0} | {} | {:.0} | {} |",
+            "| {name} | {}{} | {}{} | {} | {:.0} | {} | {:.0} | {} |",
+            floor(unbroken),
             rate(search.max_sustained),
+            floor(http_unbroken),
             rate(http),
             ratio(search.max_sustained, http),
             c.postgres_copy,

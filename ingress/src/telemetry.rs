@@ -87,6 +87,14 @@ pub fn register() {
     LazyLock::force(&CLAIM_DURATION);
     LazyLock::force(&CLAIM_STATEMENTS);
     LazyLock::force(&CLAIM_OPERATIONS);
+    // Every label value that can occur, so that rates and sums exist (as 0) before it does.
+    for kind in ["unavailable", "rejected"] {
+        PRODUCE_ERRORS.with_label_values(&[kind]);
+    }
+    for kind in ["claim", "complete", "release"] {
+        CLAIM_STATEMENTS.with_label_values(&[kind]);
+        CLAIM_OPERATIONS.with_label_values(&[kind]);
+    }
 }
 
 /// Route label values: the two write endpoints, and everything else.

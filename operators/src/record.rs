@@ -113,6 +113,17 @@ pub enum DeadLetterReason {
 }
 
 impl DeadLetterReason {
+    /// Every reason, for label sets fixed in advance.
+    pub const ALL: [DeadLetterReason; 7] = [
+        Self::Undecodable,
+        Self::InvalidEnvelope,
+        Self::DatabaseRejected,
+        Self::DuplicateEventIdConflict,
+        Self::IdempotencyKeyConflict,
+        Self::SchemaViolation,
+        Self::UnknownEventType,
+    ];
+
     /// The stable code stored in `dead_letter.reason_code`.
     pub fn code(&self) -> &'static str {
         match self {

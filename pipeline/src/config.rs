@@ -352,6 +352,11 @@ pub struct Settings {
     )]
     pub idempotency_retention_seconds: u64,
 
+    /// Width of a dataflow timestamp, in milliseconds: records polled within one tick are
+    /// processed and committed together (larger: fewer, bigger transactions; smaller: fresher).
+    #[arg(long, env = "SENTINEL_TICK_MS", default_value_t = 20, global = true)]
+    pub tick_ms: u64,
+
     /// Most records one source poll feeds into the dataflow as one batch.
     #[arg(
         long,

@@ -2,9 +2,10 @@
 //! by assignment, from the offsets stored beside the effects, and emits records plus the
 //! position just past them.
 //!
-//! Timestamps are wall-clock milliseconds. Progress is global across workers, so a worker whose
-//! partitions are idle must still advance its capability, or it would hold back every other
-//! worker's commits: each invocation moves the capability up to the current millisecond.
+//! Timestamps are wall-clock milliseconds, rounded down to a tick (`SENTINEL_TICK_MS`). Progress
+//! is global across workers, so a worker whose partitions are idle must still advance its
+//! capability, or it would hold back every other worker's commits: each invocation moves the
+//! capability up to the current tick.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -92,6 +93,8 @@ pub struct SourceSettings {
     pub max_batch: usize,
     /// How long to wait before polling again when nothing was available.
     pub idle_poll: Duration,
+    /// Width of a timestamp, in milliseconds: records polled within one tick commit together.
+    pub tick_ms: u64,
 }
 
 /// Builds the source: polls `consumer` without blocking the worker, emits each batch at its own
@@ -119,7 +122,10 @@ pub fn kafka_source<'scope>(
                     capability = None;
                     return;
                 }
-                let now = wall_clock_millis();
+                // Time moves in ticks: everything polled within one tick shares a timestamp, so
+                // the operators downstream (and the commit) run once per tick, not per poll.
+                let tick = settings.tick_ms.max(1);
+                let now = wall_clock_millis() / tick * tick;
                 if *cap.time() < now {
                     cap.downgrade(&now);
                 }
@@ -158,9 +164,8 @@ pub fn kafka_source<'scope>(
                         }));
                     }
                 }
-                if emitted > 0 {
-                    let next = *cap.time() + 1;
-                    cap.downgrade(&next);
+                if emitted == settings.max_batch {
+                    // More is waiting: poll again at once.
                     activator.activate();
                 } else {
                     activator.activate_after(settings.idle_poll);

@@ -172,6 +172,7 @@ fn run(
             source: SourceSettings {
                 max_batch: settings.source_batch,
                 idle_poll: Duration::from_millis(5),
+                tick_ms: settings.tick_ms,
             },
             shutdown: Arc::clone(&shutdown),
             running_workers: Arc::clone(&running_workers),

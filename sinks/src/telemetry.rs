@@ -10,6 +10,8 @@ use prometheus::{
     IntGaugeVec,
 };
 
+use operators::record::DeadLetterReason;
+
 use crate::postgres::{CommitBatch, CommitReport};
 
 static PROCESSOR_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -76,6 +78,13 @@ pub fn register() {
     LazyLock::force(&BATCH_RECORDS);
     LazyLock::force(&COMMIT_DURATION);
     LazyLock::force(&LAG);
+    // Every label value that can occur, so that rates and sums exist (as 0) before it does.
+    for result in ["success", "duplicate", "dlq", "retry"] {
+        PROCESSOR_EVENTS.with_label_values(&[result]);
+    }
+    for reason in DeadLetterReason::ALL {
+        DLQ_EVENTS.with_label_values(&[reason.code()]);
+    }
 }
 
 /// A batch became durable.
