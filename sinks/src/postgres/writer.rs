@@ -71,6 +71,31 @@ pub trait DeadLetterPublisher: Send + Sync {
     ) -> futures::future::BoxFuture<'a, Result<(), String>>;
 }
 
+/// An event's values in the order of `EVENT_COLUMNS`.
+fn event_columns<'a>(
+    event: &'a operators::record::EventRow,
+    payload: &'a RawJsonb<'a>,
+    processed_utc: &'a DateTime<Utc>,
+) -> [&'a (dyn ToSql + Sync); 15] {
+    [
+        &event.event_id,
+        &event.tenant_id,
+        &event.source,
+        &event.event_type,
+        &event.stream_key,
+        &event.timestamp_utc,
+        &event.schema_version,
+        payload,
+        &event.received_utc,
+        processed_utc,
+        &event.trace_id,
+        &event.partition,
+        &event.offset,
+        &event.payload_hash,
+        &event.idempotency_key,
+    ]
+}
+
 /// One connection's worth of writing, bound to the topic whose offsets it stores.
 pub struct EventSink {
     url: String,
@@ -183,23 +208,7 @@ async fn commit_bulk(
             let payload = RawJsonb(&event.payload_json);
             writer
                 .as_mut()
-                .write(&[
-                    &event.event_id,
-                    &event.tenant_id,
-                    &event.source,
-                    &event.event_type,
-                    &event.stream_key,
-                    &event.timestamp_utc,
-                    &event.schema_version,
-                    &payload,
-                    &event.received_utc,
-                    &processed_utc,
-                    &event.trace_id,
-                    &event.partition,
-                    &event.offset,
-                    &event.payload_hash,
-                    &event.idempotency_key,
-                ])
+                .write(&event_columns(event, &payload, &processed_utc))
                 .await
                 .map_err(SinkError::statement("copying events"))?;
         }
@@ -296,26 +305,7 @@ async fn commit_isolating(
             .map_err(SinkError::statement("creating a savepoint"))?;
         let payload = RawJsonb(&event.payload_json);
         let outcome = savepoint
-            .execute(
-                &insert,
-                &[
-                    &event.event_id,
-                    &event.tenant_id,
-                    &event.source,
-                    &event.event_type,
-                    &event.stream_key,
-                    &event.timestamp_utc,
-                    &event.schema_version,
-                    &payload,
-                    &event.received_utc,
-                    &processed_utc,
-                    &event.trace_id,
-                    &event.partition,
-                    &event.offset,
-                    &event.payload_hash,
-                    &event.idempotency_key,
-                ],
-            )
+            .execute(&insert, &event_columns(event, &payload, &processed_utc))
             .await
             .map_err(SinkError::statement("inserting one event"));
         match outcome {
