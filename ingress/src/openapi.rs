@@ -118,6 +118,9 @@ pub enum ProblemType {
     /// 503: the request owning the key was interrupted.
     #[serde(rename = "/problems/interrupted")]
     Interrupted,
+    /// 503: PostgreSQL could not be read (read endpoints).
+    #[serde(rename = "/problems/database-unavailable")]
+    DatabaseUnavailable,
 }
 
 struct BearerAuth;

@@ -298,6 +298,24 @@ pub struct Settings {
     )]
     pub schema_reload_seconds: u64,
 
+    /// SLO A objective: share of write answers that are not 5xx, over 30 days.
+    #[arg(
+        long,
+        env = "SENTINEL_SLO_INGESTION_OBJECTIVE",
+        default_value_t = 0.999,
+        global = true
+    )]
+    pub slo_ingestion_objective: f64,
+
+    /// SLO B objective: share of events processed within the freshness threshold, over 7 days.
+    #[arg(
+        long,
+        env = "SENTINEL_SLO_FRESHNESS_OBJECTIVE",
+        default_value_t = 0.99,
+        global = true
+    )]
+    pub slo_freshness_objective: f64,
+
     /// Width of the tumbling SLO windows, in seconds.
     #[arg(
         long,

@@ -228,6 +228,15 @@ fn run(
         chrono::TimeDelta::seconds(settings.slo_window_seconds.max(1)),
         format!("gateway-{}", uuid::Uuid::new_v4().simple()),
     ));
+    let slo = authenticator.as_ref().map(|auth| queries::SloState {
+        database_url: settings.database_url.clone(),
+        auth: Arc::clone(auth),
+        objectives: queries::SloObjectives {
+            ingestion: settings.slo_ingestion_objective,
+            freshness: settings.slo_freshness_objective,
+            ..queries::SloObjectives::default()
+        },
+    });
     let ingress = authenticator.map(|auth| {
         let _runtime = runtime.enter();
         outcomes.start_publishing(
@@ -245,7 +254,7 @@ fn run(
         )
         .with_outcomes(Arc::clone(&outcomes))
     });
-    let app = server::app(ingress, readiness);
+    let app = server::app(ingress, slo, readiness);
     let addr = settings.http_addr;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(addr)

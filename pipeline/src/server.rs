@@ -136,6 +136,7 @@ struct OperationsApi;
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = ingress::openapi::IngressApi::openapi();
     doc.merge(OperationsApi::openapi());
+    doc.merge(queries::slo::SloApi::openapi());
     doc
 }
 
@@ -148,7 +149,11 @@ async fn method_not_allowed(method: Method, OriginalUri(uri): OriginalUri) -> Ap
 }
 
 /// The application: every HTTP surface of this role on one router.
-pub fn app(ingress: Option<IngressState>, readiness: Readiness) -> Router {
+pub fn app(
+    ingress: Option<IngressState>,
+    slo: Option<queries::SloState>,
+    readiness: Readiness,
+) -> Router {
     ingress::telemetry::register();
     sinks::telemetry::register();
     let mut router = Router::new()
@@ -159,6 +164,9 @@ pub fn app(ingress: Option<IngressState>, readiness: Readiness) -> Router {
         .with_state(readiness);
     if let Some(ingress) = ingress {
         router = router.merge(ingress::router(ingress));
+    }
+    if let Some(slo) = slo {
+        router = router.merge(queries::router(slo));
     }
     router
         .fallback(not_found)

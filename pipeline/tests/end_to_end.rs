@@ -209,6 +209,38 @@ async fn thousand_events_over_twenty_streams_and_three_tenants_arrive_exactly_on
         "slo_samples: (ingestion good, total, freshness good, total)"
     );
 
+    // GET /v1/slo reports the same counts, for a token with the read role only.
+    let slo_url = format!("{}/v1/slo", sentinel.base_url);
+    assert_eq!(client.get(&slo_url).send().await.unwrap().status(), 401);
+    let forbidden = client
+        .get(&slo_url)
+        .bearer_auth(ingest_token("acme"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        forbidden.status(),
+        403,
+        "the ingest role does not read SLOs"
+    );
+    let slo: serde_json::Value = client
+        .get(&slo_url)
+        .bearer_auth(support::token("acme", &[ingress::Role::Read]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ingestion = &slo["objectives"][0];
+    assert_eq!(ingestion["name"], "ingestion_availability", "{slo}");
+    assert_eq!(ingestion["total"], EVENTS as i64, "{slo}");
+    assert_eq!(ingestion["compliance"], 1.0, "{slo}");
+    assert_eq!(ingestion["errorBudgetRemaining"], 1.0, "{slo}");
+    assert_eq!(ingestion["burnRates"]["5m"], 0.0, "{slo}");
+    assert_eq!(slo["objectives"][1]["name"], "freshness");
+    assert_eq!(slo["objectives"][1]["total"], EVENTS as i64, "{slo}");
+
     // The metrics tell the same story, and claims were group-committed.
     let accepted = sentinel
         .metric(r#"gateway_requests_total{status="202"}"#)

@@ -227,6 +227,14 @@ async fn real_responses_match_the_openapi_document() {
         .await
         .unwrap();
     checker.check("/v1/events:batch", "post", overloaded).await;
+    let reader = token("acme", &[ingress::Role::Read]);
+    let slo = client
+        .get(format!("{base}/v1/slo"))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .unwrap();
+    checker.check("/v1/slo", "get", slo).await;
 
     checker
         .check(
@@ -265,6 +273,7 @@ async fn real_responses_match_the_openapi_document() {
         "post /v1/events 413",
         "post /v1/events:batch 200",
         "post /v1/events:batch 429",
+        "get /v1/slo 200",
     ] {
         assert!(
             statuses.iter().any(|s| *s == expected),
