@@ -27,6 +27,80 @@ pub struct ReportArgs {
     pub command_line: String,
 }
 
+/// A 2× overload burst and the recovery after it.
+#[derive(Serialize)]
+struct Burst {
+    burst_rate: u64,
+    burst_seconds: u64,
+    gateway_p99_ms_during_burst: f64,
+    peak_lag_seconds: f64,
+    recovery_seconds: Option<f64>,
+    rows_exact: bool,
+}
+
+/// Max of `processor_lag_seconds` over partitions, from Sentinel's metrics.
+async fn lag(client: &reqwest::Client, url: &str) -> f64 {
+    load::scrape(client, url)
+        .await
+        .iter()
+        .filter(|(name, _)| name.starts_with("processor_lag_seconds{"))
+        .map(|(_, value)| *value)
+        .fold(0.0, f64::max)
+}
+
+async fn burst(args: &ReportArgs, max: Option<f64>) -> anyhow::Result<Option<Burst>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+    let Some(max) = max else {
+        return Ok(None);
+    };
+    let client = reqwest::Client::new();
+    let url = args.ceilings.search.load.url.clone();
+    let peak = Arc::new(Mutex::new(0.0f64));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (client, url, peak, sampling) =
+            (client.clone(), url.clone(), peak.clone(), sampling.clone());
+        tokio::spawn(async move {
+            while sampling.load(Ordering::Relaxed) {
+                let now = lag(&client, &url).await;
+                {
+                    let mut peak = peak.lock().expect("peak lock");
+                    *peak = peak.max(now);
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    let mut load = args.ceilings.search.load.clone();
+    load.mode = Mode::Single;
+    load.rate = (2.0 * max).round() as u64;
+    load.duration = 10;
+    eprintln!("report: 2x burst at {} events/s", load.rate);
+    let during = load::run(&load, true).await?;
+    let burst_end = Instant::now();
+    let mut recovery = None;
+    while burst_end.elapsed() < Duration::from_secs(60) {
+        if lag(&client, &url).await <= 1.0 {
+            recovery = Some(burst_end.elapsed().as_secs_f64());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    sampling.store(false, Ordering::Relaxed);
+    let _ = sampler.await;
+    let peak_lag_seconds = *peak.lock().expect("peak lock");
+    Ok(Some(Burst {
+        burst_rate: load.rate,
+        burst_seconds: load.duration,
+        gateway_p99_ms_during_burst: during.gateway_latency_ms.p99,
+        peak_lag_seconds,
+        recovery_seconds: recovery,
+        rows_exact: during.rows_exact,
+    }))
+}
+
 #[derive(Serialize)]
 struct Results {
     machine: String,
@@ -34,6 +108,7 @@ struct Results {
     batch: Search,
     single_at_half: Option<Report>,
     batch_at_half: Option<Report>,
+    burst: Option<Burst>,
     ceilings: Ceilings,
 }
 
@@ -299,11 +374,20 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
         }
         let _ = writeln!(md);
     }
+    if let Some(b) = &results.burst {
+        let _ = writeln!(md, "## A 2× overload burst\n");
+        let _ = writeln!(
+            md,
+            "{} s at {} events/s (single events): gateway p99 {:.1} ms during the burst; peak consumer lag {:.0} s (`processor_lag_seconds`); {}; rows {}.\n",
+            b.burst_seconds,
+            b.burst_rate,
+            b.gateway_p99_ms_during_burst,
+            b.peak_lag_seconds,
+            b.recovery_seconds.map_or("lag not back under 1 s within 60 s".into(), |s| format!("lag back under 1 s {s:.1} s after the burst")),
+            if b.rows_exact { "exact" } else { "MISMATCH" }
+        );
+    }
     let _ = writeln!(md, "## Not measured by this version of the report\n");
-    let _ = writeln!(
-        md,
-        "- Lag during a 2× overload burst and the recovery after it."
-    );
     let _ = writeln!(
         md,
         "- Observability overhead (metrics cannot be switched off; tracing is not built yet)."
@@ -325,8 +409,10 @@ pub async fn command(args: &ReportArgs) -> anyhow::Result<()> {
     let batch = find_max::search(&batch).await?;
     let single_at_half = half_rate(args, Mode::Single, single.max_sustained).await?;
     let batch_at_half = half_rate(args, Mode::Batch, batch.max_sustained).await?;
+    let burst = burst(args, single.max_sustained).await?;
     let ceilings = ceilings::measure(&args.ceilings).await?;
     let results = Results {
+        burst,
         machine: machine(),
         single,
         batch,
