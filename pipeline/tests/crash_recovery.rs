@@ -185,13 +185,7 @@ async fn a_database_outage_mid_stream_is_waited_out() {
     assert_eq!(env.wait_for_events(200, Duration::from_secs(30)).await, 200);
 
     // Block the database for the dataflow: no new connections, existing ones terminated.
-    let admin = env.admin().await;
-    let block = format!(
-        "ALTER DATABASE \"{db}\" WITH ALLOW_CONNECTIONS false; \
-         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}';",
-        db = env.database
-    );
-    admin.batch_execute(&block).await.unwrap();
+    env.refuse_connections().await;
     let blocked_at = Instant::now();
     // The gateway's claims need the database too: while it is down the gateway answers 503,
     // and accepts again afterwards. Records already on the topic must wait for the dataflow.
@@ -218,13 +212,7 @@ async fn a_database_outage_mid_stream_is_waited_out() {
         during.insert(id);
     }
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(blocked_at.elapsed())).await;
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE \"{}\" WITH ALLOW_CONNECTIONS true",
-            env.database
-        ))
-        .await
-        .unwrap();
+    env.allow_connections().await;
 
     assert_eq!(
         env.wait_for_events(400, Duration::from_secs(60)).await,

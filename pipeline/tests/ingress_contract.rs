@@ -628,15 +628,7 @@ async fn an_unreachable_claim_store_answers_503_and_recovers() {
         202
     );
 
-    let admin = env.admin().await;
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE \"{db}\" WITH ALLOW_CONNECTIONS false; \
-         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}';",
-            db = env.database
-        ))
-        .await
-        .unwrap();
+    env.refuse_connections().await;
     let body = event("acme", 1);
     let response = post_event(&client, base, &acme, "during", &body).await;
     assert!(response.headers().contains_key("retry-after"));
@@ -647,13 +639,7 @@ async fn an_unreachable_claim_store_answers_503_and_recovers() {
         "database refusing connections",
     )
     .await;
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE \"{}\" WITH ALLOW_CONNECTIONS true",
-            env.database
-        ))
-        .await
-        .unwrap();
+    env.allow_connections().await;
 
     let mut status = 0;
     for _ in 0..20 {

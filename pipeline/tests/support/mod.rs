@@ -197,6 +197,32 @@ impl TestEnv {
         client
     }
 
+    /// Makes the test's database refuse connections, and ends the ones it has: an outage for
+    /// everything that uses it, while the server itself stays up.
+    pub async fn refuse_connections(&self) {
+        self.admin()
+            .await
+            .batch_execute(&format!(
+                "ALTER DATABASE \"{db}\" WITH ALLOW_CONNECTIONS false; \
+                 SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}';",
+                db = self.database
+            ))
+            .await
+            .expect("blocking the test database");
+    }
+
+    /// Ends [`TestEnv::refuse_connections`].
+    pub async fn allow_connections(&self) {
+        self.admin()
+            .await
+            .batch_execute(&format!(
+                "ALTER DATABASE \"{}\" WITH ALLOW_CONNECTIONS true",
+                self.database
+            ))
+            .await
+            .expect("unblocking the test database");
+    }
+
     /// A client of the test's database.
     pub async fn db(&self) -> tokio_postgres::Client {
         let (client, connection) = tokio_postgres::connect(&self.database_url, NoTls)
