@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use ingress::Role;
-use support::{envelope, ingest_token, post_event, token, PrivateBroker, TestEnv, JWT_SECRET};
+use support::{
+    envelope, ingest_token, post_event, post_raw, token, PrivateBroker, TestEnv, JWT_SECRET,
+};
 use uuid::Uuid;
 
 fn event(tenant: &str, seq: usize) -> serde_json::Value {
@@ -268,15 +270,7 @@ async fn same_key_replays_other_payload_conflicts_and_tenants_are_separate() {
     let text = serde_json::to_string_pretty(&respelled)
         .unwrap()
         .replace("\"seq\": 1", "\"seq\": 1.0");
-    let replay = client
-        .post(format!("{base}/v1/events"))
-        .bearer_auth(&acme)
-        .header("idempotency-key", "order-1")
-        .header("content-type", "application/json")
-        .body(text)
-        .send()
-        .await
-        .unwrap();
+    let replay = post_raw(&client, base, &acme, "order-1", "application/json", text).await;
     assert_eq!(replay.status(), 202);
     assert_eq!(replay.headers()["idempotent-replayed"], "true");
     let replayed: serde_json::Value = replay.json().await.unwrap();

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{envelope, ingest_token, post_event, token, TestEnv};
+use support::{envelope, ingest_token, post_event, post_raw, token, TestEnv};
 use uuid::Uuid;
 
 /// Replaces every `{"$ref": "#/components/schemas/X"}` by the schema it names.
@@ -148,15 +148,7 @@ async fn real_responses_match_the_openapi_document() {
             post_event(&client, base, &acme, "k2", &invalid).await,
         )
         .await;
-    let malformed = client
-        .post(format!("{base}/v1/events"))
-        .bearer_auth(&acme)
-        .header("idempotency-key", "k3")
-        .header("content-type", "application/json")
-        .body("{")
-        .send()
-        .await
-        .unwrap();
+    let malformed = post_raw(&client, base, &acme, "k3", "application/json", "{").await;
     checker.check("/v1/events", "post", malformed).await;
     let anonymous = client
         .post(format!("{base}/v1/events"))
@@ -173,25 +165,17 @@ async fn real_responses_match_the_openapi_document() {
             post_event(&client, base, &reader, "k4", &body).await,
         )
         .await;
-    let text = client
-        .post(format!("{base}/v1/events"))
-        .bearer_auth(&acme)
-        .header("idempotency-key", "k5")
-        .header("content-type", "text/plain")
-        .body("x")
-        .send()
-        .await
-        .unwrap();
+    let text = post_raw(&client, base, &acme, "k5", "text/plain", "x").await;
     checker.check("/v1/events", "post", text).await;
-    let large = client
-        .post(format!("{base}/v1/events"))
-        .bearer_auth(&acme)
-        .header("idempotency-key", "k6")
-        .header("content-type", "application/json")
-        .body(vec![b' '; 2 * 1024 * 1024])
-        .send()
-        .await
-        .unwrap();
+    let large = post_raw(
+        &client,
+        base,
+        &acme,
+        "k6",
+        "application/json",
+        vec![b' '; 2 * 1024 * 1024],
+    )
+    .await;
     checker.check("/v1/events", "post", large).await;
 
     let lines: String = (0..3)

@@ -55,6 +55,26 @@ pub async fn post_event(
         .expect("POST /v1/events")
 }
 
+/// POSTs a raw body to `/v1/events` with a bearer token, an idempotency key and a content type.
+pub async fn post_raw(
+    client: &reqwest::Client,
+    base_url: &str,
+    token: &str,
+    idempotency_key: &str,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    client
+        .post(format!("{base_url}/v1/events"))
+        .bearer_auth(token)
+        .header("idempotency-key", idempotency_key)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("POST /v1/events")
+}
+
 /// The tansu binary `infra/dev` installed (for tests that need a broker of their own).
 pub fn tansu_bin() -> PathBuf {
     std::env::var_os("SENTINEL_TANSU_BIN")
