@@ -121,6 +121,21 @@ pub enum ProblemType {
     /// 503: PostgreSQL could not be read (read endpoints).
     #[serde(rename = "/problems/database-unavailable")]
     DatabaseUnavailable,
+    /// 400: a Last-Event-ID that is not a feed position.
+    #[serde(rename = "/problems/invalid-last-event-id")]
+    InvalidLastEventId,
+    /// 400: malformed parameters or body of a read or replay request.
+    #[serde(rename = "/problems/invalid-request")]
+    InvalidRequest,
+    /// 400: SQL outside the supported subset, or refused by PostgreSQL; with its location.
+    #[serde(rename = "/problems/invalid-query")]
+    InvalidQuery,
+    /// 408: the query ran past the statement timeout.
+    #[serde(rename = "/problems/query-timeout")]
+    QueryTimeout,
+    /// 406: no supported media type in Accept.
+    #[serde(rename = "/problems/not-acceptable")]
+    NotAcceptable,
 }
 
 struct BearerAuth;

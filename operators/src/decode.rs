@@ -7,7 +7,7 @@ use timely::progress::Timestamp;
 
 use crate::canonical::canonical_hash;
 use crate::envelope::{envelope_from_value, parse_json, EnvelopeError, EnvelopeLimits};
-use crate::record::{DeadLetter, DeadLetterReason, EventRow, SourceRecord};
+use crate::record::{DeadLetter, DeadLetterReason, EventIdentity, EventRow, SourceRecord};
 use crate::validate::{SchemaRegistry, SchemaRejection, SharedRegistry};
 use std::sync::Arc;
 
@@ -30,8 +30,13 @@ pub fn decode_record(
                 .and_then(DateTime::<Utc>::from_timestamp_millis)
         })
         .unwrap_or(fallback_now);
-    let dead_letter =
-        |reason: DeadLetterReason, message: String, record: SourceRecord| DeadLetter {
+    let dead_letter = |reason: DeadLetterReason, message: String, record: SourceRecord| {
+        let identity = EventIdentity::salvage(
+            record.value.as_deref(),
+            record.key.as_deref(),
+            record.headers.idempotency_key.clone(),
+        );
+        DeadLetter {
             reason,
             message,
             partition: record.partition,
@@ -40,7 +45,9 @@ pub fn decode_record(
             original: record.value.unwrap_or_default(),
             trace_id: trace_id.clone(),
             received_utc: Some(received_utc),
-        };
+            identity,
+        }
+    };
     let Some(value) = record.value.as_deref() else {
         let message = "record has no value".to_owned();
         return Err(dead_letter(DeadLetterReason::Undecodable, message, record));
@@ -85,7 +92,16 @@ pub fn decode_record(
                     EnvelopeError::Invalid { violations }.to_string(),
                 ),
             };
-            return Err(dead_letter(reason, message, record));
+            let mut dead = dead_letter(reason, message, record);
+            dead.identity = EventIdentity {
+                tenant_id: Some(envelope.tenant_id),
+                event_id: Some(envelope.event_id),
+                event_type: Some(envelope.event_type),
+                source: Some(envelope.source),
+                stream_key: Some(envelope.stream_key),
+                idempotency_key: dead.identity.idempotency_key,
+            };
+            return Err(dead);
         }
     }
     Ok(EventRow {

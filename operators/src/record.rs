@@ -88,6 +88,67 @@ impl EventRow {
             original: self.original,
             trace_id: self.trace_id,
             received_utc: Some(self.received_utc),
+            identity: EventIdentity {
+                tenant_id: Some(self.tenant_id),
+                event_id: Some(self.event_id),
+                event_type: Some(self.event_type),
+                source: Some(self.source),
+                stream_key: Some(self.stream_key),
+                idempotency_key: self.idempotency_key,
+            },
+        }
+    }
+}
+
+/// Who a dead letter belongs to and which event it was, as far as the record tells: complete
+/// for a valid envelope, best effort (string fields of the JSON, the `tenant|stream` key) for a
+/// broken one. The tenant decides who may see and replay the dead letter.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EventIdentity {
+    /// Tenant, when known.
+    pub tenant_id: Option<String>,
+    /// Event id, when known.
+    pub event_id: Option<Uuid>,
+    /// Event type, when known.
+    pub event_type: Option<String>,
+    /// Emitting service, when known.
+    pub source: Option<String>,
+    /// Stream key, when known.
+    pub stream_key: Option<String>,
+    /// The client's idempotency key, from the record header.
+    pub idempotency_key: Option<String>,
+}
+
+impl EventIdentity {
+    /// Reads what it can from a record that did not decode into an envelope: the envelope's
+    /// string fields when the value is a JSON object, else the tenant from the record key.
+    pub fn salvage(
+        value: Option<&[u8]>,
+        key: Option<&[u8]>,
+        idempotency_key: Option<String>,
+    ) -> Self {
+        let document: Option<serde_json::Map<String, serde_json::Value>> =
+            value.and_then(|bytes| serde_json::from_slice(bytes).ok());
+        let text = |field: &str| {
+            document
+                .as_ref()
+                .and_then(|doc| doc.get(field))
+                .and_then(|value| value.as_str())
+                .filter(|text| !text.is_empty())
+                .map(str::to_owned)
+        };
+        let tenant_from_key = key
+            .and_then(|key| std::str::from_utf8(key).ok())
+            .and_then(|key| key.split_once('|'))
+            .map(|(tenant, _)| tenant.to_owned())
+            .filter(|tenant| !tenant.is_empty());
+        Self {
+            tenant_id: text("tenantId").or(tenant_from_key),
+            event_id: text("eventId").and_then(|id| Uuid::parse_str(&id).ok()),
+            event_type: text("type"),
+            source: text("source"),
+            stream_key: text("streamKey"),
+            idempotency_key,
         }
     }
 }
@@ -157,4 +218,32 @@ pub struct DeadLetter {
     pub trace_id: Option<String>,
     /// When the gateway received it, when known.
     pub received_utc: Option<DateTime<Utc>>,
+    /// Tenant and event, as far as known.
+    pub identity: EventIdentity,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn salvage_reads_the_envelope_fields_then_the_key() {
+        let value = br#"{"tenantId":"acme","eventId":"0b8e5f8e-2f4a-4c3e-9b1a-1d2c3e4f5a6b","type":"order.created","streamKey":7}"#;
+        let identity = EventIdentity::salvage(Some(value), Some(b"other|s"), None);
+        assert_eq!(identity.tenant_id.as_deref(), Some("acme"));
+        assert_eq!(identity.event_type.as_deref(), Some("order.created"));
+        assert!(identity.event_id.is_some());
+        assert_eq!(identity.stream_key, None, "a number is not a stream key");
+        let broken = EventIdentity::salvage(
+            Some(b"{not json"),
+            Some(b"globex|orders-1"),
+            Some("k".into()),
+        );
+        assert_eq!(broken.tenant_id.as_deref(), Some("globex"));
+        assert_eq!(broken.idempotency_key.as_deref(), Some("k"));
+        assert_eq!(
+            EventIdentity::salvage(None, None, None),
+            EventIdentity::default()
+        );
+    }
 }

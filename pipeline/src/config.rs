@@ -343,6 +343,33 @@ pub struct Settings {
     )]
     pub outcome_flush_ms: u64,
 
+    /// Connections of the read side's pool (feed back-fill, queries, dead letters).
+    #[arg(
+        long,
+        env = "SENTINEL_READ_POOL_SIZE",
+        default_value_t = 16,
+        global = true
+    )]
+    pub read_pool_size: usize,
+
+    /// Commits a live-feed subscriber may fall behind before it is evicted with `event: lagged`.
+    #[arg(
+        long,
+        env = "SENTINEL_SSE_BUFFER",
+        default_value_t = 256,
+        global = true
+    )]
+    pub sse_buffer: usize,
+
+    /// How often the live feed checks the SLO windows for new counts, in milliseconds.
+    #[arg(
+        long,
+        env = "SENTINEL_SSE_SLO_INTERVAL_MS",
+        default_value_t = 5_000,
+        global = true
+    )]
+    pub sse_slo_interval_ms: u64,
+
     /// How long the dataflow's de-duplication remembers an event, in seconds.
     #[arg(
         long,

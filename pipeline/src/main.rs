@@ -146,13 +146,15 @@ fn run(
     let shutdown = Arc::new(AtomicBool::new(false));
     let running_workers = Arc::new(AtomicUsize::new(0));
     let fatal = Arc::new(Notify::new());
+    // One registry for the dataflow and for re-validating replayed dead letters.
+    let schemas = schemas::watch(
+        settings.schema_dir.clone(),
+        settings.unknown_type_policy.into(),
+        Duration::from_secs(settings.schema_reload_seconds.max(1)),
+    )
+    .context("loading the schema directory")?;
     let workers = if with_dataflow {
-        let schemas = schemas::watch(
-            settings.schema_dir.clone(),
-            settings.unknown_type_policy.into(),
-            Duration::from_secs(settings.schema_reload_seconds.max(1)),
-        )
-        .context("loading the schema directory")?;
+        let schemas = Arc::clone(&schemas);
         let ctx = Arc::new(DataflowContext {
             schemas,
             runtime: runtime.handle().clone(),
@@ -228,15 +230,44 @@ fn run(
         chrono::TimeDelta::seconds(settings.slo_window_seconds.max(1)),
         format!("gateway-{}", uuid::Uuid::new_v4().simple()),
     ));
-    let slo = authenticator.as_ref().map(|auth| queries::SloState {
-        database_url: settings.database_url.clone(),
-        auth: Arc::clone(auth),
-        objectives: queries::SloObjectives {
-            ingestion: settings.slo_ingestion_objective,
-            freshness: settings.slo_freshness_objective,
-            ..queries::SloObjectives::default()
-        },
-    });
+    let serving = match &authenticator {
+        Some(auth) => {
+            let _runtime = runtime.enter();
+            let pool = queries::read_pool(&settings.database_url, settings.read_pool_size)
+                .context("configuring the read connections")?;
+            let feed = queries::FeedHub::start(
+                settings.database_url.clone(),
+                pool.clone(),
+                queries::FeedSettings {
+                    raw_topic: topics.raw_events.clone(),
+                    buffer_batches: settings.sse_buffer,
+                    slo_interval: Duration::from_millis(settings.sse_slo_interval_ms.max(100)),
+                },
+            );
+            let serving = queries::ServingState {
+                pool,
+                auth: Arc::clone(auth),
+                feed,
+                replay: queries::dead_letters::ReplayContext {
+                    producer: producer.clone(),
+                    raw_topic: topics.raw_events.clone(),
+                    schemas: Arc::clone(&schemas),
+                    limits: settings.envelope_limits(),
+                },
+            };
+            let slo = queries::SloState {
+                database_url: settings.database_url.clone(),
+                auth: Arc::clone(auth),
+                objectives: queries::SloObjectives {
+                    ingestion: settings.slo_ingestion_objective,
+                    freshness: settings.slo_freshness_objective,
+                    ..queries::SloObjectives::default()
+                },
+            };
+            Some((serving, slo))
+        }
+        None => None,
+    };
     let ingress = authenticator.map(|auth| {
         let _runtime = runtime.enter();
         outcomes.start_publishing(
@@ -254,7 +285,7 @@ fn run(
         )
         .with_outcomes(Arc::clone(&outcomes))
     });
-    let app = server::app(ingress, slo, readiness);
+    let app = server::app(ingress, serving, readiness);
     let addr = settings.http_addr;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(addr)

@@ -137,6 +137,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = ingress::openapi::IngressApi::openapi();
     doc.merge(OperationsApi::openapi());
     doc.merge(queries::slo::SloApi::openapi());
+    doc.merge(queries::ServingApi::openapi());
     doc
 }
 
@@ -151,7 +152,7 @@ async fn method_not_allowed(method: Method, OriginalUri(uri): OriginalUri) -> Ap
 /// The application: every HTTP surface of this role on one router.
 pub fn app(
     ingress: Option<IngressState>,
-    slo: Option<queries::SloState>,
+    serving: Option<(queries::ServingState, queries::SloState)>,
     readiness: Readiness,
 ) -> Router {
     ingress::telemetry::register();
@@ -165,8 +166,8 @@ pub fn app(
     if let Some(ingress) = ingress {
         router = router.merge(ingress::router(ingress));
     }
-    if let Some(slo) = slo {
-        router = router.merge(queries::router(slo));
+    if let Some((serving, slo)) = serving {
+        router = router.merge(queries::router(serving, slo));
     }
     router
         .fallback(not_found)

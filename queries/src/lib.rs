@@ -2,10 +2,79 @@
 //!
 //! | module | owns |
 //! | --- | --- |
+//! | [`feed`] | the live feed's hub: `LISTEN` for commits, read them once, broadcast to subscribers |
+//! | [`stream`] | `GET /v1/stream`: Server-Sent Events with back-fill and resume |
+//! | [`plan`] | `POST /v1/query`'s planner: checks SQL against the subset, binds each view to the tenant |
+//! | [`dead_letters`] | `GET /v1/dead-letters[/{id}]` and `POST /v1/dead-letters/replay` |
 //! | [`slo`] | `GET /v1/slo`: compliance, error budget and burn rates of both SLOs from `slo_samples` |
-//!
-//! The SQL query endpoint and the live feed (`POST /v1/query`, `GET /v1/stream`) are not built yet.
+//! | [`pool`] | the read connections and the read error type |
+//! | [`telemetry`] | metrics of the feed and the query endpoint |
 
+pub mod dead_letters;
+pub mod feed;
+pub mod plan;
+pub mod pool;
 pub mod slo;
+pub mod stream;
+pub mod telemetry;
 
-pub use slo::{router, SloObjectives, SloState};
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::Router;
+use ingress::Authenticator;
+
+pub use feed::{FeedHub, FeedSettings};
+pub use pool::{read_pool, ReadError, ReadPool};
+pub use slo::{SloObjectives, SloState};
+
+/// Everything the read endpoints share.
+#[derive(Clone)]
+pub struct ServingState {
+    /// Read connections.
+    pub pool: ReadPool,
+    /// Token verification.
+    pub auth: Arc<Authenticator>,
+    /// The live feed.
+    pub feed: FeedHub,
+    /// What replaying dead letters needs.
+    pub replay: dead_letters::ReplayContext,
+}
+
+/// The read routes: `/v1/stream`, `/v1/dead-letters…` and `/v1/slo`.
+pub fn router(serving: ServingState, slo: SloState) -> Router {
+    telemetry::register();
+    Router::new()
+        .route("/v1/stream", get(stream::get_stream))
+        .route("/v1/dead-letters", get(dead_letters::list_dead_letters))
+        .route(
+            "/v1/dead-letters/replay",
+            post(dead_letters::replay_dead_letters),
+        )
+        .route("/v1/dead-letters/{id}", get(dead_letters::get_dead_letter))
+        .with_state(serving)
+        .merge(slo::router(slo))
+}
+
+/// The read side's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(
+        stream::get_stream,
+        dead_letters::list_dead_letters,
+        dead_letters::get_dead_letter,
+        dead_letters::replay_dead_letters
+    ),
+    components(schemas(
+        dead_letters::DeadLetterPage,
+        dead_letters::DeadLetterSummary,
+        dead_letters::DeadLetterSnapshot,
+        dead_letters::ReplayRecord,
+        dead_letters::ReplayRequest,
+        dead_letters::ReplayReport,
+        dead_letters::ReplayResult,
+        dead_letters::DeadLetterFilter
+    )),
+    tags((name = "serving", description = "The live feed, queries over the views, dead letters"))
+)]
+pub struct ServingApi;

@@ -523,3 +523,96 @@ pub fn envelope(
         "payload": {"seq": seq, "amount": seq as f64 / 4.0, "tags": ["a", "b"], "nested": {"ok": true}},
     })
 }
+
+/// One Server-Sent Events message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseMessage {
+    /// `id:`.
+    pub id: Option<String>,
+    /// `event:` (default `message`).
+    pub event: String,
+    /// `data:` lines joined by newlines.
+    pub data: String,
+}
+
+impl SseMessage {
+    /// The data as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.data).expect("SSE data is JSON")
+    }
+}
+
+/// A reader of an SSE response, message by message (comments skipped).
+pub struct SseReader {
+    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: String,
+}
+
+impl SseReader {
+    /// Opens `GET {base_url}/v1/stream{query}` with `token` and, when given, `Last-Event-ID`.
+    pub async fn open(
+        client: &reqwest::Client,
+        base_url: &str,
+        token: &str,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> Self {
+        let mut request = client
+            .get(format!("{base_url}/v1/stream{query}"))
+            .bearer_auth(token);
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await.expect("GET /v1/stream");
+        assert_eq!(response.status(), 200, "the feed opens");
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/event-stream",
+            "the feed is an event stream"
+        );
+        Self {
+            body: Box::pin(response.bytes_stream()),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next message, or `None` when the server closed the stream or `timeout` passed.
+    pub async fn next(&mut self, timeout: Duration) -> Option<SseMessage> {
+        use futures::StreamExt;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            while let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut message = SseMessage {
+                    id: None,
+                    event: "message".into(),
+                    data: String::new(),
+                };
+                let mut has_data = false;
+                for line in block.lines() {
+                    let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                    let value = value.strip_prefix(' ').unwrap_or(value);
+                    match field {
+                        "id" => message.id = Some(value.to_owned()),
+                        "event" => message.event = value.to_owned(),
+                        "data" => {
+                            if has_data {
+                                message.data.push('\n');
+                            }
+                            message.data.push_str(value);
+                            has_data = true;
+                        }
+                        _ => {}
+                    }
+                }
+                if has_data {
+                    return Some(message);
+                }
+            }
+            match tokio::time::timeout_at(deadline, self.body.next()).await {
+                Ok(Some(Ok(chunk))) => self.buffer.push_str(&String::from_utf8_lossy(&chunk)),
+                Ok(Some(Err(_))) | Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, Utc};
 use futures::pin_mut;
-use operators::record::{DeadLetter, DeadLetterReason};
+use operators::record::{DeadLetter, DeadLetterReason, EventIdentity};
 use postgres_types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio::sync::mpsc;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -267,6 +267,7 @@ async fn commit_bulk(
     store_stream_states(&tx, batch).await?;
     store_slo_samples(&tx, batch).await?;
     store_offsets(&tx, batch).await?;
+    notify_feed(&tx, topic, batch).await?;
     publish_dead_letters(publisher, topic, &conflicts).await?;
     tx.commit()
         .await
@@ -342,6 +343,7 @@ async fn commit_isolating(
     store_stream_states(&tx, batch).await?;
     store_slo_samples(&tx, batch).await?;
     store_offsets(&tx, batch).await?;
+    notify_feed(&tx, topic, batch).await?;
     publish_dead_letters(publisher, topic, &dead_letters).await?;
     tx.commit()
         .await
@@ -370,12 +372,27 @@ async fn insert_dead_letters(
     let traces: Vec<Option<&str>> = dead_letters.iter().map(|d| d.trace_id.as_deref()).collect();
     let received: Vec<Option<DateTime<Utc>>> =
         dead_letters.iter().map(|d| d.received_utc).collect();
+    let text = |field: fn(&EventIdentity) -> Option<&String>| -> Vec<Option<String>> {
+        dead_letters
+            .iter()
+            .map(|d| field(&d.identity).map(|t| printable(t)))
+            .collect()
+    };
+    let tenants = text(|i| i.tenant_id.as_ref());
+    let types = text(|i| i.event_type.as_ref());
+    let sources = text(|i| i.source.as_ref());
+    let streams = text(|i| i.stream_key.as_ref());
+    let idempotency_keys = text(|i| i.idempotency_key.as_ref());
+    let event_ids: Vec<Option<uuid::Uuid>> =
+        dead_letters.iter().map(|d| d.identity.event_id).collect();
     tx.execute(
         "INSERT INTO dead_letter (reason_code, message, source_topic, source_partition, \
-         source_offset, record_key, original, trace_id, received_utc) \
-         SELECT r, m, $3, p, o, k, b, t, at FROM UNNEST($1::text[], $2::text[], $4::int4[], \
-         $5::int8[], $6::bytea[], $7::bytea[], $8::text[], $9::timestamptz[]) \
-         AS u(r, m, p, o, k, b, t, at) \
+         source_offset, record_key, original, trace_id, received_utc, tenant_id, event_id, \
+         event_type, source, stream_key, idempotency_key) \
+         SELECT r, m, $3, p, o, k, b, t, at, tn, ei, ty, so, sk, ik FROM UNNEST($1::text[], \
+         $2::text[], $4::int4[], $5::int8[], $6::bytea[], $7::bytea[], $8::text[], \
+         $9::timestamptz[], $10::text[], $11::uuid[], $12::text[], $13::text[], $14::text[], \
+         $15::text[]) AS u(r, m, p, o, k, b, t, at, tn, ei, ty, so, sk, ik) \
          ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING",
         &[
             &reasons,
@@ -387,6 +404,12 @@ async fn insert_dead_letters(
             &originals,
             &traces,
             &received,
+            &tenants,
+            &event_ids,
+            &types,
+            &sources,
+            &streams,
+            &idempotency_keys,
         ],
     )
     .await
@@ -470,6 +493,36 @@ async fn store_slo_samples(tx: &Transaction<'_>, batch: &CommitBatch) -> Result<
     )
     .await
     .map_err(SinkError::statement("adding to SLO windows"))?;
+    Ok(())
+}
+
+/// The channel on which every commit announces how far each partition of the raw topic is now
+/// durable, as `partition:next_offset` pairs separated by commas. PostgreSQL delivers the
+/// notification only once the transaction commits, and in commit order: the live feed's cue.
+pub const FEED_CHANNEL: &str = "sentinel_feed";
+
+async fn notify_feed(
+    tx: &Transaction<'_>,
+    topic: &str,
+    batch: &CommitBatch,
+) -> Result<(), SinkError> {
+    let positions: Vec<String> = batch
+        .progress
+        .iter()
+        .filter(|p| p.topic == topic)
+        .map(|p| format!("{}:{}", p.partition, p.next_offset))
+        .collect();
+    if positions.is_empty() {
+        return Ok(());
+    }
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&FEED_CHANNEL, &positions.join(",")],
+    )
+    .await
+    .map_err(SinkError::statement(
+        "announcing the commit to the live feed",
+    ))?;
     Ok(())
 }
 

@@ -1,0 +1,440 @@
+//! `GET /v1/stream` on the real broker and PostgreSQL: resume across forced reconnects under
+//! load with no gap and no duplicate, filters, back-fill from the beginning, eviction of a slow
+//! client without slowing the pipeline, and a thousand subscribers at once.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt};
+use ingress::Role;
+use support::{envelope, ingest_token, post_event, token, SseMessage, SseReader, TestEnv};
+use uuid::Uuid;
+
+fn read_token(tenant: &str) -> String {
+    token(tenant, &[Role::Read])
+}
+
+/// Posts `bodies` through the gateway, 8 at a time; every one must be accepted.
+async fn post_all(base_url: &str, bodies: Vec<serde_json::Value>) {
+    let client = reqwest::Client::new();
+    stream::iter(bodies)
+        .for_each_concurrent(8, |body| {
+            let client = client.clone();
+            async move {
+                let tenant = body["tenantId"].as_str().unwrap().to_owned();
+                let key = Uuid::new_v4().to_string();
+                let response =
+                    post_event(&client, base_url, &ingest_token(&tenant), &key, &body).await;
+                assert_eq!(response.status(), 202, "event accepted");
+            }
+        })
+        .await;
+}
+
+/// Event ids stored for `tenant`.
+async fn stored_ids(env: &TestEnv, tenant: &str) -> BTreeSet<String> {
+    env.db()
+        .await
+        .query(
+            "SELECT id::text FROM events WHERE tenant_id = $1",
+            &[&tenant],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_across_forced_reconnects_under_load_has_no_gap_and_no_duplicate() {
+    let env = TestEnv::new("sse_resume").await;
+    let sentinel = env
+        .start_with("up", "up", &[("SENTINEL_SSE_SLO_INTERVAL_MS", "300")])
+        .await;
+    let base_url = sentinel.base_url.clone();
+    let client = reqwest::Client::new();
+    let acme = read_token("acme");
+    let mut reader = SseReader::open(&client, &base_url, &acme, "", None).await;
+
+    // Load: 600 acme events, 200 globex events, and 20 acme events re-sent under their id with
+    // another payload (conflicts, dead-lettered), posted while the subscriber reads.
+    let mut bodies = Vec::new();
+    let mut conflicts = Vec::new();
+    for seq in 0..800 {
+        let tenant = if seq % 4 == 3 { "globex" } else { "acme" };
+        let body = envelope(
+            Uuid::new_v4(),
+            tenant,
+            &format!("s-{}", seq % 7),
+            seq,
+            "2025-06-15T10:00:00Z",
+        );
+        if tenant == "acme" && conflicts.len() < 20 && seq % 10 == 0 {
+            let mut conflict = body.clone();
+            conflict["payload"]["seq"] = serde_json::json!(-1);
+            conflicts.push(conflict);
+        }
+        bodies.push(body);
+    }
+    let load = tokio::spawn({
+        let base_url = base_url.clone();
+        async move {
+            post_all(&base_url, bodies).await;
+            post_all(&base_url, conflicts).await;
+        }
+    });
+
+    let mut messages: Vec<SseMessage> = Vec::new();
+    let mut last_id: Option<String> = None;
+    let mut reconnects = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let events = messages.iter().filter(|m| m.event == "event").count();
+        let dead = messages.iter().filter(|m| m.event == "dead_letter").count();
+        if events == 600 && dead == 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "feed incomplete: {events} events, {dead} dead letters"
+        );
+        // Force a reconnect after 150 and after 400 messages: once by header, once by query.
+        let cut = (reconnects == 0 && messages.len() >= 150)
+            || (reconnects == 1 && messages.len() >= 400);
+        if cut {
+            drop(reader);
+            reconnects += 1;
+            let id = last_id.clone().expect("messages carry ids");
+            reader = if reconnects == 1 {
+                SseReader::open(&client, &base_url, &acme, "", Some(&id)).await
+            } else {
+                let query = format!("?lastEventId={}", urlencode(&id));
+                SseReader::open(&client, &base_url, &acme, &query, None).await
+            };
+            continue;
+        }
+        if let Some(message) = reader.next(Duration::from_secs(5)).await {
+            last_id = message.id.clone().or(last_id);
+            if message.event != "slo" {
+                messages.push(message);
+            } else {
+                assert!(
+                    message.json()["ingestionTotal"].as_i64().is_some(),
+                    "slo carries counts"
+                );
+            }
+        }
+    }
+    load.await.unwrap();
+    assert_eq!(reconnects, 2);
+
+    let received: Vec<String> = messages
+        .iter()
+        .filter(|m| m.event == "event")
+        .map(|m| {
+            let data = m.json();
+            assert_eq!(data["tenantId"], "acme", "only the token's tenant");
+            data["eventId"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let unique: BTreeSet<String> = received.iter().cloned().collect();
+    assert_eq!(
+        unique.len(),
+        received.len(),
+        "no duplicate across reconnects"
+    );
+    assert_eq!(
+        unique,
+        stored_ids(&env, "acme").await,
+        "no gap: every stored acme event"
+    );
+    for dead in messages.iter().filter(|m| m.event == "dead_letter") {
+        let data = dead.json();
+        assert_eq!(data["reason"], "duplicate_event_id_conflict");
+        assert!(
+            unique.contains(data["eventId"].as_str().unwrap()),
+            "the conflict names the stored event"
+        );
+    }
+    // Nothing more arrives for acme (globex events keep no one waiting).
+    assert!(
+        reader
+            .next(Duration::from_millis(500))
+            .await
+            .is_none_or(|m| m.event == "slo"),
+        "no extra message"
+    );
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_and_backfill_from_the_beginning() {
+    let env = TestEnv::new("sse_filters").await;
+    let sentinel = env.start("up", "up").await;
+    let bodies: Vec<_> = (0..120)
+        .map(|seq| {
+            envelope(
+                Uuid::new_v4(),
+                "acme",
+                &format!("s-{}", seq % 3),
+                seq,
+                "2025-06-15T10:00:00Z",
+            )
+        })
+        .collect();
+    post_all(&sentinel.base_url, bodies).await;
+    assert_eq!(env.wait_for_events(120, Duration::from_secs(30)).await, 120);
+    let client = reqwest::Client::new();
+
+    // "v1:" names no partition: every partition from its beginning.
+    let query = "?type=order.created&streamKey=s-1&source=service-2";
+    let mut reader = SseReader::open(
+        &client,
+        &sentinel.base_url,
+        &read_token("acme"),
+        query,
+        Some("v1:"),
+    )
+    .await;
+    let expected: BTreeSet<String> = env
+        .db()
+        .await
+        .query(
+            "SELECT id::text FROM events WHERE tenant_id = 'acme' AND type = 'order.created' \
+             AND stream_key = 's-1' AND source = 'service-2'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(!expected.is_empty(), "the filter matches something");
+    let mut got = BTreeSet::new();
+    while got.len() < expected.len() {
+        let message = reader
+            .next(Duration::from_secs(10))
+            .await
+            .expect("back-filled message");
+        let data = message.json();
+        assert_eq!(
+            (
+                data["type"].as_str(),
+                data["streamKey"].as_str(),
+                data["source"].as_str()
+            ),
+            (Some("order.created"), Some("s-1"), Some("service-2"))
+        );
+        assert!(
+            got.insert(data["eventId"].as_str().unwrap().to_owned()),
+            "no duplicate"
+        );
+    }
+    assert_eq!(got, expected);
+
+    // Another tenant's token sees none of it.
+    let mut other = SseReader::open(
+        &client,
+        &sentinel.base_url,
+        &read_token("globex"),
+        "",
+        Some("v1:"),
+    )
+    .await;
+    assert!(
+        other.next(Duration::from_millis(800)).await.is_none(),
+        "nothing of acme for globex"
+    );
+
+    // A live filtered subscriber gets only the matching new event.
+    let mut live = SseReader::open(
+        &client,
+        &sentinel.base_url,
+        &read_token("acme"),
+        "?streamKey=s-9",
+        None,
+    )
+    .await;
+    let other_stream = envelope(Uuid::new_v4(), "acme", "s-8", 0, "2025-06-15T10:00:00Z");
+    let wanted = envelope(Uuid::new_v4(), "acme", "s-9", 1, "2025-06-15T10:00:00Z");
+    post_all(&sentinel.base_url, vec![other_stream, wanted.clone()]).await;
+    let message = live
+        .next(Duration::from_secs(10))
+        .await
+        .expect("live message");
+    assert_eq!(message.event, "event");
+    assert_eq!(message.json()["eventId"], wanted["eventId"]);
+
+    // Errors are problems.
+    let response = client
+        .get(format!("{}/v1/stream", sentinel.base_url))
+        .bearer_auth(read_token("acme"))
+        .header("last-event-id", "yesterday")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let problem: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(problem["type"], "/problems/invalid-last-event-id");
+    let response = client
+        .get(format!("{}/v1/stream", sentinel.base_url))
+        .bearer_auth(ingest_token("acme"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403, "the read role is needed");
+}
+
+/// Big events, so that a client that does not read fills the socket buffers quickly.
+fn big_batch(tenant: &str, count: usize) -> Vec<serde_json::Value> {
+    let padding = "x".repeat(8_000);
+    (0..count)
+        .map(|seq| {
+            let mut body = envelope(Uuid::new_v4(), tenant, "big", seq, "2025-06-15T10:00:00Z");
+            body["payload"]["padding"] = serde_json::json!(padding);
+            body
+        })
+        .collect()
+}
+
+/// Seconds from the first receive to the last processed event of `tenant`.
+async fn processing_span(env: &TestEnv, tenant: &str) -> f64 {
+    env.db()
+        .await
+        .query_one(
+            "SELECT EXTRACT(EPOCH FROM max(processed_utc) - min(received_utc))::float8 \
+             FROM events WHERE tenant_id = $1",
+            &[&tenant],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_is_evicted_and_the_pipeline_keeps_its_pace() {
+    let env = TestEnv::new("sse_slow").await;
+    let sentinel = env
+        .start_with("up", "up", &[("SENTINEL_SSE_BUFFER", "4")])
+        .await;
+    // Baseline: the load alone.
+    post_all(&sentinel.base_url, big_batch("baseline", 1_500)).await;
+    assert_eq!(
+        env.wait_for_events(1_500, Duration::from_secs(60)).await,
+        1_500
+    );
+    let baseline = processing_span(&env, "baseline").await;
+
+    // The same load with a subscriber that reads nothing: a raw socket with a tiny buffer.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let addr: std::net::SocketAddr = sentinel
+        .base_url
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let mut stalled = socket.connect(addr).await.unwrap();
+    let request = format!(
+        "GET /v1/stream HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\r\n",
+        read_token("slow")
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stalled, request.as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    post_all(&sentinel.base_url, big_batch("slow", 1_500)).await;
+    assert_eq!(
+        env.wait_for_events(3_000, Duration::from_secs(60)).await,
+        3_000
+    );
+    let with_stalled = processing_span(&env, "slow").await;
+    assert!(
+        with_stalled <= baseline * 2.0 + 2.0,
+        "a stalled subscriber slowed the pipeline: {with_stalled:.2}s against {baseline:.2}s"
+    );
+
+    // It was evicted: once it reads, it finds some events, then `lagged`, then the end.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut received = Vec::new();
+    let read_all = async {
+        let mut chunk = vec![0u8; 65_536];
+        loop {
+            match tokio::io::AsyncReadExt::read(&mut stalled, &mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    received.extend_from_slice(&chunk[..n]);
+                    if received.windows(13).any(|w| w == b"event: lagged")
+                        && received.ends_with(b"0\r\n\r\n")
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read_all)
+        .await
+        .expect("the evicted stream ends");
+    let text = String::from_utf8_lossy(&received);
+    assert!(
+        text.contains("event: event"),
+        "it got events before falling behind"
+    );
+    assert!(text.contains("event: lagged"), "it was told it lagged");
+    assert!(sentinel.metric("sse_evictions_total").await >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_subscribers_each_get_every_event() {
+    let env = TestEnv::new("sse_many").await;
+    let sentinel = env.start("up", "up").await;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let acme = read_token("acme");
+    let readers: Vec<SseReader> = stream::iter(0..1_000)
+        .map(|_| SseReader::open(&client, &sentinel.base_url, &acme, "", None))
+        .buffer_unordered(50)
+        .collect()
+        .await;
+    assert_eq!(sentinel.metric("sse_subscribers").await, 1_000.0);
+    let bodies: Vec<_> = (0..3)
+        .map(|seq| envelope(Uuid::new_v4(), "acme", "s", seq, "2025-06-15T10:00:00Z"))
+        .collect();
+    let expected: BTreeSet<String> = bodies
+        .iter()
+        .map(|b| b["eventId"].as_str().unwrap().to_owned())
+        .collect();
+    post_all(&sentinel.base_url, bodies).await;
+    let results: Vec<BTreeSet<String>> = stream::iter(readers)
+        .map(|mut reader| async move {
+            let mut got = BTreeSet::new();
+            while got.len() < 3 {
+                let message = reader.next(Duration::from_secs(30)).await.expect("message");
+                if message.event == "event" {
+                    got.insert(message.json()["eventId"].as_str().unwrap().to_owned());
+                }
+            }
+            got
+        })
+        .buffer_unordered(1_000)
+        .collect()
+        .await;
+    assert_eq!(results.len(), 1_000);
+    assert!(
+        results.iter().all(|got| *got == expected),
+        "every subscriber got the three events"
+    );
+}

@@ -1,0 +1,476 @@
+//! The live feed's hub: hears every commit of the dataflow (PostgreSQL `LISTEN`), reads what it
+//! made durable once, and fans it out to every subscriber through one bounded broadcast ring.
+//!
+//! Positions: the feed is ordered per partition of the raw topic by offset, so a resumable
+//! position is the vector of next offsets per partition ([`FeedPosition`]). Events and dead
+//! letters share that space (both come from raw-topic records); de-duplicated repeats leave gaps
+//! in it, which is fine: a position says "everything below this offset has been seen".
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use tokio::sync::broadcast;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+use crate::pool::{ReadError, ReadPool};
+use crate::telemetry;
+
+/// The SSE event name of each kind of feed message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedKind {
+    /// A stored event.
+    Event,
+    /// A dead letter.
+    DeadLetter,
+    /// An SLO window's new counts (global, not tenant data).
+    Slo,
+}
+
+impl FeedKind {
+    /// The `event:` field of the SSE message.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Event => "event",
+            Self::DeadLetter => "dead_letter",
+            Self::Slo => "slo",
+        }
+    }
+}
+
+/// One message of the feed, its JSON rendered once for every subscriber.
+#[derive(Debug, Clone)]
+pub struct FeedItem {
+    /// What it is.
+    pub kind: FeedKind,
+    /// Raw-topic partition of the record (unused for SLO messages).
+    pub partition: i32,
+    /// Raw-topic offset of the record (unused for SLO messages).
+    pub offset: i64,
+    /// The tenant it belongs to; `None` for global messages (SLO windows).
+    pub tenant_id: Option<String>,
+    /// Emitting service, for the `source` filter.
+    pub source: Option<String>,
+    /// Event type, for the `type` filter.
+    pub event_type: Option<String>,
+    /// Stream key, for the `streamKey` filter.
+    pub stream_key: Option<String>,
+    /// The message's `data:` (JSON).
+    pub data: Arc<str>,
+}
+
+/// What one commit made durable, in (partition, offset) order, and how far each partition is
+/// durable after it.
+#[derive(Debug, Clone, Default)]
+pub struct FeedBatch {
+    /// The new messages.
+    pub items: Vec<FeedItem>,
+    /// (partition, next offset) after this batch.
+    pub progress: Vec<(i32, i64)>,
+}
+
+/// A resumable position: per raw-topic partition, the next offset not yet seen. Partitions it
+/// does not name are read from their beginning. Rendered as `v1:<partition>=<offset>,…`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FeedPosition(pub BTreeMap<i32, i64>);
+
+impl FeedPosition {
+    /// Whether `item` lies before this position (already seen).
+    pub fn has_seen(&self, partition: i32, offset: i64) -> bool {
+        self.0.get(&partition).is_some_and(|next| offset < *next)
+    }
+
+    /// Moves past `offset` in `partition`; never backwards.
+    pub fn advance(&mut self, partition: i32, next_offset: i64) {
+        let next = self.0.entry(partition).or_insert(next_offset);
+        *next = (*next).max(next_offset);
+    }
+
+    /// Parses the rendering of [`FeedPosition`]'s `Display`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let body = text
+            .trim()
+            .strip_prefix("v1:")
+            .ok_or_else(|| format!("{text:?} is not a feed position (it starts with \"v1:\")"))?;
+        let mut position = BTreeMap::new();
+        for pair in body.split(',').filter(|pair| !pair.is_empty()) {
+            let parsed = pair.split_once('=').and_then(|(partition, offset)| {
+                Some((partition.parse::<i32>().ok()?, offset.parse::<i64>().ok()?))
+            });
+            match parsed {
+                Some((partition, offset)) if partition >= 0 && offset >= 0 => {
+                    position.insert(partition, offset);
+                }
+                _ => {
+                    return Err(format!(
+                        "{pair:?} in {text:?} is not <partition>=<offset> with non-negative numbers"
+                    ))
+                }
+            }
+        }
+        Ok(Self(position))
+    }
+}
+
+impl std::fmt::Display for FeedPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("v1:")?;
+        for (i, (partition, offset)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{partition}={offset}")?;
+        }
+        Ok(())
+    }
+}
+
+/// An event row as a feed message: partition, offset, tenant, source, type, stream key, data.
+pub(crate) const EVENT_MESSAGE: &str = "e.source_partition, e.source_offset, e.tenant_id, \
+    e.source, e.type, e.stream_key, json_build_object('eventId', e.id, 'tenantId', e.tenant_id, \
+    'source', e.source, 'type', e.type, 'streamKey', e.stream_key, 'timestampUtc', e.timestamp_utc, \
+    'schemaVersion', e.schema_version, 'payload', e.payload_jsonb, 'receivedUtc', e.received_utc, \
+    'processedUtc', e.processed_utc, 'traceId', e.trace_id)::text";
+
+/// A dead-letter row as a feed message, in the columns of [`EVENT_MESSAGE`].
+pub(crate) const DEAD_LETTER_MESSAGE: &str = "d.source_partition, d.source_offset, d.tenant_id, \
+    d.source, d.event_type, d.stream_key, json_build_object('id', d.id, 'reason', d.reason_code, \
+    'message', d.message, 'eventId', d.event_id, 'type', d.event_type, 'source', d.source, \
+    'streamKey', d.stream_key, 'receivedUtc', d.received_utc, \
+    'deadLetteredUtc', d.dead_lettered_utc, 'traceId', d.trace_id)::text";
+
+/// Reads a row of `kind, EVENT_MESSAGE columns…` into a feed item.
+pub(crate) fn feed_item(row: &tokio_postgres::Row) -> FeedItem {
+    let kind: i32 = row.get(0);
+    FeedItem {
+        kind: if kind == 0 {
+            FeedKind::Event
+        } else {
+            FeedKind::DeadLetter
+        },
+        partition: row.get(1),
+        offset: row.get(2),
+        tenant_id: row.get(3),
+        source: row.get(4),
+        event_type: row.get(5),
+        stream_key: row.get(6),
+        data: Arc::from(row.get::<_, String>(7)),
+    }
+}
+
+/// Most rows the hub reads per query when catching up.
+const FETCH_PAGE: i64 = 2_000;
+
+/// How the hub behaves.
+#[derive(Debug, Clone)]
+pub struct FeedSettings {
+    /// The raw topic (with its prefix): whose offsets positions are.
+    pub raw_topic: String,
+    /// Commits a subscriber may fall behind before it is evicted (`event: lagged`).
+    pub buffer_batches: usize,
+    /// How often the SLO windows are checked for new counts while anyone listens.
+    pub slo_interval: Duration,
+}
+
+/// The hub: cheap to clone; every clone feeds the same subscribers.
+#[derive(Clone)]
+pub struct FeedHub {
+    sender: broadcast::Sender<Arc<FeedBatch>>,
+    settings: Arc<FeedSettings>,
+}
+
+impl FeedHub {
+    /// Starts listening on `database_url` (a dedicated connection, re-opened after failures);
+    /// must be called inside a Tokio runtime.
+    pub fn start(database_url: String, pool: ReadPool, settings: FeedSettings) -> Self {
+        let (sender, _) = broadcast::channel(settings.buffer_batches.max(1));
+        let hub = Self {
+            sender,
+            settings: Arc::new(settings),
+        };
+        let listener = hub.clone();
+        tokio::spawn(async move { listener.listen_forever(database_url, pool).await });
+        hub
+    }
+
+    /// A new subscription: every batch broadcast from now on, until it lags.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<FeedBatch>> {
+        self.sender.subscribe()
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &FeedSettings {
+        &self.settings
+    }
+
+    /// Number of live subscriptions.
+    pub fn subscribers(&self) -> usize {
+        self.sender.receiver_count()
+    }
+
+    async fn listen_forever(self, database_url: String, pool: ReadPool) {
+        let mut seen: Option<FeedPosition> = None;
+        let mut slo_seen: Option<DateTime<Utc>> = None;
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self
+                .listen(&database_url, &pool, &mut seen, &mut slo_seen)
+                .await
+            {
+                Ok(()) => backoff = Duration::from_millis(200),
+                Err(err) => {
+                    tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64,
+                        "live feed listener lost PostgreSQL");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// One listening session: `LISTEN`, catch up from `seen` to what is committed, then follow
+    /// notifications until the connection fails.
+    async fn listen(
+        &self,
+        database_url: &str,
+        pool: &ReadPool,
+        seen: &mut Option<FeedPosition>,
+        slo_seen: &mut Option<DateTime<Utc>>,
+    ) -> Result<(), ReadError> {
+        let (listen_client, mut connection) = tokio_postgres::connect(database_url, NoTls).await?;
+        let (notify_tx, mut notifications) = tokio::sync::mpsc::unbounded_channel();
+        let driver = tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(note)) => {
+                        if notify_tx.send(note.payload().to_owned()).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::debug!(error = %err, "live feed connection ended");
+                        break;
+                    }
+                }
+            }
+        });
+        let _stop_driver = AbortOnDrop(driver);
+        listen_client
+            .batch_execute(&format!("LISTEN {}", sinks_channel()))
+            .await?;
+        let client = pool.get().await?;
+        let committed = committed_position(&client, &self.settings.raw_topic).await?;
+        match seen {
+            None => *seen = Some(committed),
+            Some(from) => {
+                let to: Vec<(i32, i64)> = committed.0.into_iter().collect();
+                self.fetch_and_broadcast(&client, from, &to).await?;
+            }
+        }
+        drop(client);
+        let mut slo_tick = tokio::time::interval(self.settings.slo_interval);
+        loop {
+            tokio::select! {
+                note = notifications.recv() => {
+                    let Some(note) = note else { return Ok(()) };
+                    let to = parse_progress(&note);
+                    let from = seen.get_or_insert_with(FeedPosition::default);
+                    if self.subscribers() == 0 {
+                        for (partition, next) in to {
+                            from.advance(partition, next);
+                        }
+                        continue;
+                    }
+                    let client = pool.get().await?;
+                    self.fetch_and_broadcast(&client, from, &to).await?;
+                }
+                _ = slo_tick.tick() => {
+                    if self.subscribers() > 0 {
+                        let client = pool.get().await?;
+                        self.broadcast_slo(&client, slo_seen).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads every event and dead letter from `from` up to `to` and broadcasts them in pages.
+    async fn fetch_and_broadcast(
+        &self,
+        client: &Client,
+        from: &mut FeedPosition,
+        to: &[(i32, i64)],
+    ) -> Result<(), ReadError> {
+        let sql = format!(
+            "SELECT 0, {EVENT_MESSAGE} FROM events e JOIN UNNEST($1::int4[], $2::int8[], $3::int8[]) \
+                 AS r(p, lo, hi) ON e.source_partition = r.p AND e.source_offset >= r.lo \
+                 AND e.source_offset < r.hi \
+             UNION ALL \
+             SELECT 1, {DEAD_LETTER_MESSAGE} FROM dead_letter d JOIN UNNEST($1::int4[], \
+                 $2::int8[], $3::int8[]) AS r(p, lo, hi) ON d.source_partition = r.p \
+                 AND d.source_offset >= r.lo AND d.source_offset < r.hi \
+                 WHERE d.source_topic = $4 AND d.tenant_id IS NOT NULL \
+             ORDER BY 2, 3 LIMIT $5"
+        );
+        loop {
+            let ranges: Vec<(i32, i64, i64)> = to
+                .iter()
+                .map(|&(partition, hi)| {
+                    (partition, from.0.get(&partition).copied().unwrap_or(0), hi)
+                })
+                .filter(|(_, lo, hi)| lo < hi)
+                .collect();
+            if ranges.is_empty() {
+                return Ok(());
+            }
+            let partitions: Vec<i32> = ranges.iter().map(|r| r.0).collect();
+            let lows: Vec<i64> = ranges.iter().map(|r| r.1).collect();
+            let highs: Vec<i64> = ranges.iter().map(|r| r.2).collect();
+            let rows = client
+                .query(
+                    &sql,
+                    &[
+                        &partitions,
+                        &lows,
+                        &highs,
+                        &self.settings.raw_topic,
+                        &FETCH_PAGE,
+                    ],
+                )
+                .await?;
+            let complete = (rows.len() as i64) < FETCH_PAGE;
+            let items: Vec<FeedItem> = rows.iter().map(feed_item).collect();
+            for item in &items {
+                from.advance(item.partition, item.offset + 1);
+            }
+            let mut progress = Vec::new();
+            if complete {
+                for &(partition, next) in to {
+                    from.advance(partition, next);
+                    progress.push((partition, next));
+                }
+            }
+            telemetry::FeedBroadcast {
+                messages: items.len(),
+            }
+            .emit();
+            // No receivers is not an error: they come and go.
+            let _ = self.sender.send(Arc::new(FeedBatch { items, progress }));
+            if complete {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Broadcasts the SLO windows updated since the last check.
+    async fn broadcast_slo(
+        &self,
+        client: &Client,
+        slo_seen: &mut Option<DateTime<Utc>>,
+    ) -> Result<(), ReadError> {
+        let since = slo_seen.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+        let rows = client
+            .query(
+                "SELECT updated_utc, json_build_object('windowStartUtc', window_start_utc, \
+                   'ingestionGood', ingestion_good, 'ingestionTotal', ingestion_total, \
+                   'freshnessGood', freshness_good, 'freshnessTotal', freshness_total, \
+                   'updatedUtc', updated_utc)::text \
+                 FROM slo_samples WHERE updated_utc > $1 \
+                 ORDER BY window_start_utc DESC LIMIT 5",
+                &[&since],
+            )
+            .await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut items = Vec::with_capacity(rows.len());
+        for row in rows.iter().rev() {
+            let updated: DateTime<Utc> = row.get(0);
+            *slo_seen = Some(slo_seen.map_or(updated, |seen| seen.max(updated)));
+            items.push(FeedItem {
+                kind: FeedKind::Slo,
+                partition: -1,
+                offset: -1,
+                tenant_id: None,
+                source: None,
+                event_type: None,
+                stream_key: None,
+                data: Arc::from(row.get::<_, String>(1)),
+            });
+        }
+        let _ = self.sender.send(Arc::new(FeedBatch {
+            items,
+            progress: Vec::new(),
+        }));
+        Ok(())
+    }
+}
+
+fn sinks_channel() -> &'static str {
+    sinks::postgres::FEED_CHANNEL
+}
+
+/// Everything committed so far: the raw topic's stored source offsets.
+pub(crate) async fn committed_position(
+    client: &Client,
+    raw_topic: &str,
+) -> Result<FeedPosition, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT partition, next_offset FROM source_offsets WHERE topic = $1",
+            &[&raw_topic],
+        )
+        .await?;
+    Ok(FeedPosition(
+        rows.iter().map(|row| (row.get(0), row.get(1))).collect(),
+    ))
+}
+
+/// Parses a commit notification (`partition:next_offset,…`); malformed pairs are skipped.
+fn parse_progress(payload: &str) -> Vec<(i32, i64)> {
+    payload
+        .split(',')
+        .filter_map(|pair| {
+            let (partition, next) = pair.split_once(':')?;
+            Some((partition.parse().ok()?, next.parse().ok()?))
+        })
+        .collect()
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_round_trip_and_reject_garbage() {
+        let mut position = FeedPosition::default();
+        position.advance(1, 40);
+        position.advance(0, 12);
+        position.advance(1, 7);
+        assert_eq!(position.to_string(), "v1:0=12,1=40");
+        assert_eq!(FeedPosition::parse("v1:0=12,1=40").unwrap(), position);
+        assert_eq!(FeedPosition::parse("v1:").unwrap(), FeedPosition::default());
+        assert!(position.has_seen(1, 39) && !position.has_seen(1, 40) && !position.has_seen(2, 0));
+        for bad in ["0=12", "v1:0=x", "v1:0", "v1:-1=3", "v1:0=-3", "v2:0=1"] {
+            assert!(FeedPosition::parse(bad).is_err(), "{bad} must not parse");
+        }
+    }
+
+    #[test]
+    fn commit_notifications_parse() {
+        assert_eq!(parse_progress("0:10,3:7"), vec![(0, 10), (3, 7)]);
+        assert_eq!(parse_progress("0:10,x:7,"), vec![(0, 10)]);
+    }
+}
