@@ -34,7 +34,7 @@ pub use auth::{Authenticator, Principal, Role};
 pub use events::IngressSettings;
 pub use idempotency::ClaimStore;
 pub use kafka::{EventProducer, KafkaSettings, PublishError};
-pub use problem::ApiError;
+pub use problem::{ApiError, SourceLocation};
 
 /// Shared state of the gateway's handlers.
 #[derive(Clone)]

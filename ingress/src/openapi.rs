@@ -169,6 +169,7 @@ impl Modify for BearerAuth {
         crate::events::BatchResults,
         crate::events::LineResult,
         crate::problem::ApiError,
+        crate::problem::SourceLocation,
         EnvelopeDoc,
         ViolationDoc,
         ProblemType

@@ -31,6 +31,21 @@ pub struct ApiError {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[schema(value_type = Vec<crate::openapi::ViolationDoc>)]
     pub errors: Vec<Violation>,
+    /// Where in the submitted text the problem is (invalid queries).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<SourceLocation>,
+}
+
+/// A place in a submitted text, e.g. the offending token of a query.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct SourceLocation {
+    /// Line, from 1.
+    pub line: u64,
+    /// Column, from 1.
+    pub column: u64,
+    /// The offending token, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 impl ApiError {
@@ -48,7 +63,14 @@ impl ApiError {
             detail: detail.into(),
             retry_after_seconds: None,
             errors: Vec::new(),
+            location: None,
         }
+    }
+
+    /// Points at a place in the submitted text.
+    pub fn with_location(mut self, location: SourceLocation) -> Self {
+        self.location = Some(location);
+        self
     }
 
     /// Attaches the list of violations.

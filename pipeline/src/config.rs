@@ -352,6 +352,33 @@ pub struct Settings {
     )]
     pub read_pool_size: usize,
 
+    /// Most rows a query returns (more are cut and flagged `truncated`).
+    #[arg(
+        long,
+        env = "SENTINEL_QUERY_ROW_CAP",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub query_row_cap: usize,
+
+    /// PostgreSQL statement timeout of each query, in milliseconds.
+    #[arg(
+        long,
+        env = "SENTINEL_QUERY_TIMEOUT_MS",
+        default_value_t = 5_000,
+        global = true
+    )]
+    pub query_timeout_ms: u64,
+
+    /// How often the dataflow refreshes `pipeline_health`, in milliseconds.
+    #[arg(
+        long,
+        env = "SENTINEL_HEALTH_INTERVAL_MS",
+        default_value_t = 5_000,
+        global = true
+    )]
+    pub health_interval_ms: u64,
+
     /// Commits a live-feed subscriber may fall behind before it is evicted with `event: lagged`.
     #[arg(
         long,

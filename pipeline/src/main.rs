@@ -4,6 +4,7 @@
 mod config;
 mod dataflow;
 mod dead_letter_topic;
+mod health;
 mod kafka_source;
 mod schemas;
 mod server;
@@ -179,6 +180,14 @@ fn run(
             shutdown: Arc::clone(&shutdown),
             running_workers: Arc::clone(&running_workers),
         });
+        if settings.process_index == 0 {
+            runtime.spawn(health::maintain(
+                settings.database_url.clone(),
+                kafka.clone(),
+                topics.raw_events.clone(),
+                Duration::from_millis(settings.health_interval_ms.max(100)),
+            ));
+        }
         let fatal = Arc::clone(&fatal);
         let config = settings.timely_config()?;
         // Forming a cluster waits for every process; HTTP (health, readiness) serves meanwhile.
@@ -253,6 +262,10 @@ fn run(
                     raw_topic: topics.raw_events.clone(),
                     schemas: Arc::clone(&schemas),
                     limits: settings.envelope_limits(),
+                },
+                query: queries::query::QuerySettings {
+                    row_cap: settings.query_row_cap.max(1),
+                    statement_timeout: Duration::from_millis(settings.query_timeout_ms.max(1)),
                 },
             };
             let slo = queries::SloState {

@@ -7,6 +7,7 @@
 //! | [`plan`] | `POST /v1/query`'s planner: checks SQL against the subset, binds each view to the tenant |
 //! | [`dead_letters`] | `GET /v1/dead-letters[/{id}]` and `POST /v1/dead-letters/replay` |
 //! | [`slo`] | `GET /v1/slo`: compliance, error budget and burn rates of both SLOs from `slo_samples` |
+//! | [`query`] | `POST/GET /v1/query`: planned SQL run read-only under row-level security |
 //! | [`pool`] | the read connections and the read error type |
 //! | [`telemetry`] | metrics of the feed and the query endpoint |
 
@@ -14,6 +15,7 @@ pub mod dead_letters;
 pub mod feed;
 pub mod plan;
 pub mod pool;
+pub mod query;
 pub mod slo;
 pub mod stream;
 pub mod telemetry;
@@ -39,13 +41,16 @@ pub struct ServingState {
     pub feed: FeedHub,
     /// What replaying dead letters needs.
     pub replay: dead_letters::ReplayContext,
+    /// Limits of the query endpoint.
+    pub query: query::QuerySettings,
 }
 
-/// The read routes: `/v1/stream`, `/v1/dead-letters…` and `/v1/slo`.
+/// The read routes: `/v1/stream`, `/v1/query`, `/v1/dead-letters…` and `/v1/slo`.
 pub fn router(serving: ServingState, slo: SloState) -> Router {
     telemetry::register();
     Router::new()
         .route("/v1/stream", get(stream::get_stream))
+        .route("/v1/query", get(query::get_query).post(query::post_query))
         .route("/v1/dead-letters", get(dead_letters::list_dead_letters))
         .route(
             "/v1/dead-letters/replay",
@@ -61,11 +66,16 @@ pub fn router(serving: ServingState, slo: SloState) -> Router {
 #[openapi(
     paths(
         stream::get_stream,
+        query::post_query,
+        query::get_query,
         dead_letters::list_dead_letters,
         dead_letters::get_dead_letter,
         dead_letters::replay_dead_letters
     ),
     components(schemas(
+        query::QueryRequest,
+        query::QueryResult,
+        query::Column,
         dead_letters::DeadLetterPage,
         dead_letters::DeadLetterSummary,
         dead_letters::DeadLetterSnapshot,

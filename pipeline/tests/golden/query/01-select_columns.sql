@@ -1,0 +1,1 @@
+SELECT id, type, stream_key FROM events ORDER BY id

@@ -1,0 +1,1 @@
+SELECT id, type FROM events WHERE type IN ('order.paid', 'invoice.paid') ORDER BY id

@@ -1,0 +1,1 @@
+SELECT DISTINCT type FROM events WHERE type LIKE 'invoice.%' ORDER BY type

@@ -1,0 +1,1 @@
+SELECT id, trace_id FROM events WHERE trace_id IS NOT NULL

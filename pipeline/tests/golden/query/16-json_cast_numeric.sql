@@ -1,0 +1,1 @@
+SELECT sum((payload->>'amount')::numeric) AS total FROM events WHERE source = 'checkout'

@@ -1,0 +1,1 @@
+SELECT id FROM events WHERE (payload->>'amount')::numeric > 50 ORDER BY id

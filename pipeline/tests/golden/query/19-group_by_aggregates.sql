@@ -1,0 +1,1 @@
+SELECT source, count(*) AS n, sum((payload->>'amount')::numeric) AS total, avg((payload->>'amount')::numeric) AS mean, min(timestamp_utc) AS first, max(timestamp_utc) AS last FROM events GROUP BY source ORDER BY source

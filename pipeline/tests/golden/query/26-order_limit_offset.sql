@@ -1,0 +1,1 @@
+SELECT id FROM events ORDER BY timestamp_utc DESC LIMIT 2 OFFSET 1

@@ -1,0 +1,1 @@
+SELECT sum(ingestion_good) AS good, sum(ingestion_total) AS total FROM slo_samples

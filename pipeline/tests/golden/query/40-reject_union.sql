@@ -1,0 +1,1 @@
+SELECT id FROM events UNION SELECT id FROM events

@@ -1,0 +1,1 @@
+WITH x AS (SELECT id FROM events) SELECT * FROM x

@@ -1,0 +1,1 @@
+SELECT * FROM events e JOIN stream_state s ON s.stream_key = e.stream_key

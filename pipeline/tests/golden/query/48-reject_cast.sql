@@ -1,0 +1,1 @@
+SELECT 'events'::regclass FROM events

@@ -1,0 +1,1 @@
+SELECT id FROM events WHERE tenant_id = $1

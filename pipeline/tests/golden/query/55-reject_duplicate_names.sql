@@ -1,0 +1,1 @@
+SELECT type, type FROM events

@@ -1,0 +1,384 @@
+//! The query endpoint on the real PostgreSQL: golden files (SQL in, rows or problem out), the
+//! adversarial tenant-isolation suite, the row-level-security wall on its own, the formats, and
+//! the statement timeout and row cap.
+//!
+//! Regenerate the golden outputs with `UPDATE_GOLDEN=1 cargo test -p pipeline --test
+//! serving_query golden` — then read every changed `.out` file before committing it.
+
+mod support;
+
+use std::path::PathBuf;
+
+use ingress::Role;
+use support::{token, SentinelProcess, TestEnv};
+
+const FIXTURE: &str = include_str!("golden/fixture.sql");
+
+async fn start_with_fixture(env: &TestEnv, extra: &[(&str, &str)]) -> SentinelProcess {
+    let sentinel = env.start_with("ingress", "ingress", extra).await;
+    env.db()
+        .await
+        .batch_execute(FIXTURE)
+        .await
+        .expect("loading the fixture");
+    sentinel
+}
+
+async fn query(
+    client: &reqwest::Client,
+    base_url: &str,
+    sql: &str,
+    accept: Option<&str>,
+) -> reqwest::Response {
+    let mut request = client
+        .post(format!("{base_url}/v1/query"))
+        .bearer_auth(token("acme", &[Role::Read]))
+        .json(&serde_json::json!({ "sql": sql }));
+    if let Some(accept) = accept {
+        request = request.header("accept", accept);
+    }
+    request.send().await.expect("POST /v1/query")
+}
+
+/// The outcome of a query as its golden file records it.
+async fn outcome(response: reqwest::Response) -> serde_json::Value {
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.expect("a JSON answer");
+    if status == 200 {
+        let columns: Vec<serde_json::Value> = body["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| serde_json::json!([c["name"], c["type"]]))
+            .collect();
+        serde_json::json!({
+            "status": status,
+            "columns": columns,
+            "rows": body["rows"],
+            "truncated": body["truncated"],
+        })
+    } else {
+        serde_json::json!({
+            "status": status,
+            "type": body["type"],
+            "detail": body["detail"],
+            "location": body["location"],
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_queries() {
+    let env = TestEnv::new("query_golden").await;
+    let sentinel = start_with_fixture(&env, &[]).await;
+    let client = reqwest::Client::new();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/query");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "sql"))
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 40, "at least 40 golden cases");
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let mut failures = Vec::new();
+    for case in &cases {
+        let sql = std::fs::read_to_string(case).unwrap();
+        let name = case.file_stem().unwrap().to_string_lossy().into_owned();
+        let response = if name.contains("-get-") {
+            client
+                .get(format!("{}/v1/query", sentinel.base_url))
+                .query(&[("sql", sql.trim())])
+                .bearer_auth(token("acme", &[Role::Read]))
+                .send()
+                .await
+                .unwrap()
+        } else {
+            query(&client, &sentinel.base_url, sql.trim(), None).await
+        };
+        let actual = outcome(response).await;
+        let expected_path = case.with_extension("out");
+        if update {
+            let text = serde_json::to_string_pretty(&actual).unwrap() + "\n";
+            std::fs::write(&expected_path, text).unwrap();
+            continue;
+        }
+        let expected: serde_json::Value = std::fs::read_to_string(&expected_path)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or(serde_json::Value::Null);
+        if actual != expected {
+            failures.push(format!(
+                "{name}:\n  sql: {}\n  expected: {expected}\n  actual:   {actual}",
+                sql.trim()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "golden mismatches:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// Whatever acme sends, nothing of globex comes back: each attack is refused, or answered
+/// without a trace of globex's rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_sql_reaches_another_tenants_rows() {
+    let env = TestEnv::new("query_isolation").await;
+    let sentinel = start_with_fixture(&env, &[]).await;
+    let client = reqwest::Client::new();
+    let attacks = [
+        // Asking for it.
+        "SELECT * FROM events WHERE tenant_id = 'globex'",
+        "SELECT * FROM events WHERE tenant_id <> 'acme' OR 1 = 1",
+        "SELECT * FROM events WHERE tenant_id = 'acme' OR tenant_id = 'globex'",
+        "SELECT * FROM dead_letter WHERE tenant_id IN ('acme', 'globex')",
+        "SELECT * FROM stream_state",
+        "SELECT * FROM dlq_reasons",
+        // Subqueries, set operations, CTEs.
+        "SELECT * FROM (SELECT * FROM events) AS e",
+        "SELECT id FROM events WHERE EXISTS (SELECT 1 FROM events)",
+        "SELECT (SELECT max(payload::text) FROM events) FROM events",
+        "SELECT id FROM events UNION ALL SELECT id FROM events",
+        "SELECT payload::text FROM events UNION SELECT last_payload::text FROM stream_state",
+        "WITH everything AS (SELECT * FROM events) SELECT * FROM everything",
+        "WITH RECURSIVE r AS (SELECT 1) SELECT * FROM r",
+        // Base tables, qualified names, system catalogs.
+        "SELECT * FROM public.events",
+        "SELECT * FROM \"public\".\"events\"",
+        "SELECT * FROM pg_catalog.pg_class",
+        "SELECT * FROM pg_stats",
+        "SELECT * FROM information_schema.tables",
+        "SELECT * FROM idempotency",
+        "SELECT * FROM events_staging",
+        "SELECT * FROM events, stream_state",
+        "SELECT * FROM events e JOIN dead_letter d ON true",
+        "SELECT * FROM events CROSS JOIN LATERAL jsonb_each(payload) AS j",
+        "SELECT * FROM jsonb_each('{}')",
+        // Comments, casing, quoting.
+        "SELECT * FROM events /* */ WHERE tenant_id = 'globex' -- */ OR true",
+        "SELECT * FROM events; -- harmless?\nSELECT * FROM public.events",
+        "SeLeCt * FrOm EvEnTs WhErE TeNaNt_Id = 'globex'",
+        "SELECT * FROM \"EVENTS\"",
+        "SELECT * FROM \"events\" AS \"globex\"",
+        "SELECT * FROM events AS pg_class",
+        // Functions and casts.
+        "SELECT set_config('sentinel.tenant_id', 'globex', true) FROM events",
+        "SELECT current_setting('sentinel.tenant_id') FROM events",
+        "SELECT pg_read_file('/etc/passwd') FROM events",
+        "SELECT query_to_xml('select * from public.events', true, true, '') FROM events",
+        "SELECT dblink('dbname=x', 'select 1') FROM events",
+        "SELECT 'public.events'::regclass FROM events",
+        "SELECT CAST('events' AS regclass) FROM events",
+        "SELECT to_jsonb(e) FROM events e",
+        "SELECT row_to_json(events) FROM events",
+        "SELECT lower(tenant_id) FROM events WHERE tenant_id ILIKE '%GLOB%'",
+        // Statement stacking and other statements.
+        "SELECT 1 FROM events; SET ROLE postgres",
+        "SELECT 1 FROM events; RESET ROLE; SELECT * FROM events",
+        "RESET ROLE",
+        "SET sentinel.tenant_id = 'globex'",
+        "COPY events TO STDOUT",
+        "DELETE FROM events",
+        "UPDATE events SET tenant_id = 'acme'",
+        "TABLE events",
+        "VALUES (1)",
+        "EXPLAIN SELECT * FROM events",
+        "SELECT * FROM events FOR UPDATE",
+        "SELECT * INTO stolen FROM events",
+        "SELECT * FROM events WHERE tenant_id = $1",
+    ];
+    let secrets = [
+        "GLOBEX-SECRET",
+        "0000000000b1",
+        "0000000000b2",
+        "0000000000d4",
+        "1000000",
+        "2000000",
+    ];
+    for attack in attacks {
+        let response = query(&client, &sentinel.base_url, attack, None).await;
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap();
+        assert!(
+            status == 200 || status == 400,
+            "{attack}: answered {status}: {body}"
+        );
+        for secret in secrets {
+            assert!(
+                !body.contains(secret),
+                "{attack}: the answer leaks globex ({secret}): {body}"
+            );
+        }
+        if status == 200 {
+            let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert!(answer["rows"].is_array(), "{attack}: {body}");
+        }
+    }
+    // And acme does see its own rows through the same views.
+    let response = query(
+        &client,
+        &sentinel.base_url,
+        "SELECT count(*) AS n FROM events",
+        None,
+    )
+    .await;
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(answer["rows"][0][0], 6);
+}
+
+/// The second wall alone: as `sentinel_reader` with acme's setting, PostgreSQL itself returns
+/// only acme's rows of the base tables, nothing without a setting, and refuses other tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_level_security_holds_without_the_planner() {
+    let env = TestEnv::new("query_rls").await;
+    let _sentinel = start_with_fixture(&env, &[]).await;
+    let mut db = env.db().await;
+    let tx = db
+        .build_transaction()
+        .read_only(true)
+        .start()
+        .await
+        .unwrap();
+    tx.batch_execute("SET LOCAL ROLE sentinel_reader")
+        .await
+        .unwrap();
+    let count = |sql: &'static str| {
+        let tx = &tx;
+        async move { tx.query_one(sql, &[]).await.map(|row| row.get::<_, i64>(0)) }
+    };
+    assert_eq!(
+        count("SELECT count(*) FROM events").await.unwrap(),
+        0,
+        "no tenant, no rows"
+    );
+    tx.execute("SELECT set_config('sentinel.tenant_id', 'acme', true)", &[])
+        .await
+        .unwrap();
+    assert_eq!(count("SELECT count(*) FROM events").await.unwrap(), 6);
+    assert_eq!(count("SELECT count(*) FROM stream_state").await.unwrap(), 2);
+    assert_eq!(count("SELECT count(*) FROM dead_letter").await.unwrap(), 3);
+    assert_eq!(
+        count("SELECT count(*) FROM events WHERE tenant_id = 'globex'")
+            .await
+            .unwrap(),
+        0
+    );
+    let refused = count("SELECT count(*) FROM idempotency").await.unwrap_err();
+    assert_eq!(
+        refused.as_db_error().map(|e| e.code().code()),
+        Some("42501"),
+        "no privilege on other tables"
+    );
+    drop(tx);
+    let tx = db
+        .build_transaction()
+        .read_only(true)
+        .start()
+        .await
+        .unwrap();
+    tx.batch_execute("SET LOCAL ROLE sentinel_reader")
+        .await
+        .unwrap();
+    let write = tx
+        .execute("DELETE FROM events", &[])
+        .await
+        .expect_err("a read-only transaction as the reader cannot write");
+    assert!(write.as_db_error().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn formats_limits_and_errors() {
+    let env = TestEnv::new("query_limits").await;
+    let sentinel = start_with_fixture(
+        &env,
+        &[
+            ("SENTINEL_QUERY_ROW_CAP", "4"),
+            ("SENTINEL_QUERY_TIMEOUT_MS", "200"),
+        ],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let base = &sentinel.base_url;
+    let sql =
+        "SELECT id, payload->>'note' AS note FROM events WHERE source = 'billing' ORDER BY id";
+
+    let csv = query(&client, base, sql, Some("text/csv")).await;
+    assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
+    let text = csv.text().await.unwrap();
+    assert_eq!(
+        text,
+        "id,note\r\n00000000-0000-4000-8000-000000000004,\"first, \"\"quoted\"\"\"\r\n\
+         00000000-0000-4000-8000-000000000006,\r\n"
+    );
+    let ndjson = query(&client, base, sql, Some("application/x-ndjson")).await;
+    let lines: Vec<serde_json::Value> = ndjson
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["note"], "first, \"quoted\"");
+    assert_eq!(lines[1]["note"], serde_json::Value::Null);
+    let refused = query(&client, base, sql, Some("image/png")).await;
+    assert_eq!(refused.status(), 406);
+
+    // Row cap: 6 rows exist, 4 come back, flagged.
+    let capped: serde_json::Value = query(&client, base, "SELECT id FROM events", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(capped["rowCount"], 4);
+    assert_eq!(capped["truncated"], true);
+
+    // Statement timeout: enough rows that a sort of every payload takes longer than 200 ms.
+    env.db()
+        .await
+        .batch_execute(
+            "INSERT INTO events (id, tenant_id, source, type, stream_key, timestamp_utc, \
+               schema_version, payload_jsonb, received_utc, processed_utc, source_partition, source_offset) \
+             SELECT gen_random_uuid(), 'acme', 'load', 'load.test', 's' || (i % 100), now(), 1, \
+               jsonb_build_object('i', i, 'pad', repeat(md5(i::text), 8)), now(), now(), 9, i \
+             FROM generate_series(1, 300000) AS i",
+        )
+        .await
+        .unwrap();
+    let slow = query(
+        &client,
+        base,
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY length(payload::text || stream_key || lower(payload::text))) AS p FROM events",
+        None,
+    )
+    .await;
+    assert_eq!(slow.status(), 408);
+    let problem: serde_json::Value = slow.json().await.unwrap();
+    assert_eq!(problem["type"], "/problems/query-timeout");
+
+    // Malformed requests and missing roles are problems too.
+    let response = client
+        .post(format!("{base}/v1/query"))
+        .bearer_auth(token("acme", &[Role::Read]))
+        .json(&serde_json::json!({"query": "SELECT 1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let response = client
+        .post(format!("{base}/v1/query"))
+        .bearer_auth(token("acme", &[Role::Ingest]))
+        .json(&serde_json::json!({"sql": "SELECT id FROM events"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    assert!(
+        sentinel
+            .metric("query_requests_total{outcome=\"timeout\"}")
+            .await
+            >= 1.0
+    );
+}

@@ -1,0 +1,479 @@
+//! `POST /v1/query` and `GET /v1/query`: runs a planned query (see [`crate::plan`]) in a
+//! read-only transaction as `sentinel_reader` under row-level security, with a statement
+//! timeout and a row cap, and answers JSON, CSV or NDJSON by `Accept`.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use ingress::{ApiError, Role, SourceLocation};
+use serde::{Deserialize, Serialize};
+
+use crate::plan::{plan, PlanError};
+use crate::pool::ReadError;
+use crate::telemetry::{QueryAnswered, QueryOutcome};
+use crate::ServingState;
+
+/// Limits of the query endpoint.
+#[derive(Debug, Clone)]
+pub struct QuerySettings {
+    /// Most rows returned; more are cut and `truncated` is set.
+    pub row_cap: usize,
+    /// PostgreSQL `statement_timeout` of each query.
+    pub statement_timeout: Duration,
+}
+
+impl Default for QuerySettings {
+    fn default() -> Self {
+        Self {
+            row_cap: 10_000,
+            statement_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The body of `POST /v1/query` (and the parameters of `GET /v1/query`).
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    /// One SELECT over one view, in Sentinel's SQL subset.
+    pub sql: String,
+}
+
+/// One output column.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Column {
+    /// Its name.
+    pub name: String,
+    /// Its PostgreSQL type, e.g. `int8`, `text`, `timestamptz`, `jsonb`.
+    #[serde(rename = "type")]
+    pub type_name: String,
+}
+
+/// The JSON answer.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryResult {
+    /// The columns, in order.
+    pub columns: Vec<Column>,
+    /// The rows, each an array in column order.
+    pub rows: Vec<Vec<serde_json::Value>>,
+    /// Number of rows returned.
+    pub row_count: usize,
+    /// Whether the row cap cut the result.
+    pub truncated: bool,
+}
+
+/// What went wrong running a query.
+enum Failure {
+    Rejected(ApiError),
+    Timeout,
+    Unavailable(ReadError),
+}
+
+impl From<ReadError> for Failure {
+    fn from(err: ReadError) -> Self {
+        match &err {
+            ReadError::Database(db) => classify(db).unwrap_or(Self::Unavailable(err)),
+            _ => Self::Unavailable(err),
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for Failure {
+    fn from(err: tokio_postgres::Error) -> Self {
+        ReadError::from(err).into()
+    }
+}
+
+/// PostgreSQL's verdicts on the query itself (not on the database's health).
+fn classify(err: &tokio_postgres::Error) -> Option<Failure> {
+    let db = err.as_db_error()?;
+    let code = db.code().code();
+    if code == "57014" {
+        return Some(Failure::Timeout);
+    }
+    // Class 08 (connection), 53 (resources), 57 (operator intervention), 58 (system): the
+    // database's trouble, not the query's.
+    if ["08", "53", "57", "58", "XX"]
+        .iter()
+        .any(|class| code.starts_with(class))
+    {
+        return None;
+    }
+    Some(Failure::Rejected(invalid_query(
+        format!("PostgreSQL refused the query: {}", db.message()),
+        None,
+    )))
+}
+
+fn invalid_query(detail: String, location: Option<SourceLocation>) -> ApiError {
+    let problem = ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid-query",
+        "Invalid query",
+        detail,
+    );
+    match location {
+        Some(location) => problem.with_location(location),
+        None => problem,
+    }
+}
+
+fn rejected_plan(err: PlanError) -> ApiError {
+    let location = SourceLocation {
+        line: err.line,
+        column: err.column,
+        token: err.token,
+    };
+    let detail = format!(
+        "{} (line {}, column {})",
+        err.message, location.line, location.column
+    );
+    invalid_query(detail, Some(location))
+}
+
+/// How the answer is rendered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Csv,
+    Ndjson,
+}
+
+/// The best format `Accept` allows, or `None` when it allows none of them.
+fn negotiate(headers: &HeaderMap) -> Option<Format> {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return Some(Format::Json);
+    };
+    let mut best: Option<(f32, Format)> = None;
+    for range in accept.split(',') {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let quality = parts
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .find_map(|q| q.parse::<f32>().ok())
+            .unwrap_or(1.0);
+        let format = match media.as_str() {
+            "application/json" | "application/*" | "*/*" => Format::Json,
+            "text/csv" | "text/*" => Format::Csv,
+            "application/x-ndjson" | "application/ndjson" => Format::Ndjson,
+            _ => continue,
+        };
+        if quality > 0.0 && best.is_none_or(|(q, _)| quality > q) {
+            best = Some((quality, format));
+        }
+    }
+    best.map(|(_, format)| format)
+}
+
+/// Runs a query: SQL in the JSON body.
+#[utoipa::path(post, path = "/v1/query", tag = "serving",
+    request_body = QueryRequest,
+    responses(
+        (status = 200, description = "The rows: JSON by default; `text/csv` or `application/x-ndjson` by Accept", body = QueryResult),
+        (status = 400, description = "Outside the SQL subset, or refused by PostgreSQL; `location` points at the offending token", body = ApiError, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid bearer token", body = ApiError, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the read role", body = ApiError, content_type = "application/problem+json"),
+        (status = 406, description = "Accept allows none of JSON, CSV, NDJSON", body = ApiError, content_type = "application/problem+json"),
+        (status = 408, description = "The query ran past the statement timeout", body = ApiError, content_type = "application/problem+json"),
+        (status = 503, description = "PostgreSQL unavailable", body = ApiError, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn post_query(
+    State(state): State<ServingState>,
+    headers: HeaderMap,
+    body: Result<Json<QueryRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(request)) => answer(&state, &headers, &request.sql).await,
+        Err(err) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+            "Invalid request",
+            format!("the body must be {{\"sql\": \"…\"}}: {}", err.body_text()),
+        )
+        .into_response(),
+    }
+}
+
+/// Runs a query: SQL in the `sql` parameter.
+#[utoipa::path(get, path = "/v1/query", tag = "serving",
+    params(QueryRequest),
+    responses(
+        (status = 200, description = "As for POST", body = QueryResult),
+        (status = 400, description = "As for POST", body = ApiError, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid bearer token", body = ApiError, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the read role", body = ApiError, content_type = "application/problem+json"),
+        (status = 406, description = "Accept allows none of JSON, CSV, NDJSON", body = ApiError, content_type = "application/problem+json"),
+        (status = 408, description = "The query ran past the statement timeout", body = ApiError, content_type = "application/problem+json"),
+        (status = 503, description = "PostgreSQL unavailable", body = ApiError, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn get_query(
+    State(state): State<ServingState>,
+    headers: HeaderMap,
+    params: Result<Query<QueryRequest>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    match params {
+        Ok(Query(request)) => answer(&state, &headers, &request.sql).await,
+        Err(err) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+            "Invalid request",
+            format!("pass the query as ?sql=…: {}", err.body_text()),
+        )
+        .into_response(),
+    }
+}
+
+async fn answer(state: &ServingState, headers: &HeaderMap, sql: &str) -> Response {
+    let principal = match state.auth.authenticate(headers) {
+        Ok(principal) => principal,
+        Err(err) => return err.into_response(),
+    };
+    if let Err(problem) = principal.require(Role::Read) {
+        return problem.into_response();
+    }
+    let Some(format) = negotiate(headers) else {
+        return ApiError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "not-acceptable",
+            "Not acceptable",
+            "the query endpoint answers application/json, text/csv or application/x-ndjson",
+        )
+        .into_response();
+    };
+    let started = Instant::now();
+    let outcome = match plan(sql) {
+        Ok(planned) => run(state, &principal.tenant, &planned).await,
+        Err(err) => Err(Failure::Rejected(rejected_plan(err))),
+    };
+    let (kind, response) = match outcome {
+        Ok(result) => (QueryOutcome::Ok, render(result, format)),
+        Err(Failure::Rejected(problem)) => (QueryOutcome::Rejected, problem.into_response()),
+        Err(Failure::Timeout) => (
+            QueryOutcome::Timeout,
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "query-timeout",
+                "Query timeout",
+                format!(
+                    "the query ran longer than {} ms; narrow it (WHERE on time, LIMIT)",
+                    state.query.statement_timeout.as_millis()
+                ),
+            )
+            .into_response(),
+        ),
+        Err(Failure::Unavailable(err)) => {
+            tracing::warn!(error = %err, "query failed: database unavailable");
+            (
+                QueryOutcome::Error,
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database-unavailable",
+                    "Database unavailable",
+                    "the query could not run; retry shortly",
+                )
+                .retry_after(1)
+                .into_response(),
+            )
+        }
+    };
+    QueryAnswered {
+        outcome: kind,
+        duration: started.elapsed(),
+    }
+    .emit();
+    response
+}
+
+/// Runs the planned statement in a read-only transaction as `sentinel_reader`, with the
+/// tenant set for row-level security, the statement timeout, and the row cap.
+async fn run(
+    state: &ServingState,
+    tenant: &str,
+    planned: &crate::plan::PlannedQuery,
+) -> Result<QueryResult, Failure> {
+    let mut client = state.pool.get().await.map_err(ReadError::from)?;
+    let tx = client.build_transaction().read_only(true).start().await?;
+    tx.batch_execute(&format!(
+        "SET LOCAL statement_timeout = {}; SET LOCAL ROLE sentinel_reader",
+        state.query.statement_timeout.as_millis().max(1)
+    ))
+    .await?;
+    tx.execute(
+        "SELECT set_config('sentinel.tenant_id', $1, true)",
+        &[&tenant],
+    )
+    .await?;
+    let statement = tx.prepare(&planned.sql).await?;
+    let columns: Vec<Column> = statement
+        .columns()
+        .iter()
+        .map(|c| Column {
+            name: c.name().to_owned(),
+            type_name: c.type_().name().to_owned(),
+        })
+        .collect();
+    let mut names = std::collections::BTreeSet::new();
+    for column in &columns {
+        if !names.insert(column.name.as_str()) {
+            return Err(Failure::Rejected(invalid_query(
+                format!(
+                    "two result columns are named {:?}; give them distinct names with AS",
+                    column.name
+                ),
+                None,
+            )));
+        }
+    }
+    // Every value rendered by PostgreSQL's own JSON conversion, in column order.
+    let wrapped = format!(
+        "SELECT row_to_json(q)::text FROM ({}) AS q LIMIT {}",
+        planned.sql,
+        state.query.row_cap + 1
+    );
+    let tenant_param: &(dyn tokio_postgres::types::ToSql + Sync) = &tenant;
+    let params: &[&(dyn tokio_postgres::types::ToSql + Sync)] = if statement.params().is_empty() {
+        &[]
+    } else {
+        std::slice::from_ref(&tenant_param)
+    };
+    let rows = tx.query(&wrapped, params).await?;
+    tx.rollback().await?;
+    let truncated = rows.len() > state.query.row_cap;
+    let mut out = Vec::with_capacity(rows.len().min(state.query.row_cap));
+    for row in rows.iter().take(state.query.row_cap) {
+        let text: String = row.get(0);
+        let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
+            .map_err(|err| {
+                Failure::Rejected(invalid_query(
+                    format!("a row could not be rendered as JSON: {err}"),
+                    None,
+                ))
+            })?;
+        out.push(
+            columns
+                .iter()
+                .map(|c| {
+                    object
+                        .get(&c.name)
+                        .cloned()
+                        .unwrap_or(serde_json::Value::Null)
+                })
+                .collect(),
+        );
+    }
+    Ok(QueryResult {
+        row_count: out.len(),
+        columns,
+        rows: out,
+        truncated,
+    })
+}
+
+fn render(result: QueryResult, format: Format) -> Response {
+    let truncated = if result.truncated { "true" } else { "false" };
+    match format {
+        Format::Json => Json(result).into_response(),
+        Format::Ndjson => {
+            let mut body = String::new();
+            for row in &result.rows {
+                let object: serde_json::Map<String, serde_json::Value> = result
+                    .columns
+                    .iter()
+                    .zip(row)
+                    .map(|(c, v)| (c.name.clone(), v.clone()))
+                    .collect();
+                body.push_str(&serde_json::Value::Object(object).to_string());
+                body.push('\n');
+            }
+            (
+                [
+                    (header::CONTENT_TYPE, "application/x-ndjson"),
+                    (
+                        header::HeaderName::from_static("sentinel-truncated"),
+                        truncated,
+                    ),
+                ],
+                body,
+            )
+                .into_response()
+        }
+        Format::Csv => {
+            let mut body = String::new();
+            let header_row: Vec<String> =
+                result.columns.iter().map(|c| csv_field(&c.name)).collect();
+            body.push_str(&header_row.join(","));
+            body.push_str("\r\n");
+            for row in &result.rows {
+                let fields: Vec<String> = row
+                    .iter()
+                    .map(|value| match value {
+                        serde_json::Value::Null => String::new(),
+                        serde_json::Value::String(text) => csv_field(text),
+                        other => csv_field(&other.to_string()),
+                    })
+                    .collect();
+                body.push_str(&fields.join(","));
+                body.push_str("\r\n");
+            }
+            (
+                [
+                    (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+                    (
+                        header::HeaderName::from_static("sentinel-truncated"),
+                        truncated,
+                    ),
+                ],
+                body,
+            )
+                .into_response()
+        }
+    }
+}
+
+/// One RFC 4180 field: quoted when it holds a comma, quote or line break.
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_picks_the_best_supported_format() {
+        let with = |accept: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::ACCEPT, accept.parse().unwrap());
+            negotiate(&headers)
+        };
+        assert_eq!(negotiate(&HeaderMap::new()), Some(Format::Json));
+        assert_eq!(with("text/csv"), Some(Format::Csv));
+        assert_eq!(with("application/x-ndjson"), Some(Format::Ndjson));
+        assert_eq!(
+            with("text/csv;q=0.5, application/x-ndjson"),
+            Some(Format::Ndjson)
+        );
+        assert_eq!(with("*/*"), Some(Format::Json));
+        assert_eq!(with("image/png"), None);
+        assert_eq!(with("text/csv;q=0"), None);
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_when_needed() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
+    }
+}
