@@ -66,11 +66,20 @@ async fn refresh(
         )
         .await
         .context("reading committed positions")?;
-    let partitions: Vec<i32> = rows.iter().map(|row| row.get(0)).collect();
+    let committed: Vec<i32> = rows.iter().map(|row| row.get(0)).collect();
     let watermarks: BTreeMap<i32, i64> = match consumer {
         Some(consumer) => {
             let topic = raw_topic.to_owned();
             tokio::task::spawn_blocking(move || {
+                // Every partition the broker knows, read or not yet.
+                let mut partitions: std::collections::BTreeSet<i32> =
+                    committed.into_iter().collect();
+                if let Ok(metadata) = consumer.fetch_metadata(Some(&topic), Duration::from_secs(2))
+                {
+                    for described in metadata.topics().iter().filter(|t| t.name() == topic) {
+                        partitions.extend(described.partitions().iter().map(|p| p.id()));
+                    }
+                }
                 partitions
                     .into_iter()
                     .filter_map(|p| {
@@ -87,11 +96,14 @@ async fn refresh(
         None => BTreeMap::new(),
     };
     let now = Instant::now();
-    for row in &rows {
-        let partition: i32 = row.get(0);
-        let next_offset: i64 = row.get(1);
-        let dlq_total: i64 = row.get(2);
-        let last_age: Option<f64> = row.get(3);
+    let mut samples: BTreeMap<i32, (i64, i64, Option<f64>)> = rows
+        .iter()
+        .map(|row| (row.get(0), (row.get(1), row.get(2), row.get(3))))
+        .collect();
+    for partition in watermarks.keys() {
+        samples.entry(*partition).or_insert((0, 0, None));
+    }
+    for (partition, (next_offset, dlq_total, last_age)) in samples {
         let high_watermark = watermarks.get(&partition).copied();
         let lag_records = high_watermark.map(|high| (high - next_offset).max(0));
         // Behind means the last committed record is as old as the lag; caught up means none.

@@ -71,6 +71,7 @@ async fn a_fixed_dead_letter_replays_into_events_exactly_once() {
             &[
                 ("SENTINEL_SCHEMA_DIR", &dir_text),
                 ("SENTINEL_SCHEMA_RELOAD_SECONDS", "1"),
+                ("SENTINEL_HEALTH_INTERVAL_MS", "300"),
             ],
         )
         .await;
@@ -300,4 +301,27 @@ async fn a_fixed_dead_letter_replays_into_events_exactly_once() {
             .await
             >= 3.0
     );
+
+    // pipeline_health, maintained by the dataflow, agrees: 10 records consumed, 4 dead letters,
+    // nothing left to read, 4 partitions.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let response = client
+            .post(format!("{base}/v1/query"))
+            .bearer_auth(&reader)
+            .json(
+                &serde_json::json!({"sql": "SELECT sum(next_offset) AS consumed, \
+                sum(dlq_total) AS dead, max(lag_records) AS lag, count(*) AS partitions \
+                FROM pipeline_health"}),
+            )
+            .send()
+            .await
+            .unwrap();
+        let answer: serde_json::Value = response.json().await.unwrap();
+        if answer["rows"][0] == serde_json::json!([10, 4, 0, 4]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pipeline_health: {answer}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
