@@ -382,3 +382,79 @@ async fn formats_limits_and_errors() {
             >= 1.0
     );
 }
+
+/// `GET /v1/slo` against samples whose answers were worked out by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slo_status_matches_hand_computed_fixtures() {
+    let env = TestEnv::new("slo_math").await;
+    let sentinel = env.start("ingress", "ingress").await;
+    // (age, ingestion good/total, freshness good/total): 2 min, 3 h, 2 d, 10 d (outside SLO B's
+    // 7 days), 40 d (outside both).
+    env.db()
+        .await
+        .batch_execute(
+            "INSERT INTO slo_samples (window_start_utc, ingestion_good, ingestion_total, \
+               freshness_good, freshness_total) VALUES \
+             (date_trunc('minute', now()) - interval '2 minutes', 990, 1000, 95, 100), \
+             (date_trunc('minute', now()) - interval '3 hours', 1000, 1000, 100, 100), \
+             (date_trunc('minute', now()) - interval '2 days', 998, 1000, 90, 100), \
+             (date_trunc('minute', now()) - interval '10 days', 1000, 1000, 0, 100), \
+             (date_trunc('minute', now()) - interval '40 days', 0, 1000, 0, 100)",
+        )
+        .await
+        .unwrap();
+    let report: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/v1/slo", sentinel.base_url))
+        .bearer_auth(token("acme", &[Role::Read]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let close = |value: &serde_json::Value, expected: f64| {
+        value.as_f64().is_some_and(|v| (v - expected).abs() < 1e-9)
+    };
+    let a = &report["objectives"][0];
+    assert_eq!(
+        (a["good"].as_i64(), a["total"].as_i64()),
+        (Some(3988), Some(4000))
+    );
+    // 12 bad of 4000 = 0.3% against an allowance of 0.1%.
+    assert!(close(&a["compliance"], 0.997), "{a}");
+    assert!(close(&a["errorBudgetRemaining"], -2.0), "{a}");
+    for (window, burn) in [
+        ("5m", 10.0),
+        ("30m", 10.0),
+        ("1h", 10.0),
+        ("6h", 5.0),
+        ("1d", 5.0),
+        ("3d", 4.0),
+    ] {
+        assert!(
+            close(&a["burnRates"][window], burn),
+            "SLO A burn {window}: {a}"
+        );
+    }
+    let b = &report["objectives"][1];
+    assert_eq!(
+        (b["good"].as_i64(), b["total"].as_i64()),
+        (Some(285), Some(300))
+    );
+    // 15 late of 300 = 5% against an allowance of 1%.
+    assert!(close(&b["compliance"], 0.95), "{b}");
+    assert!(close(&b["errorBudgetRemaining"], -4.0), "{b}");
+    for (window, burn) in [
+        ("5m", 5.0),
+        ("30m", 5.0),
+        ("1h", 5.0),
+        ("6h", 2.5),
+        ("1d", 2.5),
+        ("3d", 5.0),
+    ] {
+        assert!(
+            close(&b["burnRates"][window], burn),
+            "SLO B burn {window}: {b}"
+        );
+    }
+}
