@@ -39,7 +39,7 @@ use std::ops::ControlFlow;
 use sqlparser::ast::{
     Distinct, Expr, GroupByExpr, Ident, LimitClause, ObjectName, ObjectNamePart, Offset, OrderBy,
     OrderByKind, Query, Select, SelectFlavor, SelectItem, SelectItemQualifiedWildcardKind, SetExpr,
-    SetOperator, SetQuantifier, Spanned, TableAlias, TableFactor, TableWithJoins, Value,
+    SetOperator, SetQuantifier, Spanned, Statement, TableAlias, TableFactor, TableWithJoins, Value,
     ValueWithSpan, Visit, Visitor, WildcardAdditionalOptions,
 };
 use sqlparser::dialect::PostgreSqlDialect;
@@ -71,8 +71,8 @@ pub struct PlannedQuery {
 
 impl PlannedQuery {
     /// Whether [`sql`](Self::sql) has the `$1` parameter: true when it reads a tenant-scoped
-    /// view. A query over global views only (`slo_samples`, `pipeline_health`) has none, and
-    /// PostgreSQL refuses a parameter it does not use.
+    /// view. A query over global views only (`slo_samples`, `pipeline_health`) has none, so the
+    /// tenant must not be bound (the statement takes no parameter).
     pub fn binds_tenant(&self) -> bool {
         self.views
             .iter()
@@ -134,13 +134,40 @@ pub fn plan(sql: &str) -> Result<PlannedQuery, PlanError> {
         ));
     }
     let (source, tokens) = Source::tokenize(sql)?;
+    if let Some(placeholder) = tokens
+        .iter()
+        .find(|t| matches!(t.token, Token::Placeholder(_)))
+    {
+        return Err(source.error(
+            placeholder.span.start,
+            format!(
+                "parameters such as {} are not allowed: write values as literals (the server binds the tenant itself)",
+                placeholder.token
+            ),
+        ));
+    }
     let mut query = parse_one_query(&source, tokens)?;
     check_depth(&source, &query)?;
     let view = Planner { source: &source }.query(&mut query)?;
+    let sql = query.to_string();
+    reads_back_as(&sql, &query)?;
     Ok(PlannedQuery {
-        sql: query.to_string(),
+        sql,
         views: vec![view.name],
     })
+}
+
+/// Defence in depth: the rendered text must parse back to exactly the tree that was checked, so
+/// that nothing in the rendering (a `--` formed by two tokens, say) changes what runs.
+fn reads_back_as(sql: &str, checked: &Query) -> Result<(), PlanError> {
+    match Parser::parse_sql(&PostgreSqlDialect {}, sql).as_deref() {
+        Ok([Statement::Query(query)]) if **query == *checked => Ok(()),
+        _ => Err(PlanError::new(
+            "internal error: the rewritten query does not read back as planned".to_string(),
+            Location::new(1, 1),
+            None,
+        )),
+    }
 }
 
 /// Parses exactly one query: a `SELECT` (or what the parser reads as a query), then at most one `;`.
@@ -226,7 +253,7 @@ fn check_depth(source: &Source, query: &Query) -> Result<(), PlanError> {
 }
 
 /// What names mean in one query: the view `FROM` reads and the select list's aliases.
-pub(crate) struct Scope {
+struct Scope {
     view: &'static ViewDef,
     /// The name columns may be qualified with: the `FROM` alias, else the view's name (normalised).
     qualifier: String,
@@ -870,7 +897,7 @@ fn definition(view: &ViewDef) -> Result<Query, PlanError> {
 
 /// An identifier as PostgreSQL resolves it: unquoted ones fold to lower case (ASCII only),
 /// double-quoted ones are exact. `None` for other quote styles.
-pub(crate) fn normalize(ident: &Ident) -> Option<String> {
+fn normalize(ident: &Ident) -> Option<String> {
     match ident.quote_style {
         None => Some(ident.value.to_ascii_lowercase()),
         Some('"') => Some(ident.value.clone()),

@@ -112,7 +112,8 @@ impl<'a> Exprs<'a> {
     /// in an expression, replaces each alias by what it names.
     ///
     /// This recurses once per level of the tree, so each arm hands its work to a method of its
-    /// own and the frame stays small (the depth is bounded by [`super::MAX_EXPR_DEPTH`]).
+    /// own, kept out of line, and the frame stays small (the depth is bounded by
+    /// [`super::MAX_EXPR_DEPTH`]).
     pub(super) fn check(&mut self, expr: &mut Expr) -> Result<(), PlanError> {
         if let Some(at) = shallow_start(expr) {
             self.here = at;
@@ -279,6 +280,7 @@ impl<'a> Exprs<'a> {
         exprs.into_iter().try_for_each(|expr| self.check(expr))
     }
 
+    #[inline(never)]
     fn binary(
         &mut self,
         left: &mut Expr,
@@ -298,6 +300,7 @@ impl<'a> Exprs<'a> {
         self.check(right)
     }
 
+    #[inline(never)]
     fn unary(&mut self, op: &UnaryOperator, inner: &mut Expr) -> Result<(), PlanError> {
         match op {
             UnaryOperator::Not | UnaryOperator::Minus | UnaryOperator::Plus => self.check(inner),
@@ -311,6 +314,7 @@ impl<'a> Exprs<'a> {
         }
     }
 
+    #[inline(never)]
     fn in_list(
         &mut self,
         inner: &mut Expr,
@@ -336,6 +340,7 @@ impl<'a> Exprs<'a> {
         }
     }
 
+    #[inline(never)]
     fn like(
         &mut self,
         any: bool,
@@ -359,6 +364,7 @@ impl<'a> Exprs<'a> {
         self.check(pattern)
     }
 
+    #[inline(never)]
     fn cast(
         &mut self,
         kind: &CastKind,
@@ -389,6 +395,7 @@ impl<'a> Exprs<'a> {
         Ok(())
     }
 
+    #[inline(never)]
     fn typed_string(&self, typed: &TypedString) -> Result<(), PlanError> {
         let TypedString {
             data_type,
@@ -414,6 +421,7 @@ impl<'a> Exprs<'a> {
         )
     }
 
+    #[inline(never)]
     fn interval(&self, interval: &Interval) -> Result<(), PlanError> {
         let Interval {
             value,
@@ -439,6 +447,7 @@ impl<'a> Exprs<'a> {
         }
     }
 
+    #[inline(never)]
     fn extract(
         &mut self,
         field: &DateTimeField,
@@ -460,6 +469,7 @@ impl<'a> Exprs<'a> {
         self.check(inner)
     }
 
+    #[inline(never)]
     fn ceil_floor(&mut self, inner: &mut Expr, field: &CeilFloorKind) -> Result<(), PlanError> {
         match field {
             CeilFloorKind::DateTimeField(DateTimeField::NoDateTime) => self.check(inner),
@@ -467,6 +477,7 @@ impl<'a> Exprs<'a> {
         }
     }
 
+    #[inline(never)]
     fn case(
         &mut self,
         operand: &mut Option<Box<Expr>>,
@@ -594,6 +605,7 @@ impl<'a> Exprs<'a> {
     }
 
     /// A call of an allowed function; returns the replacement of `time_bucket`.
+    #[inline(never)]
     fn function(&mut self, function: &mut Function) -> Result<Option<Expr>, PlanError> {
         let Function {
             name,

@@ -421,6 +421,8 @@ fn limit_and_offset() {
         .sql
         .ends_with("ORDER BY timestamp_utc DESC LIMIT 100 OFFSET 20"));
     accept("select * from events limit 0");
+    accept("select * from events limit all");
+    accept("select * from events offset 5 rows");
     accept("select * from events offset 5");
 }
 
@@ -899,7 +901,12 @@ fn parameters_are_refused() {
     reject_at(
         "select * from events limit $2",
         "$2",
-        "LIMIT takes a non-negative integer literal",
+        "parameters such as $2 are not allowed",
+    );
+    reject_at(
+        "select $1::text from events",
+        "$1",
+        "parameters such as $1 are not allowed",
     );
 }
 
@@ -1084,6 +1091,33 @@ fn limits_protect_the_stack() {
     // Just under the depth limit is fine.
     let chain = vec!["source_offset"; MAX_EXPR_DEPTH / 2].join(" + ");
     accept(&format!("select {chain} from events"));
+}
+
+#[test]
+fn locations_count_lines_and_characters() {
+    let sql = "select 'é', type\nfrom events\nwhere  nope = 1";
+    let e = reject_at(sql, "nope", "unknown column \"nope\"");
+    assert_eq!((e.line, e.column), (3, 8));
+    let e = reject_at("select 'ü', x.type from events", "x", "unknown table \"x\"");
+    assert_eq!((e.line, e.column), (1, 13));
+}
+
+#[test]
+fn a_parenthesised_query_is_refused() {
+    reject_at(
+        "(select * from events)",
+        "(",
+        "a parenthesised query is not supported",
+    );
+}
+
+#[test]
+fn the_rendering_must_read_back_as_the_checked_tree() {
+    let checked = super::definition(&VIEWS[0]).expect("the definition parses");
+    assert!(super::reads_back_as(VIEWS[0].definition, &checked).is_ok());
+    let e = super::reads_back_as("SELECT 1 --1 FROM events", &checked).unwrap_err();
+    assert!(e.message.starts_with("internal error"), "{e}");
+    assert!(super::reads_back_as("SELECT 1; SELECT 2", &checked).is_err());
 }
 
 #[test]
