@@ -24,6 +24,7 @@ use operators::headers::{format_received_at, RecordHeaders};
 use operators::trace_context::TraceContext;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::auth::{Principal, Role};
 use crate::idempotency::{ClaimKey, ClaimOutcome, StoreUnavailable};
@@ -490,7 +491,12 @@ async fn write_owned(state: &IngressState, submission: Submission) -> Result<Ing
         )
         .await;
     match published {
-        Ok(_) => {
+        Ok(ack) => {
+            tracing::debug!(
+                partition = ack.partition,
+                offset = ack.offset,
+                "event acknowledged by the broker"
+            );
             let accepted = Accepted {
                 event_id: envelope.event_id,
                 received_at_utc: format_received_at(&received_at),
@@ -514,6 +520,22 @@ async fn write_owned(state: &IngressState, submission: Submission) -> Result<Ing
             Err(publish_problem(err))
         }
     }
+}
+
+/// The span of one event's receive hop: its trace position and identity, for every log line
+/// written while the event is handled.
+fn receive_span(submission: &Submission) -> tracing::Span {
+    tracing::info_span!(
+        "gateway.receive",
+        trace_id = %submission.trace.trace_id_hex(),
+        span_id = %submission.trace.span_id_hex(),
+        tenant_id = %submission.key.tenant_id,
+        event_id = %submission.envelope.event_id,
+        idempotency_key = %submission.key.key,
+        stream_key = %submission.envelope.stream_key,
+        source = %submission.envelope.source,
+        event_type = %submission.envelope.event_type,
+    )
 }
 
 /// Validates one event document against the contract and the caller's tenant.
@@ -629,11 +651,15 @@ pub async fn post_event(
     let Ok(permit) = Arc::clone(&state.inner.in_flight).try_acquire_owned() else {
         return overloaded_problem().into_response();
     };
-    let task = tokio::spawn(async move {
-        let outcome = ingest(state, submission).await;
-        drop(permit);
-        outcome
-    });
+    let span = receive_span(&submission);
+    let task = tokio::spawn(
+        async move {
+            let outcome = ingest(state, submission).await;
+            drop(permit);
+            outcome
+        }
+        .instrument(span),
+    );
     match task.await {
         Ok(Ok(ingested)) => ingested.into_response(),
         Ok(Err(problem)) => problem.into_response(),
@@ -845,7 +871,12 @@ pub async fn post_batch(
         .into_iter()
         .map(|(slot, line, submission)| {
             let state = state.clone();
-            (slot, line, tokio::spawn(ingest(state, submission)))
+            let span = receive_span(&submission);
+            (
+                slot,
+                line,
+                tokio::spawn(ingest(state, submission).instrument(span)),
+            )
         })
         .collect();
     for (slot, line, task) in tasks {

@@ -447,6 +447,16 @@ pub struct Settings {
         global = true
     )]
     pub log_format: LogFormat,
+
+    /// Log fields whose values are replaced by a short digest (comma-separated contract names,
+    /// e.g. `idempotencyKey,streamKey`). Payloads are never logged.
+    #[arg(
+        long,
+        env = "SENTINEL_LOG_MASK_FIELDS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub log_mask_fields: Vec<String>,
 }
 
 /// librdkafka properties given on the command line or in the environment.

@@ -6,6 +6,7 @@ mod dataflow;
 mod dead_letter_topic;
 mod health;
 mod kafka_source;
+mod logging;
 mod schemas;
 mod server;
 mod topics;
@@ -25,25 +26,40 @@ use crate::dataflow::DataflowContext;
 use crate::kafka_source::SourceSettings;
 use crate::server::Readiness;
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, service: String, masked: Vec<String>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(filter)
+            .with(logging::JsonLogLayer::new(service, masked))
             .init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
     }
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.settings.log_format);
+    let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| {
+        let role = match &cli.command {
+            Command::Migrate => "migrate",
+            Command::Up => "up",
+            Command::Ingress => "ingress",
+            Command::Process => "process",
+            Command::Token(_) => "token",
+        };
+        format!("sentinel-{role}")
+    });
+    init_logging(
+        cli.settings.log_format,
+        service,
+        cli.settings.log_mask_fields.clone(),
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("sentinel-io")

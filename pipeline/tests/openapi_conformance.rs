@@ -100,6 +100,12 @@ async fn real_responses_match_the_openapi_document() {
         "/health",
         "/ready",
         "/openapi.json",
+        "/v1/slo",
+        "/v1/stream",
+        "/v1/query",
+        "/v1/dead-letters",
+        "/v1/dead-letters/{id}",
+        "/v1/dead-letters/replay",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is not documented");
     }
@@ -220,6 +226,102 @@ async fn real_responses_match_the_openapi_document() {
         .unwrap();
     checker.check("/v1/slo", "get", slo).await;
 
+    // The read side: queries (rows, a rejection with its location, GET), dead letters, replay.
+    let post_query = |sql: &str| {
+        client
+            .post(format!("{base}/v1/query"))
+            .bearer_auth(&reader)
+            .json(&serde_json::json!({ "sql": sql }))
+            .send()
+    };
+    let rows = checker
+        .check(
+            "/v1/query",
+            "post",
+            post_query("SELECT type, count(*) AS n FROM events GROUP BY type")
+                .await
+                .unwrap(),
+        )
+        .await;
+    assert!(rows["rows"].is_array());
+    let rejected = checker
+        .check(
+            "/v1/query",
+            "post",
+            post_query("SELECT * FROM pg_class").await.unwrap(),
+        )
+        .await;
+    assert!(problem_types.contains(&rejected["type"].as_str().unwrap()));
+    assert_eq!(rejected["location"]["token"], "pg_class");
+    checker
+        .check(
+            "/v1/query",
+            "get",
+            client
+                .get(format!("{base}/v1/query"))
+                .query(&[("sql", "SELECT count(*) AS n FROM stream_state")])
+                .bearer_auth(&reader)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+    let list = checker
+        .check(
+            "/v1/dead-letters",
+            "get",
+            client
+                .get(format!("{base}/v1/dead-letters?limit=5"))
+                .bearer_auth(&reader)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+    assert!(list["items"].is_array());
+    let missing = checker
+        .check(
+            "/v1/dead-letters/{id}",
+            "get",
+            client
+                .get(format!("{base}/v1/dead-letters/999999"))
+                .bearer_auth(&reader)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+    assert!(problem_types.contains(&missing["type"].as_str().unwrap()));
+    checker
+        .check(
+            "/v1/dead-letters/replay",
+            "post",
+            client
+                .post(format!("{base}/v1/dead-letters/replay"))
+                .bearer_auth(token("acme", &[ingress::Role::Admin]))
+                .json(
+                    &serde_json::json!({"filter": {"reason": "schema_violation"}, "dryRun": true}),
+                )
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+    let stream_problem = checker
+        .check(
+            "/v1/stream",
+            "get",
+            client
+                .get(format!("{base}/v1/stream"))
+                .bearer_auth(&reader)
+                .header("last-event-id", "nonsense")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+    assert!(problem_types.contains(&stream_problem["type"].as_str().unwrap()));
+
     checker
         .check(
             "/health",
@@ -258,6 +360,13 @@ async fn real_responses_match_the_openapi_document() {
         "post /v1/events:batch 200",
         "post /v1/events:batch 429",
         "get /v1/slo 200",
+        "post /v1/query 200",
+        "post /v1/query 400",
+        "get /v1/query 200",
+        "get /v1/dead-letters 200",
+        "get /v1/dead-letters/{id} 404",
+        "post /v1/dead-letters/replay 200",
+        "get /v1/stream 400",
     ] {
         assert!(
             statuses.iter().any(|s| *s == expected),

@@ -272,6 +272,7 @@ async fn commit_bulk(
     tx.commit()
         .await
         .map_err(SinkError::statement("committing a batch"))?;
+    log_dead_letters(&conflicts);
     Ok(report)
 }
 
@@ -348,7 +349,28 @@ async fn commit_isolating(
     tx.commit()
         .await
         .map_err(SinkError::statement("committing an isolated batch"))?;
+    log_dead_letters(&dead_letters);
     Ok(report)
+}
+
+/// One log line per committed dead letter, with its trace and identity (never its bytes).
+fn log_dead_letters(dead_letters: &[DeadLetter]) {
+    for dead in dead_letters {
+        let identity = &dead.identity;
+        tracing::info!(
+            trace_id = dead.trace_id.as_deref().unwrap_or(""),
+            tenant_id = identity.tenant_id.as_deref().unwrap_or(""),
+            event_id = identity.event_id.map(|id| id.to_string()).unwrap_or_default(),
+            idempotency_key = identity.idempotency_key.as_deref().unwrap_or(""),
+            stream_key = identity.stream_key.as_deref().unwrap_or(""),
+            source = identity.source.as_deref().unwrap_or(""),
+            reason = dead.reason.code(),
+            partition = dead.partition,
+            offset = dead.offset,
+            detail = %dead.message,
+            "event dead-lettered"
+        );
+    }
 }
 
 fn printable(text: &str) -> String {
