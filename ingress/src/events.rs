@@ -16,11 +16,14 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
 use operators::canonical::canonical_hash;
 use operators::envelope::{
     envelope_from_value, parse_json, EnvelopeError, EnvelopeLimits, EventEnvelope,
 };
 use operators::headers::{format_received_at, RecordHeaders};
+use operators::spans::{self, Hop, OpenSpan};
 use operators::trace_context::TraceContext;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -280,12 +283,17 @@ fn check_idempotency_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The trace a request travels in: the client's `traceparent` continued, or a new trace.
-pub(crate) fn request_trace(headers: &HeaderMap) -> (TraceContext, Option<String>) {
-    let parent = headers
+/// The client's valid `traceparent`, if any.
+fn client_trace(headers: &HeaderMap) -> Option<TraceContext> {
+    headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .and_then(TraceContext::parse);
+        .and_then(TraceContext::parse)
+}
+
+/// The trace a request travels in: the client's `traceparent` continued, or a new trace.
+pub(crate) fn request_trace(headers: &HeaderMap) -> (TraceContext, Option<String>) {
+    let parent = client_trace(headers);
     match parent {
         Some(parent) => {
             let state = headers
@@ -378,6 +386,8 @@ struct Submission {
     /// The exact bytes the client sent for this event.
     value: Bytes,
     trace: TraceContext,
+    /// The span the receive span hangs under: the client's, or the batch request's.
+    trace_parent: Option<TraceContext>,
     tracestate: Option<String>,
     received_at: DateTime<Utc>,
 }
@@ -386,13 +396,56 @@ struct Submission {
 /// several same-key requests is the original) and returns the rest of the work to run.
 fn ingest(
     state: IngressState,
-    submission: Submission,
+    mut submission: Submission,
 ) -> impl std::future::Future<Output = Result<Ingested, ApiError>> + Send + 'static {
     let turn = state
         .inner
         .local
         .enter(&submission.key, &submission.payload_hash);
-    finish_ingest(state, submission, turn)
+    let receive = receive_otel_span(&mut submission);
+    let work = finish_ingest(state, submission, turn);
+    async move {
+        let outcome = work.await;
+        if let Some(mut span) = receive {
+            let status = match &outcome {
+                Ok(_) => 202,
+                Err(problem) => i64::from(problem.status),
+            };
+            span.set(KeyValue::new("http.response.status_code", status));
+            span.end();
+        }
+        outcome
+    }
+}
+
+/// Opens the event's `gateway.receive` span with the id its record will carry as the parent of
+/// every later hop, and makes the record's sampled flag follow the sampler's decision.
+fn receive_otel_span(submission: &mut Submission) -> Option<OpenSpan> {
+    let envelope = &submission.envelope;
+    let mut attributes = spans::event_attributes(
+        &envelope.tenant_id,
+        &envelope.event_id.to_string(),
+        &envelope.event_type,
+        &envelope.source,
+        &envelope.stream_key,
+        Some(&submission.key.key),
+    );
+    attributes.push(KeyValue::new("http.request.method", "POST"));
+    let span = OpenSpan::start(
+        "gateway.receive",
+        SpanKind::Server,
+        submission.trace_parent,
+        submission.trace,
+        submission.received_at.into(),
+        attributes,
+    )?;
+    let trace = &mut submission.trace;
+    trace.flags = if span.sampled() {
+        trace.flags | 1
+    } else {
+        trace.flags & !1
+    };
+    Some(span)
 }
 
 async fn finish_ingest(
@@ -444,6 +497,7 @@ async fn write_owned(state: &IngressState, submission: Submission) -> Result<Ing
         trace,
         tracestate,
         received_at,
+        ..
     } = submission;
     let claims = &state.inner.claims;
     match claims
@@ -480,6 +534,7 @@ async fn write_owned(state: &IngressState, submission: Submission) -> Result<Ing
         received_at: Some(received_at),
         payload_hash: Some(payload_hash.clone()),
     };
+    let produce_started = std::time::SystemTime::now();
     let published = state
         .inner
         .producer
@@ -490,6 +545,33 @@ async fn write_owned(state: &IngressState, submission: Submission) -> Result<Ing
             &headers,
         )
         .await;
+    if spans::enabled() && trace.sampled() {
+        let mut attributes = match &published {
+            Ok(ack) => spans::messaging_attributes(
+                "send",
+                &state.inner.raw_topic,
+                ack.partition,
+                ack.offset,
+            ),
+            Err(err) => vec![KeyValue::new("error.type", err.to_string())],
+        };
+        attributes.push(KeyValue::new("messaging.system", "kafka"));
+        attributes.push(KeyValue::new(
+            "messaging.kafka.message.key",
+            envelope.record_key(),
+        ));
+        attributes.push(KeyValue::new("event.id", envelope.event_id.to_string()));
+        attributes.push(KeyValue::new("tenant.id", envelope.tenant_id.clone()));
+        Hop::new(
+            "kafka.produce",
+            SpanKind::Producer,
+            Some(trace),
+            produce_started,
+            std::time::SystemTime::now(),
+        )
+        .with(attributes)
+        .record();
+    }
     match published {
         Ok(ack) => {
             tracing::debug!(
@@ -544,7 +626,7 @@ fn submission(
     principal: &Principal,
     idempotency_key: String,
     value: Bytes,
-    trace: TraceContext,
+    (trace, trace_parent): (TraceContext, Option<TraceContext>),
     tracestate: Option<String>,
     received_at: DateTime<Utc>,
 ) -> Result<Submission, ApiError> {
@@ -572,6 +654,7 @@ fn submission(
         payload_hash,
         value,
         trace,
+        trace_parent,
         tracestate,
         received_at,
     })
@@ -639,7 +722,7 @@ pub async fn post_event(
             &principal,
             key,
             body,
-            trace,
+            (trace, client_trace(&headers)),
             tracestate,
             received_at,
         )
@@ -818,7 +901,28 @@ pub async fn post_batch(
         )
         .into_response();
     }
-    let (trace, tracestate) = request_trace(&headers);
+    let (mut trace, tracestate) = request_trace(&headers);
+    // The request's own span; each line's receive span hangs under it.
+    let batch_span = OpenSpan::start(
+        "gateway.receive_batch",
+        SpanKind::Server,
+        client_trace(&headers),
+        trace,
+        received_at.into(),
+        vec![
+            KeyValue::new("http.request.method", "POST"),
+            KeyValue::new("url.path", "/v1/events:batch"),
+            KeyValue::new("tenant.id", principal.tenant.clone()),
+            KeyValue::new("messaging.batch.message_count", lines.len() as i64),
+        ],
+    );
+    if let Some(span) = &batch_span {
+        trace.flags = if span.sampled() {
+            trace.flags | 1
+        } else {
+            trace.flags & !1
+        };
+    }
     let mut results: Vec<Option<LineResult>> = vec![None; lines.len()];
     let mut submissions = Vec::new();
     for (slot, (line, bytes)) in lines.into_iter().enumerate() {
@@ -848,7 +952,7 @@ pub async fn post_batch(
                     &principal,
                     parsed.idempotency_key,
                     value,
-                    trace.child(),
+                    (trace.child(), Some(trace)),
                     tracestate.clone(),
                     received_at,
                 )
@@ -894,6 +998,10 @@ pub async fn post_batch(
     drop(permit);
     let results: Vec<LineResult> = results.into_iter().flatten().collect();
     let accepted = results.iter().filter(|r| r.status == 202).count();
+    if let Some(mut span) = batch_span {
+        span.set(KeyValue::new("http.response.status_code", 200));
+        span.end();
+    }
     Json(BatchResults {
         accepted,
         rejected: results.len() - accepted,

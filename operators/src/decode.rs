@@ -44,6 +44,7 @@ pub fn decode_record(
             key: record.key,
             original: record.value.unwrap_or_default(),
             trace_id: trace_id.clone(),
+            trace_parent: record.headers.traceparent,
             received_utc: Some(received_utc),
             identity,
         }
@@ -115,6 +116,7 @@ pub fn decode_record(
         payload_json: payload.to_string(),
         received_utc,
         trace_id: trace_id.clone(),
+        trace_parent: record.headers.traceparent,
         payload_hash,
         idempotency_key: record.headers.idempotency_key.clone(),
         partition: record.partition,
@@ -138,8 +140,60 @@ pub fn decode_records<'scope, T: Timestamp>(
         let current = schemas
             .as_ref()
             .map(|shared| Arc::clone(&shared.read().expect("schema registry lock")));
-        decode_record(record, &limits, current.as_deref(), Utc::now())
+        let parent = record.headers.traceparent;
+        let (topic, partition, offset) =
+            (Arc::clone(&record.topic), record.partition, record.offset);
+        let started = std::time::SystemTime::now();
+        let decoded = decode_record(record, &limits, current.as_deref(), Utc::now());
+        if crate::spans::enabled() && parent.is_some() {
+            validate_span(&decoded, parent, started, &topic, partition, offset);
+        }
+        decoded
     })
+}
+
+/// The `pipeline.validate` span of one record: its outcome and, when known, its event.
+fn validate_span(
+    decoded: &Result<EventRow, DeadLetter>,
+    parent: Option<crate::trace_context::TraceContext>,
+    started: std::time::SystemTime,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) {
+    use opentelemetry::KeyValue;
+    let mut attributes = crate::spans::messaging_attributes("process", topic, partition, offset);
+    match decoded {
+        Ok(row) => {
+            attributes.extend(crate::spans::event_attributes(
+                &row.tenant_id,
+                &row.event_id.to_string(),
+                &row.event_type,
+                &row.source,
+                &row.stream_key,
+                row.idempotency_key.as_deref(),
+            ));
+            attributes.push(KeyValue::new("validation.outcome", "valid"));
+        }
+        Err(dead) => {
+            attributes.push(KeyValue::new("validation.outcome", dead.reason.code()));
+            if let Some(tenant) = &dead.identity.tenant_id {
+                attributes.push(KeyValue::new("tenant.id", tenant.clone()));
+            }
+            if let Some(id) = dead.identity.event_id {
+                attributes.push(KeyValue::new("event.id", id.to_string()));
+            }
+        }
+    }
+    crate::spans::Hop::new(
+        "pipeline.validate",
+        opentelemetry::trace::SpanKind::Internal,
+        parent,
+        started,
+        std::time::SystemTime::now(),
+    )
+    .with(attributes)
+    .record();
 }
 
 #[cfg(test)]

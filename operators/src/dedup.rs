@@ -177,14 +177,55 @@ pub fn dedup<'scope, T: Timestamp>(
     events: StreamVec<'scope, T, EventRow>,
     state: DedupState,
 ) -> StreamVec<'scope, T, Deduplicated> {
+    dedup_observed(events, state, |_| {})
+}
+
+/// [`dedup`], telling `observe` the number of remembered identities after each input batch
+/// (for the dedup-state-size metric).
+pub fn dedup_observed<'scope, T: Timestamp>(
+    events: StreamVec<'scope, T, EventRow>,
+    state: DedupState,
+    mut observe: impl FnMut(usize) + 'static,
+) -> StreamVec<'scope, T, Deduplicated> {
     let mut state = state;
     events.unary(Pipeline, "Dedup", move |_capability, _info| {
         move |input, output| {
             input.for_each(|capability, data| {
                 let mut session = output.session(&capability);
                 for row in data.drain(..) {
-                    session.give(state.judge(row));
+                    let parent = row.trace_parent.filter(|_| crate::spans::enabled());
+                    let Some(parent) = parent else {
+                        session.give(state.judge(row));
+                        continue;
+                    };
+                    let started = std::time::SystemTime::now();
+                    let attributes = crate::spans::event_attributes(
+                        &row.tenant_id,
+                        &row.event_id.to_string(),
+                        &row.event_type,
+                        &row.source,
+                        &row.stream_key,
+                        row.idempotency_key.as_deref(),
+                    );
+                    let verdict = state.judge(row);
+                    let outcome = match &verdict {
+                        Deduplicated::Unique(_) => "unique",
+                        Deduplicated::Duplicate(_) => "duplicate",
+                        Deduplicated::Conflict(_) => "conflict",
+                    };
+                    crate::spans::Hop::new(
+                        "pipeline.dedup",
+                        opentelemetry::trace::SpanKind::Internal,
+                        Some(parent),
+                        started,
+                        std::time::SystemTime::now(),
+                    )
+                    .with(attributes)
+                    .with([opentelemetry::KeyValue::new("dedup.outcome", outcome)])
+                    .record();
+                    session.give(verdict);
                 }
+                observe(state.len());
             });
         }
     })
@@ -213,6 +254,7 @@ mod tests {
             payload_json: "{}".into(),
             received_utc: at(received),
             trace_id: None,
+            trace_parent: None,
             payload_hash: hash.into(),
             idempotency_key: key.map(str::to_owned),
             partition: 0,

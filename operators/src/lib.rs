@@ -8,6 +8,7 @@
 //! | [`canonical`] | RFC 8785 canonical JSON and the SHA-256 payload hash |
 //! | [`headers`] | names and encoding of the Kafka record headers (trace, idempotency, received time) |
 //! | [`trace_context`] | W3C `traceparent` parsing and minting |
+//! | [`spans`] | OpenTelemetry spans of an event's hops, in the event's trace (API only, no exporter) |
 //! | [`topics`] | topic names, with the per-deployment prefix |
 //! | [`record`] | the shapes that flow through the dataflow: source records, event rows, dead letters |
 //! | [`validate`] | JSON Schemas per (tenant or `*`, type, version) and the unknown-type policy |
@@ -23,6 +24,7 @@ pub mod envelope;
 pub mod headers;
 pub mod record;
 pub mod slo_window;
+pub mod spans;
 pub mod stream_state;
 pub mod topics;
 pub mod trace_context;

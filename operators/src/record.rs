@@ -62,6 +62,9 @@ pub struct EventRow {
     pub received_utc: DateTime<Utc>,
     /// Trace id (32 hex digits) of the event's trace, when known.
     pub trace_id: Option<String>,
+    /// The trace position the record carried (the gateway's receive span): the parent of the
+    /// dataflow's spans about this event.
+    pub trace_parent: Option<crate::trace_context::TraceContext>,
     /// SHA-256 (hex) of the canonical envelope: the gateway's header, else computed.
     pub payload_hash: String,
     /// The client's idempotency key, when the record carried one.
@@ -87,6 +90,7 @@ impl EventRow {
             key: self.key,
             original: self.original,
             trace_id: self.trace_id,
+            trace_parent: self.trace_parent,
             received_utc: Some(self.received_utc),
             identity: EventIdentity {
                 tenant_id: Some(self.tenant_id),
@@ -216,6 +220,8 @@ pub struct DeadLetter {
     pub original: Vec<u8>,
     /// Trace id, when the record carried one.
     pub trace_id: Option<String>,
+    /// The trace position the record carried, the parent of the dead-letter span.
+    pub trace_parent: Option<crate::trace_context::TraceContext>,
     /// When the gateway received it, when known.
     pub received_utc: Option<DateTime<Utc>>,
     /// Tenant and event, as far as known.

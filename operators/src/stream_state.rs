@@ -211,6 +211,7 @@ mod tests {
             payload_json: format!("{{\"offset\":{offset}}}"),
             received_utc: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
             trace_id: None,
+            trace_parent: None,
             payload_hash: String::new(),
             idempotency_key: None,
             partition: 0,

@@ -4,7 +4,9 @@ use std::fmt;
 
 /// One position in a distributed trace: the trace, the span that is the parent of the next hop,
 /// and the sampling flags, as carried by a W3C `traceparent` header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct TraceContext {
     /// 16-byte trace id, never all zeroes.
     pub trace_id: [u8; 16],
@@ -67,6 +69,11 @@ impl TraceContext {
     /// The trace id as 32 lowercase hex digits.
     pub fn trace_id_hex(&self) -> String {
         encode_hex(&self.trace_id)
+    }
+
+    /// Whether the trace is sampled (flag bit 0).
+    pub fn sampled(&self) -> bool {
+        self.flags & 0x01 == 0x01
     }
 
     /// The span id as 16 lowercase hex digits.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use ingress::KafkaSettings;
 use operators::decode::decode_records;
-use operators::dedup::{dedup, DedupState, Deduplicated};
+use operators::dedup::{dedup_observed, DedupState, Deduplicated};
 use operators::record::{DeadLetter, EventRow, PartitionProgress, SourceRecord};
 use operators::slo_window::{freshness_sample, slo_windows, GatewayOutcomes, SloSample};
 use operators::stream_state::{stream_state, StreamState};
@@ -194,7 +194,15 @@ pub fn run_worker(worker: &mut Worker, ctx: &DataflowContext) -> anyhow::Result<
             ctx.envelope_limits.clone(),
             Some(Arc::clone(&ctx.schemas)),
         );
-        let (unique, rejected) = dedup(events, dedup_state).ok_err(|verdict| match verdict {
+        let worker_label = worker_index.to_string();
+        let observed = dedup_observed(events, dedup_state, move |entries| {
+            sinks::telemetry::DedupStateSize {
+                worker: &worker_label,
+                entries,
+            }
+            .emit()
+        });
+        let (unique, rejected) = observed.ok_err(|verdict| match verdict {
             Deduplicated::Unique(row) => Ok(row),
             Deduplicated::Duplicate(_) => Err(Effect::Duplicate),
             Deduplicated::Conflict(dead) => Err(Effect::DeadLetter(dead)),

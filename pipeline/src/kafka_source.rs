@@ -206,15 +206,54 @@ fn source_record(topic: Arc<str>, message: &rdkafka::message::BorrowedMessage<'_
             RecordHeaders::from_pairs(headers.iter().map(|header| (header.key, header.value)))
         })
         .unwrap_or_default();
+    let timestamp_ms = message.timestamp().to_millis();
+    if operators::spans::enabled() && headers.traceparent.is_some() {
+        consume_span(&topic, message, timestamp_ms, headers.traceparent);
+    }
     SourceRecord {
         topic,
         partition: message.partition(),
         offset: message.offset(),
-        timestamp_ms: message.timestamp().to_millis(),
+        timestamp_ms,
         key: message.key().map(<[u8]>::to_vec),
         value: message.payload().map(<[u8]>::to_vec),
         headers,
     }
+}
+
+/// The `pipeline.consume` span of one record: from its broker timestamp (when it was appended)
+/// to the moment this worker read it — the time it waited in the topic.
+fn consume_span(
+    topic: &str,
+    message: &rdkafka::message::BorrowedMessage<'_>,
+    timestamp_ms: Option<i64>,
+    parent: Option<operators::trace_context::TraceContext>,
+) {
+    let now = std::time::SystemTime::now();
+    let appended = timestamp_ms
+        .and_then(|ms| u64::try_from(ms).ok())
+        .map(|ms| std::time::UNIX_EPOCH + Duration::from_millis(ms))
+        .filter(|at| *at <= now)
+        .unwrap_or(now);
+    let mut attributes = operators::spans::messaging_attributes(
+        "receive",
+        topic,
+        message.partition(),
+        message.offset(),
+    );
+    attributes.push(opentelemetry::KeyValue::new(
+        "messaging.consumer.group.name",
+        "sentinel-pipeline",
+    ));
+    operators::spans::Hop::new(
+        "pipeline.consume",
+        opentelemetry::trace::SpanKind::Consumer,
+        parent,
+        appended,
+        now,
+    )
+    .with(attributes)
+    .record();
 }
 
 #[cfg(test)]

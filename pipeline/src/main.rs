@@ -10,6 +10,7 @@ mod logging;
 mod schemas;
 mod server;
 mod topics;
+mod traces;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -57,23 +58,31 @@ fn main() -> anyhow::Result<()> {
     });
     init_logging(
         cli.settings.log_format,
-        service,
+        service.clone(),
         cli.settings.log_mask_fields.clone(),
     );
+    let trace_export = traces::install(&service)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("sentinel-io")
         .build()
         .context("starting the Tokio runtime")?;
     let settings = cli.settings;
-    match cli.command {
+    let outcome = match cli.command {
         Command::Migrate => runtime.block_on(migrate(&settings)),
         Command::Up => run(&runtime, &settings, true, true),
         Command::Ingress => run(&runtime, &settings, true, false),
         Command::Process => run(&runtime, &settings, false, true),
         Command::Token(args) => mint_token(&settings, &args),
     }
-    .inspect_err(|err| tracing::error!(error = format!("{err:#}"), "sentinel stopped"))
+    .inspect_err(|err| tracing::error!(error = format!("{err:#}"), "sentinel stopped"));
+    if let Some(provider) = trace_export {
+        // Flush the spans still batched.
+        if let Err(err) = provider.shutdown() {
+            tracing::warn!(error = %err, "trace export did not flush");
+        }
+    }
+    outcome
 }
 
 /// `sentinel token`: prints an HS256 token signed with SENTINEL_JWT_SECRET.

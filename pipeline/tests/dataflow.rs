@@ -121,6 +121,24 @@ async fn duplicates_are_dropped_and_conflicts_and_poison_dead_lettered_across_re
         1.0,
         "the duplicate is counted"
     );
+    // The counters are exact: one stored, one duplicate, three dead letters by reason.
+    for (sample, expected) in [
+        (r#"processor_events_total{result="success"}"#, 1.0),
+        (r#"processor_events_total{result="dlq"}"#, 3.0),
+        (
+            r#"dlq_events_total{reason="duplicate_event_id_conflict"}"#,
+            1.0,
+        ),
+        (r#"dlq_events_total{reason="undecodable"}"#, 1.0),
+        (r#"dlq_events_total{reason="invalid_envelope"}"#, 1.0),
+        (r#"dlq_events_total{reason="schema_violation"}"#, 0.0),
+    ] {
+        assert_eq!(sentinel.metric(sample).await, expected, "{sample}");
+    }
+    // The stored event is remembered by the worker that owns its partition.
+    let remembered = sentinel.metric(r#"dedup_state_entries{worker="0"}"#).await
+        + sentinel.metric(r#"dedup_state_entries{worker="1"}"#).await;
+    assert!(remembered >= 1.0, "the dedup state size is reported: {remembered}");
 
     // After a restart the stored event is remembered: its duplicate is dropped again and a
     // conflict on another partition is caught when it is stored.

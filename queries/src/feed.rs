@@ -15,6 +15,8 @@ use futures::StreamExt;
 use tokio::sync::broadcast;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
+use operators::trace_context::TraceContext;
+
 use crate::pool::{ReadError, ReadPool};
 use crate::telemetry;
 
@@ -59,6 +61,8 @@ pub struct FeedItem {
     pub stream_key: Option<String>,
     /// The message's `data:` (JSON).
     pub data: Arc<str>,
+    /// The sampled event's receive span, under which the broadcast span is recorded.
+    pub trace: Option<TraceContext>,
 }
 
 /// What one commit made durable, in (partition, offset) order, and how far each partition is
@@ -132,14 +136,15 @@ pub(crate) const EVENT_MESSAGE: &str = "e.source_partition, e.source_offset, e.t
     e.source, e.type, e.stream_key, json_build_object('eventId', e.id, 'tenantId', e.tenant_id, \
     'source', e.source, 'type', e.type, 'streamKey', e.stream_key, 'timestampUtc', e.timestamp_utc, \
     'schemaVersion', e.schema_version, 'payload', e.payload_jsonb, 'receivedUtc', e.received_utc, \
-    'processedUtc', e.processed_utc, 'traceId', e.trace_id)::text";
+    'processedUtc', e.processed_utc, 'traceId', e.trace_id)::text, e.trace_id, e.trace_span_id";
 
 /// A dead-letter row as a feed message, in the columns of [`EVENT_MESSAGE`].
 pub(crate) const DEAD_LETTER_MESSAGE: &str = "d.source_partition, d.source_offset, d.tenant_id, \
     d.source, d.event_type, d.stream_key, json_build_object('id', d.id, 'reason', d.reason_code, \
     'message', d.message, 'eventId', d.event_id, 'type', d.event_type, 'source', d.source, \
     'streamKey', d.stream_key, 'receivedUtc', d.received_utc, \
-    'deadLetteredUtc', d.dead_lettered_utc, 'traceId', d.trace_id)::text";
+    'deadLetteredUtc', d.dead_lettered_utc, 'traceId', d.trace_id)::text, NULL::text, \
+    NULL::text";
 
 /// Reads a row of `kind, EVENT_MESSAGE columns…` into a feed item.
 pub(crate) fn feed_item(row: &tokio_postgres::Row) -> FeedItem {
@@ -157,6 +162,15 @@ pub(crate) fn feed_item(row: &tokio_postgres::Row) -> FeedItem {
         event_type: row.get(5),
         stream_key: row.get(6),
         data: Arc::from(row.get::<_, String>(7)),
+        trace: match (
+            row.get::<_, Option<String>>(8),
+            row.get::<_, Option<String>>(9),
+        ) {
+            (Some(trace_id), Some(span_id)) => {
+                TraceContext::parse(&format!("00-{trace_id}-{span_id}-01"))
+            }
+            _ => None,
+        },
     }
 }
 
@@ -358,8 +372,13 @@ impl FeedHub {
                 messages: items.len(),
             }
             .emit();
+            let read_at = std::time::SystemTime::now();
+            let batch = Arc::new(FeedBatch { items, progress });
             // No receivers is not an error: they come and go.
-            let _ = self.sender.send(Arc::new(FeedBatch { items, progress }));
+            let _ = self.sender.send(Arc::clone(&batch));
+            if operators::spans::enabled() {
+                broadcast_spans(&batch, read_at, self.subscribers());
+            }
             if complete {
                 return Ok(());
             }
@@ -400,6 +419,7 @@ impl FeedHub {
                 event_type: None,
                 stream_key: None,
                 data: Arc::from(row.get::<_, String>(1)),
+                trace: None,
             });
         }
         let _ = self.sender.send(Arc::new(FeedBatch {
@@ -407,6 +427,31 @@ impl FeedHub {
             progress: Vec::new(),
         }));
         Ok(())
+    }
+}
+
+/// One `sse.broadcast` span per sampled event, in its trace, under its receive span.
+fn broadcast_spans(batch: &FeedBatch, started: std::time::SystemTime, subscribers: usize) {
+    use opentelemetry::KeyValue;
+    let ended = std::time::SystemTime::now();
+    for item in &batch.items {
+        let Some(parent) = item.trace else { continue };
+        operators::spans::Hop::new(
+            "sse.broadcast",
+            opentelemetry::trace::SpanKind::Producer,
+            Some(parent),
+            started,
+            ended,
+        )
+        .with([
+            KeyValue::new("tenant.id", item.tenant_id.clone().unwrap_or_default()),
+            KeyValue::new("event.type", item.event_type.clone().unwrap_or_default()),
+            KeyValue::new("streamKey", item.stream_key.clone().unwrap_or_default()),
+            KeyValue::new("source", item.source.clone().unwrap_or_default()),
+            KeyValue::new("sse.subscribers", subscribers as i64),
+            KeyValue::new("messaging.batch.message_count", batch.items.len() as i64),
+        ])
+        .record();
     }
 }
 

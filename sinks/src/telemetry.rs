@@ -70,6 +70,32 @@ static LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     .expect("registering processor_lag_seconds")
 });
 
+static DEDUP_STATE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "dedup_state_entries",
+        "Identities (event ids and idempotency keys) the de-duplication remembers, per worker",
+        &["worker"]
+    )
+    .expect("registering dedup_state_entries")
+});
+
+/// The size of one worker's de-duplication memory after an input batch.
+pub struct DedupStateSize<'a> {
+    /// Worker index (bounded by the number of workers).
+    pub worker: &'a str,
+    /// Remembered identities.
+    pub entries: usize,
+}
+
+impl DedupStateSize<'_> {
+    /// Records it.
+    pub fn emit(self) {
+        DEDUP_STATE
+            .with_label_values(&[self.worker])
+            .set(self.entries as i64);
+    }
+}
+
 /// Registers every sink metric, so that `/metrics` lists them before they first change.
 pub fn register() {
     LazyLock::force(&PROCESSOR_EVENTS);
@@ -78,6 +104,7 @@ pub fn register() {
     LazyLock::force(&BATCH_RECORDS);
     LazyLock::force(&COMMIT_DURATION);
     LazyLock::force(&LAG);
+    LazyLock::force(&DEDUP_STATE);
     // Every label value that can occur, so that rates and sums exist (as 0) before it does.
     for result in ["success", "duplicate", "dlq", "retry"] {
         PROCESSOR_EVENTS.with_label_values(&[result]);

@@ -17,9 +17,9 @@ use super::{connect, CommitBatch, CommitReport, SinkError};
 
 const EVENT_COLUMNS: &str = "id, tenant_id, source, type, stream_key, timestamp_utc, \
     schema_version, payload_jsonb, received_utc, processed_utc, trace_id, source_partition, \
-    source_offset, payload_hash, idempotency_key";
+    source_offset, payload_hash, idempotency_key, trace_span_id";
 
-const EVENT_TYPES: [Type; 15] = [
+const EVENT_TYPES: [Type; 16] = [
     Type::UUID,
     Type::TEXT,
     Type::TEXT,
@@ -33,6 +33,7 @@ const EVENT_TYPES: [Type; 15] = [
     Type::TEXT,
     Type::INT4,
     Type::INT8,
+    Type::TEXT,
     Type::TEXT,
     Type::TEXT,
 ];
@@ -76,7 +77,8 @@ fn event_columns<'a>(
     event: &'a operators::record::EventRow,
     payload: &'a RawJsonb<'a>,
     processed_utc: &'a DateTime<Utc>,
-) -> [&'a (dyn ToSql + Sync); 15] {
+    span_id: &'a Option<String>,
+) -> [&'a (dyn ToSql + Sync); 16] {
     [
         &event.event_id,
         &event.tenant_id,
@@ -93,7 +95,16 @@ fn event_columns<'a>(
         &event.offset,
         &event.payload_hash,
         &event.idempotency_key,
+        span_id,
     ]
+}
+
+/// The receive span id of a sampled event, stored so that later hops can join its trace.
+fn sampled_span_id(event: &operators::record::EventRow) -> Option<String> {
+    event
+        .trace_parent
+        .filter(|parent| parent.sampled())
+        .map(|parent| parent.span_id_hex())
 }
 
 /// One connection's worth of writing, bound to the topic whose offsets it stores.
@@ -206,9 +217,10 @@ async fn commit_bulk(
         pin_mut!(writer);
         for event in &batch.events {
             let payload = RawJsonb(&event.payload_json);
+            let span_id = sampled_span_id(event);
             writer
                 .as_mut()
-                .write(&event_columns(event, &payload, &processed_utc))
+                .write(&event_columns(event, &payload, &processed_utc, &span_id))
                 .await
                 .map_err(SinkError::statement("copying events"))?;
         }
@@ -290,7 +302,7 @@ async fn commit_isolating(
     let insert = tx
         .prepare(&format!(
             "INSERT INTO events ({EVENT_COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
              ON CONFLICT (id) DO NOTHING"
         ))
         .await
@@ -306,8 +318,12 @@ async fn commit_isolating(
             .await
             .map_err(SinkError::statement("creating a savepoint"))?;
         let payload = RawJsonb(&event.payload_json);
+        let span_id = sampled_span_id(event);
         let outcome = savepoint
-            .execute(&insert, &event_columns(event, &payload, &processed_utc))
+            .execute(
+                &insert,
+                &event_columns(event, &payload, &processed_utc, &span_id),
+            )
             .await
             .map_err(SinkError::statement("inserting one event"));
         match outcome {
@@ -611,8 +627,10 @@ pub async fn run_writer(
         let mut attempt = 1u32;
         loop {
             let started = std::time::Instant::now();
+            let started_at = std::time::SystemTime::now();
             match sink.commit(&batch).await {
                 Ok(report) => {
+                    commit_spans(&batch, started_at, std::time::SystemTime::now());
                     crate::telemetry::BatchCommitted {
                         batch: &batch,
                         report: &report,
@@ -644,6 +662,85 @@ pub async fn run_writer(
         }
     }
     Ok(())
+}
+
+/// Most links a batch span keeps (OpenTelemetry's default link limit).
+const MAX_BATCH_LINKS: usize = 128;
+
+/// The spans of a committed batch: per event a `db.write` and per dead letter a
+/// `dead_letter.write`, each in its event's trace, and one `db.write.batch` span linked to them.
+fn commit_spans(batch: &CommitBatch, start: std::time::SystemTime, end: std::time::SystemTime) {
+    use opentelemetry::trace::SpanKind;
+    use opentelemetry::KeyValue;
+    use operators::spans::{event_attributes, Hop};
+    if !operators::spans::enabled() {
+        return;
+    }
+    let db = |operation: &'static str, table: &'static str| {
+        [
+            KeyValue::new("db.system.name", "postgresql"),
+            KeyValue::new("db.operation.name", operation),
+            KeyValue::new("db.collection.name", table),
+        ]
+    };
+    let mut links = Vec::new();
+    for event in &batch.events {
+        let Some(parent) = event.trace_parent else {
+            continue;
+        };
+        let own = Hop::new("db.write", SpanKind::Client, Some(parent), start, end)
+            .with(db("COPY", "events"))
+            .with(event_attributes(
+                &event.tenant_id,
+                &event.event_id.to_string(),
+                &event.event_type,
+                &event.source,
+                &event.stream_key,
+                event.idempotency_key.as_deref(),
+            ))
+            .record();
+        if let Some(own) = own.filter(|_| links.len() < MAX_BATCH_LINKS) {
+            links.push(own);
+        }
+    }
+    for dead in &batch.dead_letters {
+        let Some(parent) = dead.trace_parent else {
+            continue;
+        };
+        let identity = &dead.identity;
+        let own = Hop::new(
+            "dead_letter.write",
+            SpanKind::Client,
+            Some(parent),
+            start,
+            end,
+        )
+        .with(db("INSERT", "dead_letter"))
+        .with([KeyValue::new("dead_letter.reason", dead.reason.code())])
+        .with(event_attributes(
+            identity.tenant_id.as_deref().unwrap_or(""),
+            &identity
+                .event_id
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
+            identity.event_type.as_deref().unwrap_or(""),
+            identity.source.as_deref().unwrap_or(""),
+            identity.stream_key.as_deref().unwrap_or(""),
+            identity.idempotency_key.as_deref(),
+        ))
+        .record();
+        if let Some(own) = own.filter(|_| links.len() < MAX_BATCH_LINKS) {
+            links.push(own);
+        }
+    }
+    let mut batch_span = Hop::new("db.write.batch", SpanKind::Client, None, start, end)
+        .with(db("COMMIT", "events"))
+        .with([
+            KeyValue::new("db.operation.batch.size", batch.record_count() as i64),
+            KeyValue::new("messaging.batch.message_count", batch.record_count() as i64),
+        ]);
+    batch_span.links = links;
+    batch_span.record();
 }
 
 /// A delay between half and all of `backoff` ("equal jitter"), so that workers do not retry in
