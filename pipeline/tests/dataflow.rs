@@ -138,7 +138,10 @@ async fn duplicates_are_dropped_and_conflicts_and_poison_dead_lettered_across_re
     // The stored event is remembered by the worker that owns its partition.
     let remembered = sentinel.metric(r#"dedup_state_entries{worker="0"}"#).await
         + sentinel.metric(r#"dedup_state_entries{worker="1"}"#).await;
-    assert!(remembered >= 1.0, "the dedup state size is reported: {remembered}");
+    assert!(
+        remembered >= 1.0,
+        "the dedup state size is reported: {remembered}"
+    );
 
     // After a restart the stored event is remembered: its duplicate is dropped again and a
     // conflict on another partition is caught when it is stored.
