@@ -1,10 +1,12 @@
 //! `bench`: Sentinel's benchmarks — an open-loop load generator (`load`), the search for the
 //! highest sustained rate (`find-max`), the machine's ceilings measured with the same tools
-//! (`ceilings`), and the performance report that runs them all (`report`).
+//! (`ceilings`), the cost of observability (`overhead`, part of the report), and the performance
+//! report that runs them all (`report`).
 
 mod ceilings;
 mod find_max;
 mod load;
+mod overhead;
 mod report;
 
 use clap::{Parser, Subcommand};

@@ -25,6 +25,13 @@ pub struct ReportArgs {
     /// The command that produced the report, quoted in it.
     #[arg(long, default_value = "infra/dev bench")]
     pub command_line: String,
+    /// The `sentinel` binary, for the observability-overhead runs (each on a fresh Sentinel);
+    /// without it they are skipped.
+    #[arg(long)]
+    pub sentinel_bin: Option<PathBuf>,
+    /// Seconds of each observability-overhead run.
+    #[arg(long, default_value_t = 15)]
+    pub overhead_seconds: u64,
 }
 
 /// A 2× overload burst and the recovery after it.
@@ -110,6 +117,7 @@ struct Results {
     batch_at_half: Option<Report>,
     burst: Option<Burst>,
     ceilings: Ceilings,
+    overhead: Vec<crate::overhead::Variant>,
 }
 
 fn machine() -> String {
@@ -405,11 +413,44 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
             if b.rows_exact { "exact" } else { "MISMATCH" }
         );
     }
-    let _ = writeln!(md, "## Not measured by this version of the report\n");
-    let _ = writeln!(
-        md,
-        "- Observability overhead (metrics cannot be switched off; tracing is not built yet)."
-    );
+    let _ = writeln!(md, "## Observability overhead\n");
+    match results.overhead.first() {
+        None => {
+            let _ = writeln!(
+                md,
+                "Not measured in this run (`bench report` was given no `--sentinel-bin`).\n"
+            );
+        }
+        Some(shipped) => {
+            let _ = writeln!(
+                md,
+                "The same single-event load ({} events/s, {} s) against three fresh Sentinels, one after the other. CPU is Sentinel's own (all its threads, from `/proc/<pid>/task/*/schedstat`) over the run and its drain, per event sent; the broker and PostgreSQL are not counted.\n",
+                shipped.report.target_events_per_second, shipped.report.duration_seconds
+            );
+            let _ = writeln!(
+                md,
+                "| Sentinel | achieved events/s | gateway p50 | p99 | freshness p99 | CPU µs per event | CPU vs as shipped | OTLP bytes exported | rows |"
+            );
+            let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+            for variant in &results.overhead {
+                let r = &variant.report;
+                let _ = writeln!(
+                    md,
+                    "| {} | {:.0} | {:.2} | {:.2} | {:.1} | {:.0} | {:+.0}% | {} | {} |",
+                    variant.name,
+                    r.achieved_events_per_second,
+                    r.gateway_latency_ms.p50,
+                    r.gateway_latency_ms.p99,
+                    r.freshness_ms.p99,
+                    variant.cpu_us_per_event,
+                    100.0 * (variant.cpu_us_per_event / shipped.cpu_us_per_event - 1.0),
+                    variant.otlp_bytes,
+                    if r.rows_exact { "exact" } else { "MISMATCH" }
+                );
+            }
+            let _ = writeln!(md);
+        }
+    }
     md
 }
 
@@ -429,7 +470,26 @@ pub async fn command(args: &ReportArgs) -> anyhow::Result<()> {
     let batch_at_half = half_rate(args, Mode::Batch, batch.max_sustained).await?;
     let burst = burst(args, single.max_sustained).await?;
     let ceilings = ceilings::measure(&args.ceilings).await?;
+    let overhead = match &args.sentinel_bin {
+        Some(bin) => {
+            let rate = single
+                .max_sustained
+                .map_or(args.ceilings.search.start_rate, |max| {
+                    (max / 2.0).round() as u64
+                });
+            crate::overhead::measure(
+                bin,
+                &args.ceilings.search.load,
+                rate,
+                args.overhead_seconds,
+                &args.out_dir,
+            )
+            .await?
+        }
+        None => Vec::new(),
+    };
     let results = Results {
+        overhead,
         burst,
         machine: machine(),
         single,

@@ -14,6 +14,18 @@ const LATENCY_MS_BUCKETS: &[f64] = &[
     2500.0, 5000.0, 10000.0,
 ];
 
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns this crate's metrics on or off (`SENTINEL_METRICS=off`, to measure what they cost):
+/// `/metrics` still answers, with the values left where they were.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn enabled() -> bool {
+    ENABLED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "gateway_requests_total",
@@ -119,6 +131,9 @@ pub struct RequestAnswered {
 impl RequestAnswered {
     /// Records the event.
     pub fn emit(self) {
+        if !enabled() {
+            return;
+        }
         REQUESTS
             .with_label_values(&[&self.status.to_string()])
             .inc();
@@ -139,6 +154,9 @@ pub struct RecordProduced {
 impl RecordProduced {
     /// Records the event.
     pub fn emit(self) {
+        if !enabled() {
+            return;
+        }
         match self.error {
             None => PRODUCE_DURATION.observe(self.duration.as_secs_f64() * 1000.0),
             Some(kind) => PRODUCE_ERRORS.with_label_values(&[kind]).inc(),
@@ -155,6 +173,9 @@ pub struct ClaimAnswered {
 impl ClaimAnswered {
     /// Records the event.
     pub fn emit(self) {
+        if !enabled() {
+            return;
+        }
         CLAIM_DURATION.observe(self.duration.as_secs_f64() * 1000.0);
     }
 }
@@ -170,6 +191,9 @@ pub struct ClaimStatementRun {
 impl ClaimStatementRun {
     /// Records the event.
     pub fn emit(self) {
+        if !enabled() {
+            return;
+        }
         CLAIM_STATEMENTS.with_label_values(&[self.kind]).inc();
         CLAIM_OPERATIONS
             .with_label_values(&[self.kind])

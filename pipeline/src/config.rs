@@ -96,6 +96,15 @@ pub enum LogFormat {
     Text,
 }
 
+/// On or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    /// On.
+    On,
+    /// Off.
+    Off,
+}
+
 /// Settings shared by every role; every flag can also come from its environment variable.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
@@ -369,6 +378,26 @@ pub struct Settings {
         global = true
     )]
     pub query_timeout_ms: u64,
+
+    /// Metrics: `on`, or `off` to measure what they cost (`/metrics` then stays at zero).
+    #[arg(
+        long,
+        env = "SENTINEL_METRICS",
+        value_enum,
+        default_value = "on",
+        global = true
+    )]
+    pub metrics: Switch,
+
+    /// Event types with a metric label of their own (comma-separated); others are `other`.
+    /// Unset: the first 20 types seen.
+    #[arg(
+        long,
+        env = "SENTINEL_METRICS_EVENT_TYPES",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub metrics_event_types: Vec<String>,
 
     /// How often the dataflow refreshes `pipeline_health`, in milliseconds.
     #[arg(

@@ -62,6 +62,11 @@ fn main() -> anyhow::Result<()> {
         cli.settings.log_mask_fields.clone(),
     );
     let trace_export = traces::install(&service)?;
+    sinks::telemetry::configure_event_types(cli.settings.metrics_event_types.clone());
+    let metrics_on = cli.settings.metrics == config::Switch::On;
+    ingress::telemetry::set_enabled(metrics_on);
+    sinks::telemetry::set_enabled(metrics_on);
+    queries::telemetry::set_enabled(metrics_on);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("sentinel-io")

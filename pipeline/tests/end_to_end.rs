@@ -256,8 +256,19 @@ async fn thousand_events_over_twenty_streams_and_three_tenants_arrive_exactly_on
         stored, EVENTS as f64,
         "processor_events_total{{result=success}}"
     );
-    let fresh = sentinel.metric("end_to_end_freshness_seconds_count").await;
+    let fresh = sentinel
+        .metric_total("end_to_end_freshness_seconds_count")
+        .await;
     assert_eq!(fresh, EVENTS as f64, "one freshness sample per event");
+    // envelope() alternates order.created and order.paid.
+    for event_type in ["order.created", "order.paid"] {
+        let sample = format!(r#"processor_stored_events_total{{event_type="{event_type}"}}"#);
+        assert_eq!(
+            sentinel.metric(&sample).await,
+            (EVENTS / 2) as f64,
+            "{sample}"
+        );
+    }
     let claims = sentinel
         .metric(r#"idempotency_operations_total{kind="claim"}"#)
         .await;

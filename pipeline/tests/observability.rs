@@ -27,7 +27,10 @@ fn dashboard_queries() -> Vec<(String, String)> {
         for panel in dashboard["panels"].as_array().expect("panels") {
             for target in panel["targets"].as_array().expect("targets") {
                 let expr = target["expr"].as_str().expect("expr");
-                let expr = expr.replace("$service", ".*").replace("$reason", ".*");
+                let expr = expr
+                    .replace("$service", ".*")
+                    .replace("$reason", ".*")
+                    .replace("$event_type", ".*");
                 queries.push((format!("{} / {}", dashboard["title"], panel["title"]), expr));
             }
         }

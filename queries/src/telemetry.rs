@@ -8,6 +8,18 @@ use prometheus::{
     HistogramVec, IntCounter, IntCounterVec, IntGauge,
 };
 
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns this crate's metrics on or off (`SENTINEL_METRICS=off`, to measure what they cost):
+/// `/metrics` still answers, with the values left where they were.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn enabled() -> bool {
+    ENABLED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 static SSE_SUBSCRIBERS: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!("sse_subscribers", "Open GET /v1/stream subscriptions")
         .expect("registering sse_subscribers")
@@ -88,8 +100,10 @@ pub struct SubscriberEvicted;
 impl SubscriberEvicted {
     /// Records it.
     pub fn emit(self) {
-        SSE_EVICTIONS.inc();
         tracing::info!("live feed subscriber evicted: it fell behind");
+        if enabled() {
+            SSE_EVICTIONS.inc();
+        }
     }
 }
 
@@ -102,6 +116,9 @@ pub struct FeedBroadcast {
 impl FeedBroadcast {
     /// Records it.
     pub fn emit(self) {
+        if !enabled() {
+            return;
+        }
         SSE_BROADCAST.inc_by(self.messages as u64);
     }
 }
@@ -143,6 +160,9 @@ pub struct QueryAnswered {
 impl QueryAnswered {
     /// Records it.
     pub fn emit(self) {
+        if !enabled() {
+            return;
+        }
         let label = self.outcome.label();
         QUERIES.with_label_values(&[label]).inc();
         QUERY_DURATION

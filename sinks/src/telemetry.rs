@@ -6,13 +6,25 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use prometheus::{
-    register_histogram, register_int_counter_vec, register_int_gauge_vec, Histogram, IntCounterVec,
-    IntGaugeVec,
+    register_histogram, register_histogram_vec, register_int_counter_vec, register_int_gauge_vec,
+    Histogram, HistogramVec, IntCounterVec, IntGaugeVec,
 };
 
 use operators::record::DeadLetterReason;
 
 use crate::postgres::{CommitBatch, CommitReport};
+
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns this crate's metrics on or off (`SENTINEL_METRICS=off`, to measure what they cost):
+/// `/metrics` still answers, with the values left where they were.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn enabled() -> bool {
+    ENABLED.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 static PROCESSOR_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
@@ -32,16 +44,67 @@ static DLQ_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("registering dlq_events_total")
 });
 
-static FRESHNESS: LazyLock<Histogram> = LazyLock::new(|| {
-    register_histogram!(
+static FRESHNESS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
         "end_to_end_freshness_seconds",
-        "processed_utc - received_utc of each stored event, in seconds",
+        "processed_utc - received_utc of each stored event, in seconds, by event type",
+        &["event_type"],
         vec![
             0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 300.0
         ]
     )
     .expect("registering end_to_end_freshness_seconds")
 });
+
+static STORED_BY_TYPE: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "processor_stored_events_total",
+        "Events the dataflow handed to PostgreSQL, by event type",
+        &["event_type"]
+    )
+    .expect("registering processor_stored_events_total")
+});
+
+/// The label value for types outside the allow-list.
+pub const OTHER_EVENT_TYPE: &str = "other";
+
+/// Which event types get a label value of their own: an explicit allow-list, or the first
+/// [`AUTO_EVENT_TYPES`] types seen. Everything else is `other`, so the label stays bounded.
+struct EventTypeLabels {
+    allowed: std::collections::BTreeSet<String>,
+    explicit: bool,
+}
+
+/// How many event types get their own label when no allow-list is configured.
+pub const AUTO_EVENT_TYPES: usize = 20;
+
+static EVENT_TYPE_LABELS: LazyLock<std::sync::Mutex<EventTypeLabels>> = LazyLock::new(|| {
+    std::sync::Mutex::new(EventTypeLabels {
+        allowed: Default::default(),
+        explicit: false,
+    })
+});
+
+/// Sets the event types with a label of their own (`SENTINEL_METRICS_EVENT_TYPES`); an empty
+/// list keeps the default: the first 20 types seen.
+pub fn configure_event_types(types: impl IntoIterator<Item = String>) {
+    let allowed: std::collections::BTreeSet<String> =
+        types.into_iter().filter(|t| !t.is_empty()).collect();
+    let mut labels = EVENT_TYPE_LABELS.lock().unwrap_or_else(|p| p.into_inner());
+    labels.explicit = !allowed.is_empty();
+    labels.allowed = allowed;
+}
+
+fn event_type_label<'a>(labels: &mut EventTypeLabels, event_type: &'a str) -> &'a str {
+    if labels.allowed.contains(event_type) {
+        return event_type;
+    }
+    if !labels.explicit && labels.allowed.len() < AUTO_EVENT_TYPES {
+        labels.allowed.insert(event_type.to_owned());
+        return event_type;
+    }
+    OTHER_EVENT_TYPE
+}
 
 static BATCH_RECORDS: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(
@@ -90,6 +153,9 @@ pub struct DedupStateSize<'a> {
 impl DedupStateSize<'_> {
     /// Records it.
     pub fn emit(self) {
+        if !enabled() {
+            return;
+        }
         DEDUP_STATE
             .with_label_values(&[self.worker])
             .set(self.entries as i64);
@@ -105,6 +171,9 @@ pub fn register() {
     LazyLock::force(&COMMIT_DURATION);
     LazyLock::force(&LAG);
     LazyLock::force(&DEDUP_STATE);
+    LazyLock::force(&STORED_BY_TYPE);
+    FRESHNESS.with_label_values(&[OTHER_EVENT_TYPE]);
+    STORED_BY_TYPE.with_label_values(&[OTHER_EVENT_TYPE]);
     // Every label value that can occur, so that rates and sums exist (as 0) before it does.
     for result in ["success", "duplicate", "dlq", "retry"] {
         PROCESSOR_EVENTS.with_label_values(&[result]);
@@ -129,6 +198,9 @@ pub struct BatchCommitted<'a> {
 impl BatchCommitted<'_> {
     /// Records the event.
     pub fn emit(self) {
+        if !enabled() {
+            return;
+        }
         let report = self.report;
         PROCESSOR_EVENTS
             .with_label_values(&["success"])
@@ -153,13 +225,30 @@ impl BatchCommitted<'_> {
                 .inc_by(report.rejected_by_database);
         }
         let mut last_received = std::collections::BTreeMap::new();
+        let mut by_type: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
         for event in &self.batch.events {
             let freshness = (self.processed_utc - event.received_utc).num_microseconds();
-            FRESHNESS.observe(freshness.unwrap_or(0).max(0) as f64 / 1e6);
+            by_type
+                .entry(event.event_type.as_str())
+                .or_default()
+                .push(freshness.unwrap_or(0).max(0) as f64 / 1e6);
             last_received
                 .entry(event.partition)
                 .and_modify(|at: &mut DateTime<Utc>| *at = (*at).max(event.received_utc))
                 .or_insert(event.received_utc);
+        }
+        if !by_type.is_empty() {
+            let mut labels = EVENT_TYPE_LABELS.lock().unwrap_or_else(|p| p.into_inner());
+            for (event_type, samples) in by_type {
+                let label = event_type_label(&mut labels, event_type);
+                let histogram = FRESHNESS.with_label_values(&[label]);
+                for sample in &samples {
+                    histogram.observe(*sample);
+                }
+                STORED_BY_TYPE
+                    .with_label_values(&[label])
+                    .inc_by(samples.len() as u64);
+            }
         }
         for (partition, received) in last_received {
             LAG.with_label_values(&[&partition.to_string()])
@@ -179,8 +268,54 @@ pub struct BatchRetried {
 impl BatchRetried {
     /// Records the event.
     pub fn emit(self) {
+        if !enabled() {
+            return;
+        }
         PROCESSOR_EVENTS
             .with_label_values(&["retry"])
             .inc_by(self.records as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_type_labels_stay_bounded() {
+        let mut auto = EventTypeLabels {
+            allowed: Default::default(),
+            explicit: false,
+        };
+        let names: Vec<String> = (0..AUTO_EVENT_TYPES + 5).map(|i| format!("t{i}")).collect();
+        let labels: Vec<&str> = names
+            .iter()
+            .map(|n| event_type_label(&mut auto, n))
+            .collect();
+        assert_eq!(labels[0], "t0");
+        assert_eq!(
+            labels[AUTO_EVENT_TYPES - 1],
+            format!("t{}", AUTO_EVENT_TYPES - 1)
+        );
+        assert!(labels[AUTO_EVENT_TYPES..]
+            .iter()
+            .all(|l| *l == OTHER_EVENT_TYPE));
+        assert_eq!(
+            event_type_label(&mut auto, "t0"),
+            "t0",
+            "known types keep their label"
+        );
+        let mut explicit = EventTypeLabels {
+            allowed: ["order.created".to_owned()].into(),
+            explicit: true,
+        };
+        assert_eq!(
+            event_type_label(&mut explicit, "order.created"),
+            "order.created"
+        );
+        assert_eq!(
+            event_type_label(&mut explicit, "order.paid"),
+            OTHER_EVENT_TYPE
+        );
     }
 }

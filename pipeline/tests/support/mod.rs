@@ -457,6 +457,23 @@ impl SentinelProcess {
         }
     }
 
+    /// The sum of every sample of the metric `name`, whatever its labels.
+    pub async fn metric_total(&self, name: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.base_url))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        text.lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// The value of one sample of `/metrics`, e.g. `gateway_requests_total{status="202"}`.
     pub async fn metric(&self, sample: &str) -> f64 {
         let text = reqwest::get(format!("{}/metrics", self.base_url))

@@ -1,0 +1,204 @@
+//! The cost of observability: the same fixed-rate load against three fresh Sentinels — as
+//! shipped (metrics on, tracing off), metrics off, and every span exported over OTLP/HTTP to a
+//! local receiver — comparing latency, freshness and Sentinel's own CPU time per event.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+
+use crate::load::{self, LoadArgs, Mode, Report};
+
+/// One configuration of Sentinel measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Variant {
+    /// What was on.
+    pub name: &'static str,
+    /// The load's report.
+    pub report: Report,
+    /// CPU time Sentinel's threads used during the run, per event sent, in microseconds.
+    pub cpu_us_per_event: f64,
+    /// OTLP bytes the receiver got (tracing variant).
+    pub otlp_bytes: u64,
+}
+
+/// Sum of the CPU time of every thread of `pid` so far (`/proc/<pid>/task/*/schedstat`), ns.
+fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = std::fs::read_to_string(task?.path().join("schedstat")).unwrap_or_default();
+        total += stat
+            .split_whitespace()
+            .next()
+            .and_then(|ns| ns.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
+}
+
+/// An OTLP/HTTP receiver that only counts what it is sent.
+async fn otlp_receiver() -> anyhow::Result<(String, Arc<AtomicU64>)> {
+    let bytes = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&bytes);
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let counter = Arc::clone(&counter);
+            async move {
+                counter.fetch_add(body.len() as u64, Ordering::Relaxed);
+                (
+                    [("content-type", "application/x-protobuf")],
+                    Vec::<u8>::new(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((format!("http://{addr}"), bytes))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// `url` with its database replaced by `database`.
+fn with_database(url: &str, database: &str) -> String {
+    match url.rsplit_once('/') {
+        Some((base, rest)) => {
+            let query = rest.split_once('?').map(|(_, q)| format!("?{q}"));
+            format!("{base}/{database}{}", query.unwrap_or_default())
+        }
+        None => url.to_owned(),
+    }
+}
+
+struct Running {
+    child: Child,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn wait_ready(url: &str, child: &mut Child) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("sentinel exited with {status} before it was ready");
+        }
+        if let Ok(response) = client.get(format!("{url}/ready")).send().await {
+            if response.status().is_success() {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("sentinel at {url} not ready within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Runs `load` (single events at `rate` for `seconds`) against each variant, one at a time.
+pub async fn measure(
+    sentinel: &Path,
+    base: &LoadArgs,
+    rate: u64,
+    seconds: u64,
+    log_dir: &Path,
+) -> anyhow::Result<Vec<Variant>> {
+    let brokers = std::env::var("KAFKA_BROKERS").context("KAFKA_BROKERS for the overhead runs")?;
+    let (otlp, received) = otlp_receiver().await?;
+    let (admin, connection) = tokio_postgres::connect(&base.database_url, tokio_postgres::NoTls)
+        .await
+        .context("connecting to PostgreSQL for the overhead runs")?;
+    tokio::spawn(connection);
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let variants: [(&'static str, Vec<(&str, String)>); 3] = [
+        ("as shipped: metrics on, tracing off", vec![]),
+        (
+            "metrics off, tracing off",
+            vec![("SENTINEL_METRICS", "off".into())],
+        ),
+        (
+            "metrics on, every span exported (OTLP/HTTP)",
+            vec![
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.clone()),
+                ("OTEL_TRACES_SAMPLER", "always_on".into()),
+                ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
+                ("OTEL_BSP_MAX_QUEUE_SIZE", "65536".into()),
+                ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2048".into()),
+            ],
+        ),
+    ];
+    let mut measured = Vec::new();
+    for (index, (name, env)) in variants.into_iter().enumerate() {
+        let database = format!("sentinel_bench_overhead_{stamp}_{index}");
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{database}\""))
+            .await
+            .with_context(|| format!("creating {database}"))?;
+        let database_url = with_database(&base.database_url, &database);
+        let port = free_port()?;
+        let url = format!("http://127.0.0.1:{port}");
+        let log: PathBuf = log_dir.join(format!("overhead-{index}.log"));
+        let log_file = std::fs::File::create(&log)?;
+        let mut child = Command::new(sentinel)
+            .arg("up")
+            .env("SENTINEL_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("DATABASE_URL", &database_url)
+            .env("KAFKA_BROKERS", &brokers)
+            .env(
+                "SENTINEL_TOPIC_PREFIX",
+                format!("overhead-{stamp}-{index}."),
+            )
+            .env("SENTINEL_JWT_SECRET", &base.jwt_secret)
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("starting {}", sentinel.display()))?;
+        wait_ready(&url, &mut child).await?;
+        let running = Running { child };
+        let mut load = base.clone();
+        load.url = url;
+        load.database_url = database_url;
+        load.mode = Mode::Single;
+        load.rate = rate;
+        load.duration = seconds;
+        eprintln!("report: overhead, {name}, {rate} events/s");
+        let before_bytes = received.load(Ordering::Relaxed);
+        let before = cpu_ns(running.child.id())?;
+        let report = load::run(&load, true).await?;
+        let used = cpu_ns(running.child.id())?.saturating_sub(before);
+        drop(running);
+        let _ = admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+            ))
+            .await;
+        let events = report.events_sent.max(1) as f64;
+        measured.push(Variant {
+            name,
+            cpu_us_per_event: used as f64 / 1_000.0 / events,
+            otlp_bytes: received.load(Ordering::Relaxed) - before_bytes,
+            report,
+        });
+    }
+    Ok(measured)
+}
