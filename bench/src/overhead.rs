@@ -154,7 +154,7 @@ pub async fn measure(
         let database_url = with_database(&base.database_url, &database);
         let port = free_port()?;
         let url = format!("http://127.0.0.1:{port}");
-        let log: PathBuf = log_dir.join(format!("overhead-{index}.log"));
+        let log: PathBuf = log_dir.join(format!("sentinel-overhead-{stamp}-{index}.log"));
         let log_file = std::fs::File::create(&log)?;
         let mut child = Command::new(sentinel)
             .arg("up")
