@@ -421,6 +421,9 @@ fn ingest(
 /// Opens the event's `gateway.receive` span with the id its record will carry as the parent of
 /// every later hop, and makes the record's sampled flag follow the sampler's decision.
 fn receive_otel_span(submission: &mut Submission) -> Option<OpenSpan> {
+    if !spans::enabled() {
+        return None;
+    }
     let envelope = &submission.envelope;
     let mut attributes = spans::event_attributes(
         &envelope.tenant_id,
@@ -903,19 +906,23 @@ pub async fn post_batch(
     }
     let (mut trace, tracestate) = request_trace(&headers);
     // The request's own span; each line's receive span hangs under it.
-    let batch_span = OpenSpan::start(
-        "gateway.receive_batch",
-        SpanKind::Server,
-        client_trace(&headers),
-        trace,
-        received_at.into(),
-        vec![
-            KeyValue::new("http.request.method", "POST"),
-            KeyValue::new("url.path", "/v1/events:batch"),
-            KeyValue::new("tenant.id", principal.tenant.clone()),
-            KeyValue::new("messaging.batch.message_count", lines.len() as i64),
-        ],
-    );
+    let batch_span = spans::enabled()
+        .then(|| {
+            OpenSpan::start(
+                "gateway.receive_batch",
+                SpanKind::Server,
+                client_trace(&headers),
+                trace,
+                received_at.into(),
+                vec![
+                    KeyValue::new("http.request.method", "POST"),
+                    KeyValue::new("url.path", "/v1/events:batch"),
+                    KeyValue::new("tenant.id", principal.tenant.clone()),
+                    KeyValue::new("messaging.batch.message_count", lines.len() as i64),
+                ],
+            )
+        })
+        .flatten();
     if let Some(span) = &batch_span {
         trace.flags = if span.sampled() {
             trace.flags | 1

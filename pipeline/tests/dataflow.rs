@@ -80,18 +80,6 @@ async fn read_topic(
     records
 }
 
-async fn wait_for_consumed(env: &TestEnv, records: i64) {
-    let db = env.db().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while env.consumed_records(&db).await < records {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the dataflow did not consume {records} records"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_are_dropped_and_conflicts_and_poison_dead_lettered_across_restarts() {
     let env = TestEnv::new("dedup").await;
@@ -112,7 +100,7 @@ async fn duplicates_are_dropped_and_conflicts_and_poison_dead_lettered_across_re
     produce(&producer, &topic, 0, &conflicting_bytes).await; // same id, other payload
     produce(&producer, &topic, 0, b"\xff not json").await; // poison
     produce(&producer, &topic, 0, br#"{"eventId": 5}"#).await; // not an envelope
-    wait_for_consumed(&env, 5).await;
+    env.wait_for_consumed(5).await;
     assert_eq!(env.event_count(&env.db().await).await, 1);
     assert_eq!(
         sentinel
@@ -159,7 +147,7 @@ async fn duplicates_are_dropped_and_conflicts_and_poison_dead_lettered_across_re
     .await;
     let second = envelope(Uuid::new_v4(), "acme", "s-2", 2, "2025-06-15T10:00:00Z");
     produce(&producer, &topic, 1, &serde_json::to_vec(&second).unwrap()).await;
-    wait_for_consumed(&env, 8).await;
+    env.wait_for_consumed(8).await;
     assert_eq!(
         env.event_count(&env.db().await).await,
         2,
@@ -252,7 +240,7 @@ async fn payloads_are_checked_against_schemas_reloaded_from_their_directory() {
     for body in [&valid, &invalid, &unknown] {
         produce(&producer, &topic, 0, &serde_json::to_vec(body).unwrap()).await;
     }
-    wait_for_consumed(&env, 3).await;
+    env.wait_for_consumed(3).await;
     assert_eq!(env.event_count(&env.db().await).await, 1);
     let reasons: Vec<String> = dead_letters(&env)
         .await
@@ -272,7 +260,7 @@ async fn payloads_are_checked_against_schemas_reloaded_from_their_directory() {
         &serde_json::to_vec(&now_invalid).unwrap(),
     )
     .await;
-    wait_for_consumed(&env, 4).await;
+    env.wait_for_consumed(4).await;
     let reasons: Vec<String> = dead_letters(&env)
         .await
         .into_iter()
@@ -352,7 +340,7 @@ async fn a_mixed_load_yields_exact_rows_in_every_table() {
             .await
             .expect("produce");
     }
-    wait_for_consumed(&env, records.len() as i64).await;
+    env.wait_for_consumed(records.len() as i64).await;
     let db = env.db().await;
     assert_eq!(
         env.event_count(&db).await,

@@ -6,29 +6,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{envelope, ingest_token, TestEnv};
+use support::{envelope, post_traced, TestEnv};
 use uuid::Uuid;
 
 const PAYLOAD_MARKER: &str = "PAYLOAD-MARKER-7f3a";
-
-async fn post_traced(
-    client: &reqwest::Client,
-    base_url: &str,
-    key: &str,
-    traceparent: &str,
-    body: &serde_json::Value,
-) {
-    let response = client
-        .post(format!("{base_url}/v1/events"))
-        .bearer_auth(ingest_token("acme"))
-        .header("idempotency-key", key)
-        .header("traceparent", traceparent)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_lines_carry_their_trace_and_event_and_mask_what_is_configured() {
@@ -44,17 +25,15 @@ async fn log_lines_carry_their_trace_and_event_and_mask_what_is_configured() {
             ],
         )
         .await;
-    let client = reqwest::Client::new();
     let event_id = Uuid::new_v4();
     let mut body = envelope(event_id, "acme", "orders-1", 0, "2025-06-15T10:00:00Z");
     body["payload"]["marker"] = serde_json::json!(PAYLOAD_MARKER);
     let first_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let first_parent = "00f067aa0ba902b7";
     post_traced(
-        &client,
         &sentinel.base_url,
-        "key-first",
         &format!("00-{first_trace}-{first_parent}-01"),
+        "key-first",
         &body,
     )
     .await;
@@ -63,10 +42,9 @@ async fn log_lines_carry_their_trace_and_event_and_mask_what_is_configured() {
     conflict["payload"]["seq"] = serde_json::json!(-1);
     let second_trace = "0af7651916cd43dd8448eb211c80319c";
     post_traced(
-        &client,
         &sentinel.base_url,
-        "key-second",
         &format!("00-{second_trace}-b7ad6b7169203331-01"),
+        "key-second",
         &conflict,
     )
     .await;

@@ -44,19 +44,6 @@ async fn replay(
     (status, response.json().await.unwrap())
 }
 
-/// Waits until the dataflow consumed `records` raw records.
-async fn wait_consumed(env: &TestEnv, records: i64) {
-    let db = env.db().await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while env.consumed_records(&db).await < records {
-        assert!(
-            Instant::now() < deadline,
-            "the dataflow did not consume {records} records"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fixed_dead_letter_replays_into_events_exactly_once() {
     let env = TestEnv::new("dead_letters").await;
@@ -94,7 +81,7 @@ async fn a_fixed_dead_letter_replays_into_events_exactly_once() {
         assert_eq!(response.status(), 202);
         sent.push(body);
     }
-    wait_consumed(&env, 4).await;
+    env.wait_for_consumed(4).await;
     let db = env.db().await;
     assert_eq!(env.event_count(&db).await, 0, "all four were dead-lettered");
 
@@ -239,7 +226,7 @@ async fn a_fixed_dead_letter_replays_into_events_exactly_once() {
             Some(3),
             "round {round}: {report}"
         );
-        wait_consumed(&env, 4 + 3 * round).await;
+        env.wait_for_consumed(4 + 3 * round).await;
     }
     let stored: Vec<String> = db
         .query("SELECT id::text FROM events ORDER BY id", &[])

@@ -15,7 +15,7 @@ use axum::routing::post;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use prost::Message;
-use support::{envelope, free_port, ingest_token, TestEnv};
+use support::{envelope, free_port, post_traced, TestEnv};
 use uuid::Uuid;
 
 #[derive(Debug, Clone)]
@@ -96,19 +96,6 @@ async fn receiver() -> (String, Arc<Mutex<Vec<ReceivedSpan>>>) {
         .unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (format!("http://127.0.0.1:{port}"), spans)
-}
-
-async fn post_traced(base_url: &str, traceparent: &str, key: &str, body: &serde_json::Value) {
-    let response = reqwest::Client::new()
-        .post(format!("{base_url}/v1/events"))
-        .bearer_auth(ingest_token("acme"))
-        .header("idempotency-key", key)
-        .header("traceparent", traceparent)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

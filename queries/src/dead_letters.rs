@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use ingress::{ApiError, EventProducer, Principal, Role};
+use ingress::{ApiError, EventProducer, Role};
 use operators::envelope::EnvelopeLimits;
 use operators::headers::RecordHeaders;
 use operators::record::SourceRecord;
@@ -176,27 +176,9 @@ fn summary(row: &tokio_postgres::Row) -> DeadLetterSummary {
     }
 }
 
-fn authorize(state: &ServingState, headers: &HeaderMap, role: Role) -> Result<Principal, Response> {
-    let principal = state
-        .auth
-        .authenticate(headers)
-        .map_err(IntoResponse::into_response)?;
-    principal
-        .require(role)
-        .map_err(IntoResponse::into_response)?;
-    Ok(principal)
-}
-
 fn unavailable(err: &ReadError) -> Response {
     tracing::warn!(error = %err, "dead letters unavailable");
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "database-unavailable",
-        "Database unavailable",
-        "the dead letters could not be read; retry shortly",
-    )
-    .retry_after(1)
-    .into_response()
+    crate::database_unavailable("the dead letters could not be read; retry shortly").into_response()
 }
 
 /// `WHERE` conditions of `filter` for `tenant` ($1), numbering parameters from $2.
@@ -241,7 +223,7 @@ pub async fn list_dead_letters(
     headers: HeaderMap,
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let principal = match authorize(&state, &headers, Role::Read) {
+    let principal = match crate::authorize(&state.auth, &headers, Role::Read) {
         Ok(principal) => principal,
         Err(response) => return response,
     };
@@ -329,7 +311,7 @@ pub async fn get_dead_letter(
     headers: HeaderMap,
     id: Result<Path<i64>, axum::extract::rejection::PathRejection>,
 ) -> Response {
-    let principal = match authorize(&state, &headers, Role::Read) {
+    let principal = match crate::authorize(&state.auth, &headers, Role::Read) {
         Ok(principal) => principal,
         Err(response) => return response,
     };
@@ -445,7 +427,7 @@ pub async fn replay_dead_letters(
     headers: HeaderMap,
     body: Result<Json<ReplayRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let principal = match authorize(&state, &headers, Role::Admin) {
+    let principal = match crate::authorize(&state.auth, &headers, Role::Admin) {
         Ok(principal) => principal,
         Err(response) => return response,
     };

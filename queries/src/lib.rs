@@ -30,6 +30,33 @@ pub use feed::{FeedHub, FeedSettings};
 pub use pool::{read_pool, ReadError, ReadPool};
 pub use slo::{SloObjectives, SloState};
 
+/// The caller, once its token checked out and it holds `role`; else the 401/403 answer.
+pub(crate) fn authorize(
+    auth: &Authenticator,
+    headers: &axum::http::HeaderMap,
+    role: ingress::Role,
+) -> Result<ingress::Principal, axum::response::Response> {
+    use axum::response::IntoResponse;
+    let principal = auth
+        .authenticate(headers)
+        .map_err(IntoResponse::into_response)?;
+    principal
+        .require(role)
+        .map_err(IntoResponse::into_response)?;
+    Ok(principal)
+}
+
+/// 503 for a read that PostgreSQL could not serve (`detail` says which), retriable after 1 s.
+pub(crate) fn database_unavailable(detail: &str) -> ingress::ApiError {
+    ingress::ApiError::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "database-unavailable",
+        "Database unavailable",
+        detail,
+    )
+    .retry_after(1)
+}
+
 /// Everything the read endpoints share.
 #[derive(Clone)]
 pub struct ServingState {

@@ -231,13 +231,10 @@ pub async fn get_query(
 }
 
 async fn answer(state: &ServingState, headers: &HeaderMap, sql: &str) -> Response {
-    let principal = match state.auth.authenticate(headers) {
+    let principal = match crate::authorize(&state.auth, headers, Role::Read) {
         Ok(principal) => principal,
-        Err(err) => return err.into_response(),
+        Err(response) => return response,
     };
-    if let Err(problem) = principal.require(Role::Read) {
-        return problem.into_response();
-    }
     let Some(format) = negotiate(headers) else {
         return ApiError::new(
             StatusCode::NOT_ACCEPTABLE,
@@ -272,14 +269,8 @@ async fn answer(state: &ServingState, headers: &HeaderMap, sql: &str) -> Respons
             tracing::warn!(error = %err, "query failed: database unavailable");
             (
                 QueryOutcome::Error,
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "database-unavailable",
-                    "Database unavailable",
-                    "the query could not run; retry shortly",
-                )
-                .retry_after(1)
-                .into_response(),
+                crate::database_unavailable("the query could not run; retry shortly")
+                    .into_response(),
             )
         }
     };

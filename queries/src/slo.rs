@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -179,25 +179,15 @@ async fn compute(state: &SloState) -> Result<SloReport, tokio_postgres::Error> {
     ),
     security(("bearer" = [])))]
 pub async fn get_slo(State(state): State<SloState>, headers: HeaderMap) -> Response {
-    let principal = match state.auth.authenticate(&headers) {
-        Ok(principal) => principal,
-        Err(err) => return err.into_response(),
-    };
-    if let Err(problem) = principal.require(Role::Read) {
-        return problem.into_response();
+    if let Err(response) = crate::authorize(&state.auth, &headers, Role::Read) {
+        return response;
     }
     match compute(&state).await {
         Ok(report) => Json(report).into_response(),
         Err(err) => {
             tracing::warn!(error = %err, "SLO status unavailable");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "database-unavailable",
-                "Database unavailable",
-                "the SLO samples could not be read; retry shortly",
-            )
-            .retry_after(1)
-            .into_response()
+            crate::database_unavailable("the SLO samples could not be read; retry shortly")
+                .into_response()
         }
     }
 }

@@ -91,13 +91,10 @@ pub async fn get_stream(
     headers: HeaderMap,
     Query(params): Query<StreamParams>,
 ) -> Response {
-    let principal = match state.auth.authenticate(&headers) {
+    let principal = match crate::authorize(&state.auth, &headers, Role::Read) {
         Ok(principal) => principal,
-        Err(err) => return err.into_response(),
+        Err(response) => return response,
     };
-    if let Err(problem) = principal.require(Role::Read) {
-        return problem.into_response();
-    }
     let resume_from = headers
         .get("last-event-id")
         .map(|value| value.to_str().unwrap_or("\u{fffd}").to_owned())
@@ -152,14 +149,8 @@ pub async fn get_stream(
 
 fn unavailable(err: &ReadError) -> Response {
     tracing::warn!(error = %err, "live feed unavailable");
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "database-unavailable",
-        "Database unavailable",
-        "the feed's position could not be read; retry shortly",
-    )
-    .retry_after(1)
-    .into_response()
+    crate::database_unavailable("the feed's position could not be read; retry shortly")
+        .into_response()
 }
 
 type Outbox = mpsc::Sender<Result<Event, Infallible>>;

@@ -55,6 +55,20 @@ pub async fn post_event(
         .expect("POST /v1/events")
 }
 
+/// POSTs one acme event with a `traceparent`; it must be accepted.
+pub async fn post_traced(base_url: &str, traceparent: &str, key: &str, body: &serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{base_url}/v1/events"))
+        .bearer_auth(ingest_token("acme"))
+        .header("idempotency-key", key)
+        .header("traceparent", traceparent)
+        .json(body)
+        .send()
+        .await
+        .expect("POST /v1/events");
+    assert_eq!(response.status(), 202);
+}
+
 /// POSTs a raw body to `/v1/events` with a bearer token, an idempotency key and a content type.
 pub async fn post_raw(
     client: &reqwest::Client,
@@ -371,6 +385,19 @@ impl TestEnv {
                 return totals;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits (up to 60 s) until the dataflow consumed `records` raw records.
+    pub async fn wait_for_consumed(&self, records: i64) {
+        let db = self.db().await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.consumed_records(&db).await < records {
+            assert!(
+                Instant::now() < deadline,
+                "the dataflow did not consume {records} records"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
