@@ -1,6 +1,11 @@
-//! The batch writer: commits events (binary COPY through a staging table), dead letters and
-//! source offsets in one transaction; retries transient failures forever with backoff and
-//! jitter, and isolates rows the database rejects into dead letters.
+//! The batch writer: commits events (binary COPY), dead letters and source offsets in one
+//! transaction; retries transient failures forever with backoff and jitter, and isolates rows
+//! the database rejects into dead letters.
+//!
+//! Events are copied straight into `events`: the dataflow has already removed the duplicates it
+//! can see. An id the table already holds (sent again on another partition, which another
+//! worker owns) aborts that copy; the batch is then written again through a staging table that
+//! skips same-payload copies and dead-letters other payloads.
 
 use std::time::Duration;
 
@@ -155,10 +160,17 @@ impl EventSink {
     pub async fn commit(&mut self, batch: &CommitBatch) -> Result<CommitReport, SinkError> {
         let topic = self.topic.clone();
         let publisher = self.publisher.clone();
-        let outcome = {
+        let mut outcome = {
             let client = self.client().await?;
-            commit_bulk(client, &topic, batch, publisher.as_deref()).await
+            commit_bulk(client, &topic, batch, publisher.as_deref(), Copy::Direct).await
         };
+        if outcome
+            .as_ref()
+            .is_err_and(|err| err.sqlstate() == Some(UNIQUE_VIOLATION))
+        {
+            let client = self.client().await?;
+            outcome = commit_bulk(client, &topic, batch, publisher.as_deref(), Copy::Staged).await;
+        }
         match outcome {
             Err(err) if err.is_data_error() => {
                 tracing::warn!(sqlstate = ?err.sqlstate(), "batch rejected, isolating rows");
@@ -190,11 +202,24 @@ async fn publish_dead_letters(
     }
 }
 
+/// SQLSTATE of a unique-constraint violation.
+const UNIQUE_VIOLATION: &str = "23505";
+
+/// How a batch's events reach the `events` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Copy {
+    /// Straight into `events`: fails on an id the table already holds.
+    Direct,
+    /// Through `events_staging`: ids already stored are skipped (same payload) or dead-lettered.
+    Staged,
+}
+
 async fn commit_bulk(
     client: &mut Client,
     topic: &str,
     batch: &CommitBatch,
     publisher: Option<&dyn DeadLetterPublisher>,
+    copy: Copy,
 ) -> Result<CommitReport, SinkError> {
     let tx = client
         .transaction()
@@ -207,9 +232,13 @@ async fn commit_bulk(
     };
     let mut conflicts: Vec<DeadLetter> = Vec::new();
     if !batch.events.is_empty() {
+        let target = match copy {
+            Copy::Direct => "events",
+            Copy::Staged => "events_staging",
+        };
         let sink = tx
             .copy_in(&format!(
-                "COPY events_staging ({EVENT_COLUMNS}) FROM STDIN BINARY"
+                "COPY {target} ({EVENT_COLUMNS}) FROM STDIN BINARY"
             ))
             .await
             .map_err(SinkError::statement("starting the events COPY"))?;
@@ -224,54 +253,20 @@ async fn commit_bulk(
                 .await
                 .map_err(SinkError::statement("copying events"))?;
         }
-        let mut staged = writer
+        let copied = writer
             .finish()
             .await
             .map_err(SinkError::statement("finishing the events COPY"))?;
-        // An id stored before with another payload (e.g. from another partition, which the
-        // worker-local de-duplication cannot see) is a conflict: dead-letter it.
-        let conflicting: Vec<uuid::Uuid> = tx
-            .query(
-                "DELETE FROM events_staging s USING events e \
-                 WHERE e.id = s.id AND e.payload_hash <> s.payload_hash RETURNING s.id",
-                &[],
-            )
-            .await
-            .map_err(SinkError::statement(
-                "checking staged events for id conflicts",
-            ))?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
-        if !conflicting.is_empty() {
-            staged -= conflicting.len() as u64;
-            conflicts = batch
-                .events
-                .iter()
-                .filter(|event| conflicting.contains(&event.event_id))
-                .map(|event| {
-                    event.clone().into_dead_letter(
-                        DeadLetterReason::DuplicateEventIdConflict,
-                        format!(
-                            "event id {} is already stored with another payload",
-                            event.event_id
-                        ),
-                    )
-                })
-                .collect();
+        match copy {
+            Copy::Direct => report.events_written = copied,
+            Copy::Staged => {
+                let (written, skipped, conflicting) =
+                    merge_staged(&tx, &batch.events, copied).await?;
+                report.events_written = written;
+                report.duplicates_skipped = skipped;
+                conflicts = conflicting;
+            }
         }
-        let inserted = tx
-            .execute(
-                &format!(
-                    "INSERT INTO events ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} \
-                     FROM events_staging ON CONFLICT (id) DO NOTHING"
-                ),
-                &[],
-            )
-            .await
-            .map_err(SinkError::statement("inserting staged events"))?;
-        report.events_written = inserted;
-        report.duplicates_skipped = staged - inserted;
     }
     report.id_conflicts = conflicts.len() as u64;
     conflicts.extend(batch.dead_letters.iter().cloned());
@@ -286,6 +281,55 @@ async fn commit_bulk(
         .map_err(SinkError::statement("committing a batch"))?;
     log_dead_letters(&conflicts);
     Ok(report)
+}
+
+/// Moves staged events into `events`: an id stored before with the same payload is skipped, one
+/// stored with another payload (e.g. from another partition, which the worker-local
+/// de-duplication cannot see) is a conflict and becomes a dead letter. Returns the events
+/// written, the copies skipped and the conflicts.
+async fn merge_staged(
+    tx: &Transaction<'_>,
+    events: &[operators::record::EventRow],
+    staged: u64,
+) -> Result<(u64, u64, Vec<DeadLetter>), SinkError> {
+    let conflicting: Vec<uuid::Uuid> = tx
+        .query(
+            "DELETE FROM events_staging s USING events e \
+             WHERE e.id = s.id AND e.payload_hash <> s.payload_hash RETURNING s.id",
+            &[],
+        )
+        .await
+        .map_err(SinkError::statement(
+            "checking staged events for id conflicts",
+        ))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let conflicts: Vec<DeadLetter> = events
+        .iter()
+        .filter(|event| conflicting.contains(&event.event_id))
+        .map(|event| {
+            event.clone().into_dead_letter(
+                DeadLetterReason::DuplicateEventIdConflict,
+                format!(
+                    "event id {} is already stored with another payload",
+                    event.event_id
+                ),
+            )
+        })
+        .collect();
+    let inserted = tx
+        .execute(
+            &format!(
+                "INSERT INTO events ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} \
+                 FROM events_staging ON CONFLICT (id) DO NOTHING"
+            ),
+            &[],
+        )
+        .await
+        .map_err(SinkError::statement("inserting staged events"))?;
+    let skipped = staged - conflicting.len() as u64 - inserted;
+    Ok((inserted, skipped, conflicts))
 }
 
 async fn commit_isolating(
