@@ -58,9 +58,20 @@ async fn trivial_server() -> anyhow::Result<String> {
             }),
         )
         .route("/v1/events:batch", post(|| async { r#"{"results":[]}"# }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    // Its own multi-threaded runtime, like Sentinel's: the generator runs on one thread.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            axum::serve(listener, app).await
+        })
+    });
     Ok(format!("http://{addr}"))
 }
 

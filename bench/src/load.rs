@@ -9,11 +9,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use bytes::Bytes;
 use clap::ValueEnum;
 use hdrhistogram::Histogram;
+use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use uuid::Uuid;
+
+use crate::http::HttpPool;
 
 /// Open-loop load against `POST /v1/events` or `POST /v1/events:batch`.
 #[derive(Debug, Clone, clap::Args)]
@@ -326,9 +330,13 @@ pub async fn run(args: &LoadArgs, quiet: bool) -> anyhow::Result<Report> {
         })
         .collect::<Result<_, _>>()
         .context("minting tokens")?;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.connections)
-        .build()?;
+    let client = reqwest::Client::new();
+    let pool = Arc::new(HttpPool::new(&args.url)?);
+    let bearers: Vec<HeaderValue> = tokens
+        .iter()
+        .map(|token| HeaderValue::from_str(&format!("Bearer {token}")))
+        .collect::<Result<_, _>>()
+        .context("token header")?;
     let per_request = match args.mode {
         Mode::Single => 1,
         Mode::Batch => args.batch_size.max(1),
@@ -357,19 +365,14 @@ pub async fn run(args: &LoadArgs, quiet: bool) -> anyhow::Result<Report> {
             .collect();
         let originals = planned.iter().filter(|p| p.kind == Kind::Original).count() as u64;
         tally.originals.fetch_add(originals, Ordering::Relaxed);
-        let (client, latency, counts, slots) = (
-            client.clone(),
-            latency.clone(),
-            tally.clone(),
-            slots.clone(),
-        );
+        let (pool, latency, counts, slots) =
+            (pool.clone(), latency.clone(), tally.clone(), slots.clone());
         let answered = Arc::clone(&answered);
-        let token = tokens[planned[0].tenant].clone();
-        let url = args.url.clone();
+        let bearer = bearers[planned[0].tenant].clone();
         let mode = args.mode;
         tasks.push(tokio::spawn(async move {
             let _slot = slots.acquire_owned().await.expect("semaphore open");
-            let outcome = send(&client, &url, &token, mode, &planned).await;
+            let outcome = send(&pool, bearer, mode, &planned).await;
             let elapsed = intended.elapsed().as_micros() as u64;
             latency
                 .lock()
@@ -486,51 +489,56 @@ fn report_unexpected(plan: &Planned, answer: &str) {
 
 /// Sends one request; returns (answers as expected, unexpected answers).
 async fn send(
-    client: &reqwest::Client,
-    url: &str,
-    token: &str,
+    pool: &HttpPool,
+    bearer: HeaderValue,
     mode: Mode,
     planned: &[Planned],
 ) -> anyhow::Result<(u64, u64)> {
     match mode {
         Mode::Single => {
             let event = &planned[0];
-            let response = client
-                .post(format!("{url}/v1/events"))
-                .bearer_auth(token)
-                .header("idempotency-key", &event.key)
-                .json(&event.body)
-                .send()
+            let headers = [
+                (AUTHORIZATION, bearer),
+                (
+                    HeaderName::from_static("idempotency-key"),
+                    HeaderValue::from_str(&event.key)?,
+                ),
+            ];
+            let body = Bytes::from(serde_json::to_vec(&event.body)?);
+            let (status, answer) = pool
+                .post("/v1/events", "application/json", &headers, body)
                 .await?;
-            let status = response.status().as_u16();
             if status == expected_status(event.kind) {
                 Ok((1, 0))
             } else {
                 report_unexpected(
                     event,
-                    &format!("{status} {}", response.text().await.unwrap_or_default()),
+                    &format!("{status} {}", String::from_utf8_lossy(&answer)),
                 );
                 Ok((0, 1))
             }
         }
         Mode::Batch => {
-            let body: String = planned
-                .iter()
-                .map(|p| {
-                    serde_json::json!({"idempotencyKey": p.key, "event": p.body}).to_string() + "\n"
-                })
-                .collect();
-            let response = client
-                .post(format!("{url}/v1/events:batch"))
-                .bearer_auth(token)
-                .header("content-type", "application/x-ndjson")
-                .body(body)
-                .send()
+            let mut body = Vec::with_capacity(planned.len() * 400);
+            for p in planned {
+                serde_json::to_writer(
+                    &mut body,
+                    &serde_json::json!({"idempotencyKey": p.key, "event": p.body}),
+                )?;
+                body.push(b'\n');
+            }
+            let (status, answer) = pool
+                .post(
+                    "/v1/events:batch",
+                    "application/x-ndjson",
+                    &[(AUTHORIZATION, bearer)],
+                    Bytes::from(body),
+                )
                 .await?;
-            if !response.status().is_success() {
+            if !(200..300).contains(&status) {
                 return Ok((0, planned.len() as u64));
             }
-            let answer: serde_json::Value = response.json().await?;
+            let answer: serde_json::Value = serde_json::from_slice(&answer)?;
             let mut tally = (0, 0);
             for (plan, result) in planned
                 .iter()

@@ -23,6 +23,10 @@ use operators::topics::TopicNames;
 use tokio::sync::Notify;
 
 use crate::config::{Cli, Command, LogFormat, Settings};
+
+/// mimalloc: the request path allocates per event, and glibc malloc was a tenth of its CPU.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use crate::dataflow::DataflowContext;
 use crate::kafka_source::SourceSettings;
 use crate::server::Readiness;
