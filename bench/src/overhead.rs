@@ -24,6 +24,78 @@ pub struct Variant {
     pub cpu_us_per_event: f64,
     /// OTLP bytes the receiver got (tracing variant).
     pub otlp_bytes: u64,
+    /// CPU time per event sent, in microseconds, of each part of the machine during the run.
+    pub cpu_by_process: Vec<(String, f64)>,
+}
+
+/// The parts of the machine whose CPU time is told apart.
+const PARTS: [&str; 5] = [
+    "Sentinel",
+    "PostgreSQL (every backend)",
+    "tansu (broker)",
+    "load generator",
+    "everything else (kernel threads, other services)",
+];
+
+/// CPU ticks used so far by each of [`PARTS`] (`/proc/*/stat`), and by the whole machine
+/// (`/proc/stat`), which the last part is the rest of.
+fn ticks_by_part(sentinel: u32) -> [u64; 5] {
+    let mut parts = [0u64; 5];
+    let me = std::process::id();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let comm = &stat[open + 1..close];
+            let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+            let ticks = fields
+                .get(11)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+                + fields
+                    .get(12)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            let part = if pid == sentinel {
+                0
+            } else if comm.starts_with("postgres") {
+                1
+            } else if comm.starts_with("tansu") {
+                2
+            } else if pid == me {
+                3
+            } else {
+                continue;
+            };
+            parts[part] += ticks;
+        }
+    }
+    let machine: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|stat| {
+            let cpu = stat.lines().next()?.to_owned();
+            // user nice system idle iowait irq softirq steal: all but idle and iowait.
+            let values: Vec<u64> = cpu
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            Some(values.iter().take(8).sum::<u64>() - values.get(3)? - values.get(4)?)
+        })
+        .unwrap_or(0);
+    parts[4] = machine.saturating_sub(parts[..4].iter().sum());
+    parts
 }
 
 /// Sum of the CPU time of every thread of `pid` so far (`/proc/<pid>/task/*/schedstat`), ns.
@@ -184,7 +256,9 @@ pub async fn measure(
         eprintln!("report: overhead, {name}, {rate} events/s");
         let before_bytes = received.load(Ordering::Relaxed);
         let before = cpu_ns(running.child.id())?;
+        let parts_before = ticks_by_part(running.child.id());
         let report = load::run(&load, true).await?;
+        let parts_after = ticks_by_part(running.child.id());
         let used = cpu_ns(running.child.id())?.saturating_sub(before);
         drop(running);
         let _ = admin
@@ -193,12 +267,35 @@ pub async fn measure(
             ))
             .await;
         let events = report.events_sent.max(1) as f64;
+        let tick_us = 1e6 / clock_ticks_per_second();
+        let cpu_by_process = PARTS
+            .iter()
+            .zip(parts_after.iter().zip(parts_before))
+            .map(|(part, (after, before))| {
+                (
+                    part.to_string(),
+                    after.saturating_sub(before) as f64 * tick_us / events,
+                )
+            })
+            .collect();
         measured.push(Variant {
             name,
+            cpu_by_process,
             cpu_us_per_event: used as f64 / 1_000.0 / events,
             otlp_bytes: received.load(Ordering::Relaxed) - before_bytes,
             report,
         });
     }
     Ok(measured)
+}
+
+/// Clock ticks per second of `/proc` times (`getconf CLK_TCK`; 100 on Linux here).
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(100.0)
 }
