@@ -203,6 +203,12 @@ struct Prepared {
 impl Prepared {
     async fn connect(url: &str) -> Result<Self, StoreUnavailable> {
         let client = connect(url).await?;
+        // Plan each execution for the table as it is now: a plan cached while the table was
+        // small (or never analysed) would keep scanning all of it once it has grown.
+        client
+            .batch_execute("SET plan_cache_mode = force_custom_plan")
+            .await
+            .map_err(unavailable)?;
         let (claim, held, complete, release) = tokio::try_join!(
             client.prepare(CLAIM_SQL),
             client.prepare(HELD_SQL),
