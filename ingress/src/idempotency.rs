@@ -203,10 +203,15 @@ struct Prepared {
 impl Prepared {
     async fn connect(url: &str) -> Result<Self, StoreUnavailable> {
         let client = connect(url).await?;
-        // Plan each execution for the table as it is now: a plan cached while the table was
-        // small (or never analysed) would keep scanning all of it once it has grown.
+        // Every statement here reaches its rows through the primary key. Planned once, for any
+        // table size: a plan chosen while the table was small (or never analysed) must not scan
+        // or hash all of it once it has grown, and re-planning each group costs more than the
+        // group's own work.
         client
-            .batch_execute("SET plan_cache_mode = force_custom_plan")
+            .batch_execute(
+                "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off; \
+                 SET enable_hashjoin = off; SET enable_mergejoin = off",
+            )
             .await
             .map_err(unavailable)?;
         let (claim, held, complete, release) = tokio::try_join!(
