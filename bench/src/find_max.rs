@@ -1,5 +1,6 @@
 //! `find-max`: steps the arrival rate up until a bound breaks — gateway p99 latency, freshness
 //! p99, achieved rate, exact rows or unexpected answers — and reports the highest rate that held.
+//! A step that breaks only a latency bound runs once more, and stops the search if it breaks again.
 
 use std::io::Write;
 
@@ -92,18 +93,20 @@ pub async fn search(args: &FindMaxArgs) -> anyhow::Result<Search> {
         let mut load = args.load.clone();
         load.rate = rate.round() as u64;
         load.duration = args.step_seconds;
-        let report = load::run(&load, true).await?;
-        let broke = broken_bound(args, &report);
-        eprintln!(
-            "find-max: {:>7} events/s → p99 {:>8.1} ms, freshness p99 {:>8.1} ms{}",
-            load.rate,
-            report.gateway_latency_ms.p99,
-            report.freshness_ms.p99,
-            broke
-                .as_ref()
-                .map(|b| format!(" — {b}"))
-                .unwrap_or_default()
-        );
+        let mut report = load::run(&load, true).await?;
+        let mut broke = broken_bound(args, &report);
+        log_step(load.rate, &report, &broke);
+        if broke.is_some() && only_latency_broke(args, &report) {
+            // One percentile over the bound may be a single stall of the shared machine: the
+            // step runs again and stops the search only if it breaks again. Both runs are kept.
+            steps.push(Step {
+                report,
+                broke: broke.map(|b| format!("{b}; run again")),
+            });
+            report = load::run(&load, true).await?;
+            broke = broken_bound(args, &report);
+            log_step(load.rate, &report, &broke);
+        }
         let stop = broke.is_some();
         if !stop {
             max_sustained = Some(report.achieved_events_per_second);
@@ -118,6 +121,29 @@ pub async fn search(args: &FindMaxArgs) -> anyhow::Result<Search> {
         steps,
         max_sustained,
     })
+}
+
+fn log_step(rate: u64, report: &Report, broke: &Option<String>) {
+    eprintln!(
+        "find-max: {rate:>7} events/s → p99 {:>8.1} ms, freshness p99 {:>8.1} ms{}",
+        report.gateway_latency_ms.p99,
+        report.freshness_ms.p99,
+        broke
+            .as_ref()
+            .map(|b| format!(" — {b}"))
+            .unwrap_or_default()
+    );
+}
+
+/// Whether the run kept its rate, its answers and its rows, and only a latency percentile
+/// passed its bound.
+fn only_latency_broke(args: &FindMaxArgs, report: &Report) -> bool {
+    let bad = report.unexpected_answers + report.transport_errors;
+    report.achieved_events_per_second >= 0.95 * report.target_events_per_second as f64
+        && bad * 1000 <= report.events_sent
+        && report.rows_exact
+        && (report.gateway_latency_ms.p99 > args.p99_bound_ms
+            || (!args.load.no_check && report.freshness_ms.p99 > args.freshness_p99_bound_ms))
 }
 
 /// `bench find-max`.
