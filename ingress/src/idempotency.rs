@@ -263,7 +263,7 @@ async fn run_batches(settings: IdempotencySettings, mut queue: mpsc::Receiver<Op
         let mut claimed_keys = HashSet::new();
         for op in ops {
             match op {
-                // One claim per key and group: the statement could not see its own insert.
+                // One claim per key and group: one INSERT … ON CONFLICT cannot touch a row twice.
                 Op::Claim { ref key, .. } if !claimed_keys.insert(key.clone()) => deferred.push(op),
                 Op::Claim { .. } => group.claims.push(op),
                 Op::Complete { .. } => group.completes.push(op),

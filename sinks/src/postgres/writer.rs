@@ -162,14 +162,28 @@ impl EventSink {
         let publisher = self.publisher.clone();
         let mut outcome = {
             let client = self.client().await?;
-            commit_bulk(client, &topic, batch, publisher.as_deref(), Copy::Direct).await
+            commit_bulk(
+                client,
+                &topic,
+                batch,
+                publisher.as_deref(),
+                EventCopy::Direct,
+            )
+            .await
         };
         if outcome
             .as_ref()
             .is_err_and(|err| err.sqlstate() == Some(UNIQUE_VIOLATION))
         {
             let client = self.client().await?;
-            outcome = commit_bulk(client, &topic, batch, publisher.as_deref(), Copy::Staged).await;
+            outcome = commit_bulk(
+                client,
+                &topic,
+                batch,
+                publisher.as_deref(),
+                EventCopy::Staged,
+            )
+            .await;
         }
         match outcome {
             Err(err) if err.is_data_error() => {
@@ -207,7 +221,7 @@ const UNIQUE_VIOLATION: &str = "23505";
 
 /// How a batch's events reach the `events` table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Copy {
+enum EventCopy {
     /// Straight into `events`: fails on an id the table already holds.
     Direct,
     /// Through `events_staging`: ids already stored are skipped (same payload) or dead-lettered.
@@ -219,7 +233,7 @@ async fn commit_bulk(
     topic: &str,
     batch: &CommitBatch,
     publisher: Option<&dyn DeadLetterPublisher>,
-    copy: Copy,
+    copy: EventCopy,
 ) -> Result<CommitReport, SinkError> {
     let tx = client
         .transaction()
@@ -233,8 +247,8 @@ async fn commit_bulk(
     let mut conflicts: Vec<DeadLetter> = Vec::new();
     if !batch.events.is_empty() {
         let target = match copy {
-            Copy::Direct => "events",
-            Copy::Staged => "events_staging",
+            EventCopy::Direct => "events",
+            EventCopy::Staged => "events_staging",
         };
         let sink = tx
             .copy_in(&format!(
@@ -258,8 +272,8 @@ async fn commit_bulk(
             .await
             .map_err(SinkError::statement("finishing the events COPY"))?;
         match copy {
-            Copy::Direct => report.events_written = copied,
-            Copy::Staged => {
+            EventCopy::Direct => report.events_written = copied,
+            EventCopy::Staged => {
                 let (written, skipped, conflicting) =
                     merge_staged(&tx, &batch.events, copied).await?;
                 report.events_written = written;
