@@ -71,7 +71,10 @@ fn main() -> anyhow::Result<()> {
     ingress::telemetry::set_enabled(metrics_on);
     sinks::telemetry::set_enabled(metrics_on);
     queries::telemetry::set_enabled(metrics_on);
+    let runs_dataflow = matches!(cli.command, Command::Up | Command::Process);
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.settings.io_threads(runs_dataflow, cores))
         .enable_all()
         .thread_name("sentinel-io")
         .build()
