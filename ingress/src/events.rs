@@ -503,8 +503,21 @@ async fn write_owned(state: &IngressState, submission: Submission) -> Result<Ing
         ..
     } = submission;
     let claims = &state.inner.claims;
+    // The answer does not depend on the broker's: it is stored with the claim, to be replayed
+    // once the claim is completed.
+    let accepted = Accepted {
+        event_id: envelope.event_id,
+        received_at_utc: format_received_at(&received_at),
+        trace_id: trace.trace_id_hex(),
+    };
+    let response = serde_json::to_value(&accepted).expect("Accepted serialises");
     match claims
-        .claim(key.clone(), payload_hash.clone(), envelope.event_id)
+        .claim(
+            key.clone(),
+            payload_hash.clone(),
+            envelope.event_id,
+            response,
+        )
         .await
         .map_err(store_problem)?
     {
@@ -582,13 +595,7 @@ async fn write_owned(state: &IngressState, submission: Submission) -> Result<Ing
                 offset = ack.offset,
                 "event acknowledged by the broker"
             );
-            let accepted = Accepted {
-                event_id: envelope.event_id,
-                received_at_utc: format_received_at(&received_at),
-                trace_id: trace.trace_id_hex(),
-            };
-            let response = serde_json::to_value(&accepted).expect("Accepted serialises");
-            if let Err(err) = claims.complete(key, payload_hash, response).await {
+            if let Err(err) = claims.complete(key, payload_hash).await {
                 // The event is durable; a retry after the lease re-sends it and the dataflow's
                 // de-duplication absorbs the copy.
                 tracing::warn!(error = %err, "claim not completed after the broker's ack");

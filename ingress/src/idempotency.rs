@@ -5,8 +5,10 @@
 //! completion or release to the queue and answers, and the queue's order guarantees that a later
 //! claim of the same key sees it.
 //!
-//! A claim is `in_flight` until the broker acknowledged the event, then `completed` with the
-//! response to replay. A claim whose request failed or crashed keeps its payload hash but not its
+//! A claim is `in_flight` until the broker acknowledged the event, then `completed`. It carries
+//! the response to replay from the start (the response does not depend on the broker's answer),
+//! so completing it changes two fixed-width columns and, with the room the table's fillfactor
+//! leaves, stays on the row's page without touching an index. A claim whose request failed or crashed keeps its payload hash but not its
 //! lease, so a retry of the same payload takes it over at once (or after the lease, if the
 //! process died) while a different payload is still refused: one key never yields two events.
 
@@ -77,12 +79,12 @@ enum Op {
         key: ClaimKey,
         payload_hash: String,
         event_id: Uuid,
+        response: serde_json::Value,
         reply: Reply<ClaimOutcome>,
     },
     Complete {
         key: ClaimKey,
         payload_hash: String,
-        response: serde_json::Value,
     },
     Release {
         key: ClaimKey,
@@ -105,12 +107,14 @@ impl ClaimStore {
         Self { ops }
     }
 
-    /// Claims `key` for a payload; see [`ClaimOutcome`].
+    /// Claims `key` for a payload, with the response a replay answers once the claim is
+    /// completed; see [`ClaimOutcome`].
     pub async fn claim(
         &self,
         key: ClaimKey,
         payload_hash: String,
         event_id: Uuid,
+        response: serde_json::Value,
     ) -> Result<ClaimOutcome, StoreUnavailable> {
         let started = std::time::Instant::now();
         let (reply, answer) = oneshot::channel();
@@ -118,6 +122,7 @@ impl ClaimStore {
             key,
             payload_hash,
             event_id,
+            response,
             reply,
         };
         self.enqueue(op).await?;
@@ -131,7 +136,7 @@ impl ClaimStore {
         outcome
     }
 
-    /// Marks a claim completed with the response to replay. Returns once the completion is
+    /// Marks a claim completed: from now on its response is replayed. Returns once the completion is
     /// queued: it is written with the next group, before any claim queued after it. If it is
     /// never written (the store fails), the claim stays in flight and a retry after its lease
     /// re-sends the same event, which the dataflow's de-duplication absorbs.
@@ -139,14 +144,8 @@ impl ClaimStore {
         &self,
         key: ClaimKey,
         payload_hash: String,
-        response: serde_json::Value,
     ) -> Result<(), StoreUnavailable> {
-        self.enqueue(Op::Complete {
-            key,
-            payload_hash,
-            response,
-        })
-        .await
+        self.enqueue(Op::Complete { key, payload_hash }).await
     }
 
     /// Gives up a claim whose event was not acknowledged: its lease ends now, so a retry of the
@@ -326,16 +325,8 @@ async fn write_group(
     group: &Group,
 ) -> Result<Vec<Row>, tokio_postgres::Error> {
     let (tenants, keys, hashes) = key_columns(&group.completes);
-    let responses: Vec<&serde_json::Value> = group
-        .completes
-        .iter()
-        .filter_map(|op| match op {
-            Op::Complete { response, .. } => Some(response),
-            _ => None,
-        })
-        .collect();
     let (release_tenants, release_keys, release_hashes) = key_columns(&group.releases);
-    let (claim_tenants, claim_keys, claim_hashes, event_ids) = claim_columns(&group.claims);
+    let claim_columns = claim_columns(&group.claims);
     let lease_ms = settings.lease.as_millis() as f64;
     let retention_ms = settings.retention.as_millis() as f64;
 
@@ -346,7 +337,7 @@ async fn write_group(
             return Ok(0);
         }
         client
-            .execute(&db.complete, &[&tenants, &keys, &hashes, &responses])
+            .execute(&db.complete, &[&tenants, &keys, &hashes])
             .await
     };
     let releases = async {
@@ -368,10 +359,11 @@ async fn write_group(
             .query(
                 &db.claim,
                 &[
-                    &claim_tenants,
-                    &claim_keys,
-                    &claim_hashes,
-                    &event_ids,
+                    &claim_columns.tenants,
+                    &claim_columns.keys,
+                    &claim_columns.hashes,
+                    &claim_columns.event_ids,
+                    &claim_columns.responses,
                     &lease_ms,
                     &retention_ms,
                 ],
@@ -401,15 +393,16 @@ fn fail_all(ops: Vec<Op>, err: &StoreUnavailable) {
 /// Claims every key it can (new, expired, or in flight past its lease with the same payload)
 /// and returns the keys it claimed.
 const CLAIM_SQL: &str = "INSERT INTO idempotency AS cur (tenant_id, idempotency_key, \
-        payload_hash, event_id, state, lease_until_utc, expires_utc) \
-     SELECT tenant_id, idempotency_key, payload_hash, event_id, 'in_flight', \
-        clock_timestamp() + make_interval(secs => $5::float8 / 1000), \
-        clock_timestamp() + make_interval(secs => $6::float8 / 1000) \
-     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::uuid[]) \
-        AS i(tenant_id, idempotency_key, payload_hash, event_id) \
+        payload_hash, event_id, state, response, lease_until_utc, expires_utc) \
+     SELECT tenant_id, idempotency_key, payload_hash, event_id, 'in_flight', response, \
+        clock_timestamp() + make_interval(secs => $6::float8 / 1000), \
+        clock_timestamp() + make_interval(secs => $7::float8 / 1000) \
+     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::uuid[], $5::jsonb[]) \
+        AS i(tenant_id, idempotency_key, payload_hash, event_id, response) \
      ON CONFLICT (tenant_id, idempotency_key) DO UPDATE SET \
         payload_hash = EXCLUDED.payload_hash, event_id = EXCLUDED.event_id, \
-        state = 'in_flight', response = NULL, claimed_utc = now(), completed_utc = NULL, \
+        state = 'in_flight', response = EXCLUDED.response, claimed_utc = now(), \
+        completed_utc = NULL, \
         lease_until_utc = EXCLUDED.lease_until_utc, expires_utc = EXCLUDED.expires_utc \
      WHERE cur.expires_utc < clock_timestamp() \
         OR (cur.state = 'in_flight' AND cur.lease_until_utc < clock_timestamp() \
@@ -424,9 +417,9 @@ const HELD_SQL: &str = "SELECT cur.tenant_id, cur.idempotency_key, cur.payload_h
                          AND cur.idempotency_key = i.idempotency_key";
 
 const COMPLETE_SQL: &str = "UPDATE idempotency AS cur SET state = 'completed', \
-        response = u.response, completed_utc = now() \
-     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::jsonb[]) \
-        AS u(tenant_id, idempotency_key, payload_hash, response) \
+        completed_utc = now() \
+     FROM UNNEST($1::text[], $2::text[], $3::text[]) \
+        AS u(tenant_id, idempotency_key, payload_hash) \
      WHERE cur.tenant_id = u.tenant_id AND cur.idempotency_key = u.idempotency_key \
        AND cur.payload_hash = u.payload_hash";
 
@@ -437,26 +430,35 @@ const RELEASE_SQL: &str = "UPDATE idempotency AS cur \
      WHERE cur.tenant_id = u.tenant_id AND cur.idempotency_key = u.idempotency_key \
        AND cur.payload_hash = u.payload_hash AND cur.state = 'in_flight'";
 
-fn claim_columns(claims: &[Op]) -> (Vec<&str>, Vec<&str>, Vec<&str>, Vec<Uuid>) {
-    let mut tenants = Vec::with_capacity(claims.len());
-    let mut keys = Vec::with_capacity(claims.len());
-    let mut hashes = Vec::with_capacity(claims.len());
-    let mut event_ids = Vec::with_capacity(claims.len());
+/// The claims of a group as the columns the claim statement unnests.
+#[derive(Default)]
+struct ClaimColumns<'a> {
+    tenants: Vec<&'a str>,
+    keys: Vec<&'a str>,
+    hashes: Vec<&'a str>,
+    event_ids: Vec<Uuid>,
+    responses: Vec<&'a serde_json::Value>,
+}
+
+fn claim_columns(claims: &[Op]) -> ClaimColumns<'_> {
+    let mut columns = ClaimColumns::default();
     for op in claims {
         if let Op::Claim {
             key,
             payload_hash,
             event_id,
+            response,
             ..
         } = op
         {
-            tenants.push(key.tenant_id.as_str());
-            keys.push(key.key.as_str());
-            hashes.push(payload_hash.as_str());
-            event_ids.push(*event_id);
+            columns.tenants.push(key.tenant_id.as_str());
+            columns.keys.push(key.key.as_str());
+            columns.hashes.push(payload_hash.as_str());
+            columns.event_ids.push(*event_id);
+            columns.responses.push(response);
         }
     }
-    (tenants, keys, hashes, event_ids)
+    columns
 }
 
 /// Answers the claims that won their key; returns the others.
@@ -479,8 +481,12 @@ fn answer_won(claims: Vec<Op>, won: Vec<Row>) -> Vec<Op> {
 /// Answers the claims of keys held by an earlier claim from its stored row; returns the claims
 /// to retry (the row is gone: purged since). `Err` when the connection failed.
 async fn answer_held(db: &Prepared, held: Vec<Op>) -> Result<Vec<Op>, ()> {
-    let (tenants, keys, _, _) = claim_columns(&held);
-    let rows = match db.client.query(&db.held, &[&tenants, &keys]).await {
+    let columns = claim_columns(&held);
+    let rows = match db
+        .client
+        .query(&db.held, &[&columns.tenants, &columns.keys])
+        .await
+    {
         Ok(rows) => rows,
         Err(err) => {
             fail_all(held, &unavailable(err));
@@ -497,6 +503,7 @@ async fn answer_held(db: &Prepared, held: Vec<Op>) -> Result<Vec<Op>, ()> {
             key,
             payload_hash,
             event_id,
+            response,
             reply,
         } = op
         else {
@@ -507,6 +514,7 @@ async fn answer_held(db: &Prepared, held: Vec<Op>) -> Result<Vec<Op>, ()> {
                 key,
                 payload_hash,
                 event_id,
+                response,
                 reply,
             });
             continue;
