@@ -1,6 +1,7 @@
-//! The cost of observability: the same fixed-rate load against three fresh Sentinels — as
-//! shipped (metrics on, tracing off), metrics off, and every span exported over OTLP/HTTP to a
-//! local receiver — comparing latency, freshness and Sentinel's own CPU time per event.
+//! Fresh Sentinels for the report's runs (each with a database and topics of its own), and what
+//! they cost: the same fixed-rate load against three of them — as shipped (metrics on, tracing
+//! off), metrics off, and every span exported over OTLP/HTTP to a local receiver — comparing
+//! latency, freshness and CPU time per event, by part of the machine.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -182,23 +183,214 @@ async fn wait_ready(url: &str, child: &mut Child) -> anyhow::Result<()> {
     }
 }
 
-/// Runs `load` (single events at `rate` for `seconds`) against each variant, one at a time.
+/// Starts Sentinels of one binary, each on a database and topic prefix of its own, so that
+/// every measurement starts from the same state (empty tables, new topics).
+pub struct Sentinels {
+    sentinel: PathBuf,
+    brokers: String,
+    admin: tokio_postgres::Client,
+    jwt_secret: String,
+    base_database_url: String,
+    log_dir: PathBuf,
+    stamp: u64,
+    started: std::sync::atomic::AtomicUsize,
+}
+
+/// Events per second and seconds of the load that warms each fresh Sentinel.
+pub const WARM_UP_RATE: u64 = 500;
+/// See [`WARM_UP_RATE`].
+pub const WARM_UP_SECONDS: u64 = 3;
+
+/// A running Sentinel started by [`Sentinels::start`].
+pub struct FreshSentinel {
+    running: Running,
+    database: String,
+    url: String,
+    database_url: String,
+}
+
+impl FreshSentinel {
+    /// Points `load` at this Sentinel and its database.
+    pub fn aim(&self, load: &mut LoadArgs) {
+        load.url = self.url.clone();
+        load.database_url = self.database_url.clone();
+    }
+
+    fn pid(&self) -> u32 {
+        self.running.child.id()
+    }
+}
+
+impl Sentinels {
+    /// Connects to PostgreSQL (the database of `base`) to create and drop the databases.
+    pub async fn connect(sentinel: &Path, base: &LoadArgs, log_dir: &Path) -> anyhow::Result<Self> {
+        let brokers =
+            std::env::var("KAFKA_BROKERS").context("KAFKA_BROKERS for fresh Sentinels")?;
+        let (admin, connection) =
+            tokio_postgres::connect(&base.database_url, tokio_postgres::NoTls)
+                .await
+                .context("connecting to PostgreSQL for fresh Sentinels")?;
+        tokio::spawn(connection);
+        Ok(Self {
+            sentinel: sentinel.to_owned(),
+            brokers,
+            admin,
+            jwt_secret: base.jwt_secret.clone(),
+            base_database_url: base.database_url.clone(),
+            log_dir: log_dir.to_owned(),
+            stamp: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs(),
+            started: Default::default(),
+        })
+    }
+
+    /// Migrates the database the report was given (`sentinel migrate`).
+    pub fn migrate_base(&self) -> anyhow::Result<()> {
+        let status = Command::new(&self.sentinel)
+            .arg("migrate")
+            .env("DATABASE_URL", &self.base_database_url)
+            .env("KAFKA_BROKERS", &self.brokers)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .status()
+            .with_context(|| format!("starting {} migrate", self.sentinel.display()))?;
+        if !status.success() {
+            bail!("sentinel migrate exited with {status}");
+        }
+        Ok(())
+    }
+
+    /// Starts a Sentinel with `env` on a new database and topic prefix; waits until it is ready.
+    pub async fn start(&self, env: &[(&str, String)]) -> anyhow::Result<FreshSentinel> {
+        let index = self.started.fetch_add(1, Ordering::Relaxed);
+        let database = format!("sentinel_bench_fresh_{}_{index}", self.stamp);
+        self.admin
+            .batch_execute(&format!("CREATE DATABASE \"{database}\""))
+            .await
+            .with_context(|| format!("creating {database}"))?;
+        let database_url = with_database(&self.base_database_url, &database);
+        let port = free_port()?;
+        let url = format!("http://127.0.0.1:{port}");
+        let log: PathBuf = self
+            .log_dir
+            .join(format!("sentinel-bench-{}-{index}.log", self.stamp));
+        let log_file = std::fs::File::create(&log)?;
+        let mut child = Command::new(&self.sentinel)
+            .arg("up")
+            .env("SENTINEL_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("DATABASE_URL", &database_url)
+            .env("KAFKA_BROKERS", &self.brokers)
+            .env(
+                "SENTINEL_TOPIC_PREFIX",
+                format!("bench-{}-{index}.", self.stamp),
+            )
+            .env("SENTINEL_JWT_SECRET", &self.jwt_secret)
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("starting {}", self.sentinel.display()))?;
+        wait_ready(&url, &mut child).await?;
+        Ok(FreshSentinel {
+            running: Running { child },
+            database,
+            url,
+            database_url,
+        })
+    }
+
+    /// Warms a just-started Sentinel aimed at by `load`: a few seconds of light load in the same
+    /// mode, drained, so that a measurement starts from steady state (the first records after
+    /// start wait for the consumer's first fetches and the writer's first transactions).
+    pub async fn warm_up(load: &LoadArgs) -> anyhow::Result<()> {
+        let mut warm = load.clone();
+        warm.rate = WARM_UP_RATE;
+        warm.duration = WARM_UP_SECONDS;
+        load::run(&warm, true).await.map(|_| ())
+    }
+
+    /// Stops `sentinel` and drops its database.
+    pub async fn stop(&self, sentinel: FreshSentinel) {
+        let FreshSentinel {
+            running, database, ..
+        } = sentinel;
+        drop(running);
+        let _ = self
+            .admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+            ))
+            .await;
+    }
+
+    /// Runs `load` against a fresh Sentinel with `env` and tells what it cost.
+    async fn measure(
+        &self,
+        env: &[(&str, String)],
+        mut load: LoadArgs,
+    ) -> anyhow::Result<Measured> {
+        let sentinel = self.start(env).await?;
+        sentinel.aim(&mut load);
+        Self::warm_up(&load).await?;
+        let pid = sentinel.pid();
+        let before = cpu_ns(pid)?;
+        let parts_before = ticks_by_part(pid);
+        let report = load::run(&load, true).await;
+        let parts_after = ticks_by_part(pid);
+        let used = cpu_ns(pid)?.saturating_sub(before);
+        self.stop(sentinel).await;
+        let report = report?;
+        let events = report.events_sent.max(1) as f64;
+        let tick_us = 1e6 / clock_ticks_per_second();
+        let cpu_by_process = PARTS
+            .iter()
+            .zip(parts_after.iter().zip(parts_before))
+            .map(|(part, (after, before))| {
+                (
+                    part.to_string(),
+                    after.saturating_sub(before) as f64 * tick_us / events,
+                )
+            })
+            .collect();
+        Ok(Measured {
+            report,
+            sentinel_cpu_us: used as f64 / 1_000.0 / events,
+            cpu_by_process,
+        })
+    }
+}
+
+/// What one load against a fresh Sentinel measured.
+struct Measured {
+    report: Report,
+    /// Sentinel's own CPU (every thread, schedstat), per event sent, µs.
+    sentinel_cpu_us: f64,
+    /// Per part of the machine (`/proc/*/stat`), per event sent, µs.
+    cpu_by_process: Vec<(String, f64)>,
+}
+
+/// Where the CPU goes in one mode at one rate, as shipped.
+#[derive(Debug, Clone, Serialize)]
+pub struct Profile {
+    /// The load's report.
+    pub report: Report,
+    /// CPU time per event sent, in microseconds, of each part of the machine during the run.
+    pub cpu_by_process: Vec<(String, f64)>,
+}
+
+/// Runs the observability variants (single events at `rate` for `seconds`, one fresh Sentinel
+/// each), then, as shipped, `profile_mode` at `profile_rate` to tell where the CPU goes there.
 pub async fn measure(
-    sentinel: &Path,
+    sentinels: &Sentinels,
     base: &LoadArgs,
     rate: u64,
     seconds: u64,
-    log_dir: &Path,
-) -> anyhow::Result<Vec<Variant>> {
-    let brokers = std::env::var("KAFKA_BROKERS").context("KAFKA_BROKERS for the overhead runs")?;
+    (profile_mode, profile_rate): (Mode, Option<u64>),
+) -> anyhow::Result<(Vec<Variant>, Option<Profile>)> {
     let (otlp, received) = otlp_receiver().await?;
-    let (admin, connection) = tokio_postgres::connect(&base.database_url, tokio_postgres::NoTls)
-        .await
-        .context("connecting to PostgreSQL for the overhead runs")?;
-    tokio::spawn(connection);
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
     let variants: [(&'static str, Vec<(&str, String)>); 3] = [
         ("as shipped: metrics on, tracing off", vec![]),
         (
@@ -217,76 +409,38 @@ pub async fn measure(
         ),
     ];
     let mut measured = Vec::new();
-    for (index, (name, env)) in variants.into_iter().enumerate() {
-        let database = format!("sentinel_bench_overhead_{stamp}_{index}");
-        admin
-            .batch_execute(&format!("CREATE DATABASE \"{database}\""))
-            .await
-            .with_context(|| format!("creating {database}"))?;
-        let database_url = with_database(&base.database_url, &database);
-        let port = free_port()?;
-        let url = format!("http://127.0.0.1:{port}");
-        let log: PathBuf = log_dir.join(format!("sentinel-overhead-{stamp}-{index}.log"));
-        let log_file = std::fs::File::create(&log)?;
-        let mut child = Command::new(sentinel)
-            .arg("up")
-            .env("SENTINEL_HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .env("DATABASE_URL", &database_url)
-            .env("KAFKA_BROKERS", &brokers)
-            .env(
-                "SENTINEL_TOPIC_PREFIX",
-                format!("overhead-{stamp}-{index}."),
-            )
-            .env("SENTINEL_JWT_SECRET", &base.jwt_secret)
-            .env("RUST_LOG", "warn")
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .spawn()
-            .with_context(|| format!("starting {}", sentinel.display()))?;
-        wait_ready(&url, &mut child).await?;
-        let running = Running { child };
+    for (name, env) in variants {
         let mut load = base.clone();
-        load.url = url;
-        load.database_url = database_url;
         load.mode = Mode::Single;
         load.rate = rate;
         load.duration = seconds;
         eprintln!("report: overhead, {name}, {rate} events/s");
         let before_bytes = received.load(Ordering::Relaxed);
-        let before = cpu_ns(running.child.id())?;
-        let parts_before = ticks_by_part(running.child.id());
-        let report = load::run(&load, true).await?;
-        let parts_after = ticks_by_part(running.child.id());
-        let used = cpu_ns(running.child.id())?.saturating_sub(before);
-        drop(running);
-        let _ = admin
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
-            ))
-            .await;
-        let events = report.events_sent.max(1) as f64;
-        let tick_us = 1e6 / clock_ticks_per_second();
-        let cpu_by_process = PARTS
-            .iter()
-            .zip(parts_after.iter().zip(parts_before))
-            .map(|(part, (after, before))| {
-                (
-                    part.to_string(),
-                    after.saturating_sub(before) as f64 * tick_us / events,
-                )
-            })
-            .collect();
+        let run = sentinels.measure(&env, load).await?;
         measured.push(Variant {
             name,
-            cpu_by_process,
-            cpu_us_per_event: used as f64 / 1_000.0 / events,
+            cpu_by_process: run.cpu_by_process,
+            cpu_us_per_event: run.sentinel_cpu_us,
             otlp_bytes: received.load(Ordering::Relaxed) - before_bytes,
-            report,
+            report: run.report,
         });
     }
-    Ok(measured)
+    let profile = match profile_rate {
+        Some(rate) => {
+            let mut load = base.clone();
+            load.mode = profile_mode;
+            load.rate = rate;
+            load.duration = seconds;
+            eprintln!("report: where the CPU goes, {profile_mode:?} at {rate} events/s");
+            let run = sentinels.measure(&[], load).await?;
+            Some(Profile {
+                report: run.report,
+                cpu_by_process: run.cpu_by_process,
+            })
+        }
+        None => None,
+    };
+    Ok((measured, profile))
 }
 
 /// Clock ticks per second of `/proc` times (`getconf CLK_TCK`; 100 on Linux here).

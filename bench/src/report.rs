@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::ceilings::{self, CeilingArgs, Ceilings};
 use crate::find_max::{self, Search};
 use crate::load::{self, Mode, Report};
+use crate::overhead::{FreshSentinel, Sentinels};
 
 /// Report settings.
 #[derive(Debug, Clone, clap::Args)]
@@ -25,8 +26,10 @@ pub struct ReportArgs {
     /// The command that produced the report, quoted in it.
     #[arg(long, default_value = "infra/dev bench")]
     pub command_line: String,
-    /// The `sentinel` binary, for the observability-overhead runs (each on a fresh Sentinel);
-    /// without it they are skipped.
+    /// The `sentinel` binary: with it, every search and run gets a fresh Sentinel of its own
+    /// (new database, new topics), so that none inherits the tables and topics an earlier one
+    /// filled, and the observability-overhead runs are made; without it, everything runs
+    /// against `--url` and the overhead runs are skipped.
     #[arg(long)]
     pub sentinel_bin: Option<PathBuf>,
     /// Seconds of each observability-overhead run.
@@ -55,7 +58,7 @@ async fn lag(client: &reqwest::Client, url: &str) -> f64 {
         .fold(0.0, f64::max)
 }
 
-async fn burst(args: &ReportArgs, max: Option<f64>) -> anyhow::Result<Option<Burst>> {
+async fn burst(base: &load::LoadArgs, max: Option<f64>) -> anyhow::Result<Option<Burst>> {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
@@ -63,7 +66,7 @@ async fn burst(args: &ReportArgs, max: Option<f64>) -> anyhow::Result<Option<Bur
         return Ok(None);
     };
     let client = reqwest::Client::new();
-    let url = args.ceilings.search.load.url.clone();
+    let url = base.url.clone();
     let peak = Arc::new(Mutex::new(0.0f64));
     let sampling = Arc::new(AtomicBool::new(true));
     let sampler = {
@@ -80,7 +83,7 @@ async fn burst(args: &ReportArgs, max: Option<f64>) -> anyhow::Result<Option<Bur
             }
         })
     };
-    let mut load = args.ceilings.search.load.clone();
+    let mut load = base.clone();
     load.mode = Mode::Single;
     load.rate = (2.0 * max).round() as u64;
     load.duration = 10;
@@ -118,6 +121,7 @@ struct Results {
     burst: Option<Burst>,
     ceilings: Ceilings,
     overhead: Vec<crate::overhead::Variant>,
+    batch_profile: Option<crate::overhead::Profile>,
 }
 
 fn machine() -> String {
@@ -147,13 +151,14 @@ fn machine() -> String {
 
 async fn half_rate(
     args: &ReportArgs,
+    base: &load::LoadArgs,
     mode: Mode,
     max: Option<f64>,
 ) -> anyhow::Result<Option<Report>> {
     let Some(max) = max else {
         return Ok(None);
     };
-    let mut load = args.ceilings.search.load.clone();
+    let mut load = base.clone();
     load.mode = mode;
     load.rate = (max / 2.0).round() as u64;
     load.duration = args.half_rate_seconds;
@@ -253,6 +258,79 @@ fn verdict(measured: f64, target: f64, higher_is_better: bool) -> String {
     }
 }
 
+/// The CPU each part of the machine spends per event, single events at half their maximum and
+/// batches at theirs, and what that says about the limit.
+fn what_limits(md: &mut String, results: &Results) {
+    let Some(shipped) = results.overhead.first() else {
+        let _ = writeln!(
+            md,
+            "Where the CPU goes is measured with the observability overhead (run with `--sentinel-bin`).\n"
+        );
+        return;
+    };
+    let batch = results.batch_profile.as_ref();
+    let _ = writeln!(
+        md,
+        "Everything shares the machine's 2 cores, so the maximum rate is the CPU one event costs across all of them. CPU time per event sent, from `/proc/*/stat`, over each run and its drain, each against a fresh Sentinel as shipped: single events at half their maximum ({} events/s, the overhead run below){}.\n",
+        shipped.report.target_events_per_second,
+        batch.map_or(String::new(), |b| format!(
+            ", and batches at their maximum ({} events/s)",
+            b.report.target_events_per_second
+        )),
+    );
+    let share = |parts: &[(String, f64)]| -> (f64, Vec<(String, f64, f64)>) {
+        let total: f64 = parts.iter().map(|(_, us)| us).sum();
+        let rows = parts
+            .iter()
+            .map(|(part, us)| (part.clone(), *us, 100.0 * us / total.max(f64::MIN_POSITIVE)))
+            .collect();
+        (total, rows)
+    };
+    let (single_total, single_rows) = share(&shipped.cpu_by_process);
+    let batch_rows = batch.map(|b| share(&b.cpu_by_process));
+    let _ = writeln!(
+        md,
+        "| part of the machine | single: CPU µs per event | share | batch: CPU µs per event | share |\n|---|---|---|---|---|"
+    );
+    for (index, (part, us, pct)) in single_rows.iter().enumerate() {
+        let batch_cells = batch_rows
+            .as_ref()
+            .and_then(|(_, rows)| rows.get(index))
+            .map_or("— | —".into(), |(_, us, pct)| {
+                format!("{us:.0} | {pct:.0}%")
+            });
+        let _ = writeln!(md, "| {part} | {us:.0} | {pct:.0}% | {batch_cells} |");
+    }
+    let batch_total = batch_rows
+        .as_ref()
+        .map_or("—".into(), |(total, _)| format!("{total:.0}"));
+    let _ = writeln!(
+        md,
+        "| all | {single_total:.0} | 100% | {batch_total} | 100% |\n"
+    );
+    let _ = writeln!(
+        md,
+        "Sentinel's part is the gateway (HTTP, validation, canonical hashing, the idempotency claim, the producer) and the dataflow (consumer, operators, writer); PostgreSQL's is the idempotency claims and completions (one pipelined transaction per group, a group forming while the previous one is written) and the writer's COPY into `events` with its eight indexes. Most of the cost is per request and per round trip, not per byte: a batch shares one HTTP exchange, one claim statement and one produce request among its events, which is why a batched event costs a fraction of a single one. Costs per unit of time (timers, the consumer's fetches, PostgreSQL's background work) are spread over fewer events at lower rates, so the single-event column overstates the cost at the single-event maximum. The broker's part falls as records share produce requests: `SENTINEL_PRODUCE_LINGER_MS` (default 5) trades gateway latency for broker CPU. Freshness is bounded below by the consumer's `fetch.wait.max.ms` (100 ms, which tansu waits out even when records are ready; tunable with `SENTINEL_KAFKA_OPTIONS`)."
+    );
+    let c = &results.ceilings;
+    let mut beyond = Vec::new();
+    if c.http_single.is_some_and(|http| http < 20_000.0) && !c.http_single_unbroken {
+        beyond.push(format!(
+            "20,000 single events/s is above the HTTP ceiling ({:.0}): a handler that does nothing cannot answer that many here",
+            c.http_single.unwrap_or_default()
+        ));
+    }
+    if c.postgres_copy < 60_000.0 {
+        beyond.push(format!(
+            "60,000 batched events/s is above the PostgreSQL COPY ceiling ({:.0} rows/s): the rows alone cannot be stored that fast here",
+            c.postgres_copy
+        ));
+    }
+    if !beyond.is_empty() {
+        let _ = writeln!(md, "\nOn this machine, in this run: {}.", beyond.join("; "));
+    }
+}
+
 fn markdown(args: &ReportArgs, results: &Results) -> String {
     let mut md = String::new();
     let rate = |value: Option<f64>| value.map_or("—".into(), |v| format!("{v:.0}"));
@@ -270,9 +348,18 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
     let load = &args.ceilings.search.load;
     let _ = writeln!(
         md,
-        "- Load: {} tenants × {} streams, ~{}-byte payloads, {} connections, batches of {}; each step {} s; bounds: gateway p99 ≤ {} ms, freshness p99 ≤ {} ms, exact rows (a step that breaks only a latency bound runs once more)\n",
+        "- Load: {} tenants × {} streams, ~{}-byte payloads, {} connections, batches of {}; each step {} s; bounds: gateway p99 ≤ {} ms, freshness p99 ≤ {} ms, exact rows (a step that breaks only a latency bound runs once more){}\n",
         load.tenants, load.streams, load.payload_bytes, load.connections, load.batch_size,
-        args.ceilings.search.step_seconds, args.ceilings.search.p99_bound_ms, args.ceilings.search.freshness_p99_bound_ms
+        args.ceilings.search.step_seconds, args.ceilings.search.p99_bound_ms, args.ceilings.search.freshness_p99_bound_ms,
+        if args.sentinel_bin.is_some() {
+            format!(
+                "; each search and each run below against a fresh Sentinel as shipped, with a database and topics of its own, warmed by {} s at {} events/s",
+                crate::overhead::WARM_UP_SECONDS,
+                crate::overhead::WARM_UP_RATE
+            )
+        } else {
+            String::new()
+        }
     );
     let _ = writeln!(md, "## Maximum sustained rate\n");
     let _ = writeln!(md, "| mode | Sentinel events/s | HTTP ceiling | Sentinel / HTTP | PostgreSQL COPY ceiling rows/s | Sentinel / COPY | broker ceiling records/s | Sentinel / broker |");
@@ -312,36 +399,7 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
          handler was not saturated, so the ceiling is higher and the ratio lower than shown.\n"
     );
     let _ = writeln!(md, "## What limits Sentinel here\n");
-    match results.overhead.first() {
-        None => {
-            let _ = writeln!(
-                md,
-                "Where the CPU goes is measured with the observability overhead (run with `--sentinel-bin`).\n"
-            );
-        }
-        Some(shipped) => {
-            let _ = writeln!(
-                md,
-                "Everything shares the machine's 2 cores, so the maximum rate is the CPU one event costs across all of them. CPU time per event sent during the as-shipped single-event run below ({} events/s, run and drain; from `/proc/*/stat`):\n",
-                shipped.report.target_events_per_second
-            );
-            let _ = writeln!(md, "| part of the machine | CPU µs per event | share |");
-            let _ = writeln!(md, "|---|---|---|");
-            let total: f64 = shipped.cpu_by_process.iter().map(|(_, us)| us).sum();
-            for (part, us) in &shipped.cpu_by_process {
-                let _ = writeln!(
-                    md,
-                    "| {part} | {us:.0} | {:.0}% |",
-                    100.0 * us / total.max(f64::MIN_POSITIVE)
-                );
-            }
-            let _ = writeln!(md, "| all | {total:.0} | 100% |\n");
-            let _ = writeln!(
-                md,
-                "Sentinel's part is the gateway (HTTP, validation, canonical hashing, the producer) and the dataflow (consumer, operators, writer). PostgreSQL's part is the idempotency claims and completions (one pipelined transaction per group, a group forming while the previous one is written) and the writer's COPY into `events` with its eight indexes. The broker's part falls as records share produce requests: `SENTINEL_PRODUCE_LINGER_MS` (default 5) trades gateway latency for broker CPU. Freshness is bounded below by the consumer's `fetch.wait.max.ms` (100 ms, which tansu waits out; tunable with `SENTINEL_KAFKA_OPTIONS`)."
-            );
-        }
-    }
+    what_limits(&mut md, results);
     let _ = writeln!(md, "\n## At half the maximum rate\n");
     let _ = writeln!(md, "| mode | rate | gateway p50 | p90 | p95 | p99 | p99.9 | freshness p50 | p95 | p99 | rows |");
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
@@ -474,42 +532,92 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
     md
 }
 
+/// A fresh Sentinel for the next run, with `load` aimed at it, when there are `sentinels` to
+/// start; otherwise `load` keeps pointing at the Sentinel it names.
+async fn start_fresh(
+    sentinels: Option<&Sentinels>,
+    load: &mut load::LoadArgs,
+) -> anyhow::Result<Option<FreshSentinel>> {
+    let Some(sentinels) = sentinels else {
+        return Ok(None);
+    };
+    let sentinel = sentinels.start(&[]).await?;
+    sentinel.aim(load);
+    Sentinels::warm_up(load).await?;
+    Ok(Some(sentinel))
+}
+
+async fn stop_fresh(sentinels: Option<&Sentinels>, sentinel: Option<FreshSentinel>) {
+    if let (Some(sentinels), Some(sentinel)) = (sentinels, sentinel) {
+        sentinels.stop(sentinel).await;
+    }
+}
+
 /// `bench report`.
 pub async fn command(args: &ReportArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out_dir)?;
+    let sentinels = match &args.sentinel_bin {
+        Some(bin) => {
+            Some(Sentinels::connect(bin, &args.ceilings.search.load, &std::env::temp_dir()).await?)
+        }
+        None => None,
+    };
+    let sentinels = sentinels.as_ref();
     let mut single = args.ceilings.search.clone();
     single.load.mode = Mode::Single;
     eprintln!("report: searching the single-event maximum");
-    let single = find_max::search(&single).await?;
+    let fresh = start_fresh(sentinels, &mut single.load).await?;
+    let single = find_max::search(&single).await;
+    stop_fresh(sentinels, fresh).await;
+    let single = single?;
     let mut batch = args.ceilings.search.clone();
     batch.load.mode = Mode::Batch;
     batch.start_rate = batch.start_rate.max(4 * args.ceilings.search.start_rate);
     eprintln!("report: searching the batch maximum");
-    let batch = find_max::search(&batch).await?;
-    let single_at_half = half_rate(args, Mode::Single, single.max_sustained).await?;
-    let batch_at_half = half_rate(args, Mode::Batch, batch.max_sustained).await?;
-    let burst = burst(args, single.max_sustained).await?;
+    let fresh = start_fresh(sentinels, &mut batch.load).await?;
+    let batch = find_max::search(&batch).await;
+    stop_fresh(sentinels, fresh).await;
+    let batch = batch?;
+    let mut base = args.ceilings.search.load.clone();
+    let fresh = start_fresh(sentinels, &mut base).await?;
+    let single_at_half = half_rate(args, &base, Mode::Single, single.max_sustained).await;
+    stop_fresh(sentinels, fresh).await;
+    let fresh = start_fresh(sentinels, &mut base).await?;
+    let batch_at_half = half_rate(args, &base, Mode::Batch, batch.max_sustained).await;
+    stop_fresh(sentinels, fresh).await;
+    let fresh = start_fresh(sentinels, &mut base).await?;
+    let burst = burst(&base, single.max_sustained).await;
+    stop_fresh(sentinels, fresh).await;
+    let (single_at_half, batch_at_half, burst) = (single_at_half?, batch_at_half?, burst?);
+    if let Some(sentinels) = sentinels {
+        // The COPY ceiling copies into a table shaped like `events`.
+        sentinels.migrate_base()?;
+    }
     let ceilings = ceilings::measure(&args.ceilings).await?;
-    let overhead = match &args.sentinel_bin {
-        Some(bin) => {
+    let (overhead, batch_profile) = match sentinels {
+        Some(sentinels) => {
             let rate = single
                 .max_sustained
                 .map_or(args.ceilings.search.start_rate, |max| {
                     (max / 2.0).round() as u64
                 });
             crate::overhead::measure(
-                bin,
+                sentinels,
                 &args.ceilings.search.load,
                 rate,
                 args.overhead_seconds,
-                &std::env::temp_dir(),
+                (
+                    Mode::Batch,
+                    batch.max_sustained.map(|max| max.round() as u64),
+                ),
             )
             .await?
         }
-        None => Vec::new(),
+        None => (Vec::new(), None),
     };
     let results = Results {
         overhead,
+        batch_profile,
         burst,
         machine: machine(),
         single,
