@@ -7,10 +7,11 @@
 //!
 //! A claim is `in_flight` until the broker acknowledged the event, then `completed`. It carries
 //! the response to replay from the start (the response does not depend on the broker's answer),
-//! so completing it changes two fixed-width columns and, with the room the table's fillfactor
-//! leaves, stays on the row's page without touching an index. A claim whose request failed or crashed keeps its payload hash but not its
-//! lease, so a retry of the same payload takes it over at once (or after the lease, if the
-//! process died) while a different payload is still refused: one key never yields two events.
+//! so completing it changes two small columns and, with the room the table's fillfactor leaves,
+//! stays on the row's page without touching an index. A claim whose request failed or crashed
+//! keeps its payload hash but not its lease, so a retry of the same payload takes it over at
+//! once (or after the lease, if the process died) while a different payload is still refused:
+//! one key never yields two events.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -136,10 +137,10 @@ impl ClaimStore {
         outcome
     }
 
-    /// Marks a claim completed: from now on its response is replayed. Returns once the completion is
-    /// queued: it is written with the next group, before any claim queued after it. If it is
-    /// never written (the store fails), the claim stays in flight and a retry after its lease
-    /// re-sends the same event, which the dataflow's de-duplication absorbs.
+    /// Marks a claim completed: from now on its response is replayed. Returns once the
+    /// completion is queued: it is written with the next group, before any claim queued after
+    /// it. If it is never written (the store fails), the claim stays in flight and a retry after
+    /// its lease re-sends the same event, which the dataflow's de-duplication absorbs.
     pub async fn complete(
         &self,
         key: ClaimKey,
