@@ -170,8 +170,8 @@ pub struct Settings {
     /// Threads of the async runtime that serves HTTP and talks to PostgreSQL and the broker.
     /// Default: when this process runs the dataflow (`up`, `process`), the cores its timely
     /// workers leave (at least one); otherwise every core. More threads than free cores only
-    /// add wake-ups: on 2 cores shared with 2 workers, 2 threads cost a third more CPU per
-    /// event than 1 and answer slower.
+    /// add wake-ups: on 2 cores shared with 2 workers, 2 threads cost up to half again as much
+    /// CPU per event as 1 and answer slower.
     #[arg(long, env = "SENTINEL_IO_THREADS", global = true)]
     pub io_threads: Option<usize>,
 
