@@ -14,7 +14,7 @@ pub struct FindMaxArgs {
     #[command(flatten)]
     pub load: LoadArgs,
     /// First rate tried, events/s.
-    #[arg(long, default_value_t = 1_000)]
+    #[arg(long, default_value_t = 2_000)]
     pub start_rate: u64,
     /// Each step multiplies the rate by this.
     #[arg(long, default_value_t = 1.3)]
@@ -51,7 +51,18 @@ pub struct Search {
     pub max_sustained: Option<f64>,
 }
 
+/// The first bound `report` broke, noting when every connection of the generator was busy (a
+/// larger `--connections` may then hold the rate).
 fn broken_bound(args: &FindMaxArgs, report: &Report) -> Option<String> {
+    let broke = first_broken_bound(args, report)?;
+    Some(if report.pool_saturated() {
+        format!("{broke}; all {} connections were busy", report.connections)
+    } else {
+        broke
+    })
+}
+
+fn first_broken_bound(args: &FindMaxArgs, report: &Report) -> Option<String> {
     let target = report.target_events_per_second as f64;
     if report.achieved_events_per_second < 0.95 * target {
         return Some(format!(

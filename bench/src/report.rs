@@ -468,17 +468,18 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
     }
     let _ = writeln!(md, "\n## Steps of the searches\n");
     for (name, search) in [("single", &results.single), ("batch", &results.batch)] {
-        let _ = writeln!(md, "{name}:\n\n| target | achieved | p50 | p99 | freshness p99 | idempotency claims per statement | outcome |\n|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "{name}:\n\n| target | achieved | p50 | p99 | freshness p99 | most requests in flight | idempotency claims per statement | outcome |\n|---|---|---|---|---|---|---|---|");
         for step in &search.steps {
             let r = &step.report;
             let _ = writeln!(
                 md,
-                "| {} | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} | {} |",
+                "| {} | {:.0} | {:.2} | {:.2} | {:.1} | {} | {:.1} | {} |",
                 r.target_events_per_second,
                 r.achieved_events_per_second,
                 r.gateway_latency_ms.p50,
                 r.gateway_latency_ms.p99,
                 r.freshness_ms.p99,
+                r.peak_in_flight,
                 r.idempotency.claims_per_statement,
                 step.broke.as_deref().unwrap_or("held")
             );
