@@ -247,6 +247,57 @@ pub async fn scrape(client: &reqwest::Client, url: &str) -> std::collections::Ha
         .collect()
 }
 
+/// Upper bound of the histogram bucket that holds quantile `q` of what `name` (a Prometheus
+/// histogram without labels besides `le`) recorded between two scrapes; `None` when it recorded
+/// nothing.
+fn bucket_quantile(
+    before: &std::collections::HashMap<String, f64>,
+    after: &std::collections::HashMap<String, f64>,
+    name: &str,
+    q: f64,
+) -> Option<f64> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let mut buckets: Vec<(f64, f64)> = after
+        .iter()
+        .filter_map(|(key, count)| {
+            let bound = key.strip_prefix(&prefix)?.strip_suffix("\"}")?;
+            let bound = if bound == "+Inf" {
+                f64::INFINITY
+            } else {
+                bound.parse().ok()?
+            };
+            Some((bound, count - before.get(key).unwrap_or(&0.0)))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    buckets
+        .iter()
+        .find(|(_, count)| *count >= q * total)
+        .map(|(bound, _)| *bound)
+}
+
+/// Where the server's own time went during the run: p99 of the broker's acknowledgement and of
+/// the idempotency claim, each the upper bound of its histogram bucket (ms).
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerTails {
+    pub broker_ack_p99_ms: Option<f64>,
+    pub claim_wait_p99_ms: Option<f64>,
+}
+
+fn server_tails(
+    before: &std::collections::HashMap<String, f64>,
+    after: &std::collections::HashMap<String, f64>,
+) -> ServerTails {
+    ServerTails {
+        broker_ack_p99_ms: bucket_quantile(before, after, "broker_produce_duration_ms", 0.99),
+        claim_wait_p99_ms: bucket_quantile(before, after, "idempotency_claim_duration_ms", 0.99),
+    }
+}
+
 /// What the idempotency store cost during the run, from the server's own metrics.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClaimCost {
@@ -308,6 +359,7 @@ pub struct Report {
     pub stored_rows: u64,
     pub rows_exact: bool,
     pub idempotency: ClaimCost,
+    pub server: ServerTails,
 }
 
 impl Report {
@@ -460,6 +512,7 @@ pub async fn run(args: &LoadArgs, quiet: bool) -> anyhow::Result<Report> {
         stored_rows,
         rows_exact: stored_rows == expected_rows,
         idempotency: claim_cost(&metrics_before, &metrics_after, events_sent),
+        server: server_tails(&metrics_before, &metrics_after),
     };
     Ok(report)
 }
@@ -617,6 +670,15 @@ async fn check_rows(
     Ok((stored as u64, freshness))
 }
 
+/// A quantile's bucket bound as the markdown shows it (`–` when nothing was recorded).
+pub fn bucket_bound(bound: Option<f64>) -> String {
+    match bound {
+        None => "–".to_owned(),
+        Some(bound) if bound.is_infinite() => "above every bucket".to_owned(),
+        Some(bound) => format!("≤ {bound}"),
+    }
+}
+
 pub fn markdown(report: &Report) -> String {
     let row = |name: &str, p: &Percentiles| {
         format!(
@@ -630,7 +692,8 @@ pub fn markdown(report: &Report) -> String {
          - sent {sent} events at {achieved:.0} events/s; {ok} answered as expected, {unexpected} unexpected, {errors} transport errors\n\
          - rows: {stored} stored, {expected} expected — {verdict}\n\
          - idempotency store: {claims:.0} claims in {claim_statements:.0} statements ({per_statement:.1} per statement), \
-         {per_event:.3} statements per event in all, {wait:.2} ms mean wait per operation\n\n\
+         {per_event:.3} statements per event in all, {wait:.2} ms mean wait per operation\n\
+         - server side, p99 (histogram bucket bounds): broker acknowledgement {ack} ms, idempotency claim {claim} ms\n\n\
          | ms | p50 | p90 | p95 | p99 | p99.9 | max |\n|---|---|---|---|---|---|---|\n{latency}\n{freshness}\n",
         run = report.run,
         mode = report.mode,
@@ -656,7 +719,44 @@ pub fn markdown(report: &Report) -> String {
         per_statement = report.idempotency.claims_per_statement,
         per_event = report.idempotency.statements_per_event,
         wait = report.idempotency.mean_wait_ms,
+        ack = bucket_bound(report.server.broker_ack_p99_ms),
+        claim = bucket_bound(report.server.claim_wait_p99_ms),
         latency = row("gateway latency", &report.gateway_latency_ms),
         freshness = row("freshness (received → stored)", &report.freshness_ms),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scrape_of(samples: &[(&str, f64)]) -> std::collections::HashMap<String, f64> {
+        samples
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), *value))
+            .collect()
+    }
+
+    #[test]
+    fn a_bucket_quantile_counts_only_what_the_run_recorded() {
+        let before = scrape_of(&[
+            (r#"ack_ms_bucket{le="5"}"#, 100.0),
+            (r#"ack_ms_bucket{le="25"}"#, 100.0),
+            (r#"ack_ms_bucket{le="+Inf"}"#, 100.0),
+        ]);
+        // The run recorded 1,000 values: 980 up to 5 ms, 15 up to 25 ms, 5 above.
+        let after = scrape_of(&[
+            (r#"ack_ms_bucket{le="5"}"#, 1080.0),
+            (r#"ack_ms_bucket{le="25"}"#, 1095.0),
+            (r#"ack_ms_bucket{le="+Inf"}"#, 1100.0),
+        ]);
+        assert_eq!(bucket_quantile(&before, &after, "ack_ms", 0.5), Some(5.0));
+        assert_eq!(bucket_quantile(&before, &after, "ack_ms", 0.99), Some(25.0));
+        assert_eq!(
+            bucket_quantile(&before, &after, "ack_ms", 0.999),
+            Some(f64::INFINITY)
+        );
+        assert_eq!(bucket_quantile(&before, &before, "ack_ms", 0.99), None);
+        assert_eq!(bucket_quantile(&before, &after, "other_ms", 0.99), None);
+    }
 }

@@ -467,18 +467,28 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
         }
     }
     let _ = writeln!(md, "\n## Steps of the searches\n");
+    let _ = writeln!(
+        md,
+        "Broker ack p99 and claim wait p99 come from Sentinel's own histograms over the step \
+         (`broker_produce_duration_ms`, `idempotency_claim_duration_ms`; the upper bound of the \
+         bucket holding the 99th percentile): the two waits inside a request's gateway latency. \
+         Most requests in flight reaching the connection count means requests queued for a \
+         connection during a stall.\n"
+    );
     for (name, search) in [("single", &results.single), ("batch", &results.batch)] {
-        let _ = writeln!(md, "{name}:\n\n| target | achieved | p50 | p99 | freshness p99 | most requests in flight | idempotency claims per statement | outcome |\n|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "{name}:\n\n| target | achieved | p50 | p99 | freshness p99 | broker ack p99 | claim wait p99 | most requests in flight | idempotency claims per statement | outcome |\n|---|---|---|---|---|---|---|---|---|---|");
         for step in &search.steps {
             let r = &step.report;
             let _ = writeln!(
                 md,
-                "| {} | {:.0} | {:.2} | {:.2} | {:.1} | {} | {:.1} | {} |",
+                "| {} | {:.0} | {:.2} | {:.2} | {:.1} | {} | {} | {} | {:.1} | {} |",
                 r.target_events_per_second,
                 r.achieved_events_per_second,
                 r.gateway_latency_ms.p50,
                 r.gateway_latency_ms.p99,
                 r.freshness_ms.p99,
+                load::bucket_bound(r.server.broker_ack_p99_ms),
+                load::bucket_bound(r.server.claim_wait_p99_ms),
                 r.peak_in_flight,
                 r.idempotency.claims_per_statement,
                 step.broke.as_deref().unwrap_or("held")
