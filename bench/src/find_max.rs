@@ -19,8 +19,11 @@ pub struct FindMaxArgs {
     /// Each step multiplies the rate by this.
     #[arg(long, default_value_t = 1.3)]
     pub step_factor: f64,
-    /// Seconds of load per step.
-    #[arg(long, default_value_t = 8)]
+    /// Seconds of load per step. A stall of S seconds delays about S × rate requests, which
+    /// breaks p99 once it exceeds 1% of the step: one 150 ms stall breaks an 8 s step, while a
+    /// 15 s step holds unless the stalls add up to 150 ms or more, so the rate found is one
+    /// the machine sustains, not one that dodged its stalls.
+    #[arg(long, default_value_t = 15)]
     pub step_seconds: u64,
     /// Bound on gateway p99 latency, ms.
     #[arg(long, default_value_t = 100.0)]
