@@ -19,10 +19,10 @@ pub struct FindMaxArgs {
     /// Each step multiplies the rate by this.
     #[arg(long, default_value_t = 1.3)]
     pub step_factor: f64,
-    /// Seconds of load per step. A stall of S seconds delays about S × rate requests, which
-    /// breaks p99 once it exceeds 1% of the step: one 150 ms stall breaks an 8 s step, while a
-    /// 15 s step holds unless the stalls add up to 150 ms or more, so the rate found is one
-    /// the machine sustains, not one that dodged its stalls.
+    /// Seconds of load per step. A stall of S seconds makes the requests sent in its first
+    /// S − 0.1 s wait past a 100 ms bound, and p99 breaks once they are 1% of the step: one
+    /// 180 ms stall breaks an 8 s step, a 15 s step takes 250 ms of stalls. Longer steps find
+    /// the rate the machine sustains with its stalls rather than one that dodged them.
     #[arg(long, default_value_t = 15)]
     pub step_seconds: u64,
     /// Bound on gateway p99 latency, ms.
