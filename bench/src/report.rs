@@ -318,9 +318,27 @@ fn what_limits(md: &mut String, results: &Results) {
         let rate = batch.report.achieved_events_per_second;
         let busy = batch_total * rate / (cores as f64 * 1e6);
         let verdict = if busy < 0.85 {
-            "the search stopped before the CPU ran out. What broke its p99 bound were stalls: in the steps that broke it, the step tables below show the broker's acknowledgement and the idempotency claim (PostgreSQL) each waiting up to hundreds of milliseconds at p99, where they wait a few milliseconds at lower rates"
+            let waits = |step: &find_max::Step| {
+                format!(
+                    "broker acknowledgement {} ms, idempotency claim {} ms",
+                    load::bucket_bound(step.report.server.broker_ack_p99_ms),
+                    load::bucket_bound(step.report.server.claim_wait_p99_ms)
+                )
+            };
+            let steps = &results.batch.steps;
+            let held = steps.iter().rev().find(|step| step.broke.is_none());
+            let broke = steps.iter().find(|step| step.broke.is_some());
+            match (held, broke) {
+                (Some(held), Some(broke)) => format!(
+                    "the search stopped before the CPU ran out, at stalls in what a request waits for. At p99, the step at the maximum waited for the {}; the first step that broke a bound ({} events/s) for the {}",
+                    waits(held),
+                    broke.report.target_events_per_second,
+                    waits(broke)
+                ),
+                _ => "the search stopped before the CPU ran out".into(),
+            }
         } else {
-            "the CPU ran out: a higher rate needs a cheaper event"
+            "the CPU ran out: a higher rate needs a cheaper event".into()
         };
         let _ = writeln!(
             md,
