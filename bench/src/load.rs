@@ -204,7 +204,6 @@ struct Tally {
     unexpected: AtomicU64,
     errors: AtomicU64,
     originals: AtomicU64,
-    in_flight: AtomicU64,
     peak_in_flight: AtomicU64,
 }
 
@@ -437,14 +436,18 @@ pub async fn run(args: &LoadArgs, quiet: bool) -> anyhow::Result<Report> {
         let answered = Arc::clone(&answered);
         let bearer = bearers[planned[0].tenant].clone();
         let mode = args.mode;
+        let connections = args.connections;
         tasks.push(tokio::spawn(async move {
-            let _slot = slots.acquire_owned().await.expect("semaphore open");
-            let in_flight = counts.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+            let _slot = Arc::clone(&slots)
+                .acquire_owned()
+                .await
+                .expect("semaphore open");
+            // The connection slots in use are the requests in flight.
+            let in_flight = connections - slots.available_permits();
             counts
                 .peak_in_flight
-                .fetch_max(in_flight, Ordering::Relaxed);
+                .fetch_max(in_flight as u64, Ordering::Relaxed);
             let outcome = send(&pool, bearer, mode, &planned).await;
-            counts.in_flight.fetch_sub(1, Ordering::Relaxed);
             let elapsed = intended.elapsed().as_micros() as u64;
             latency
                 .lock()

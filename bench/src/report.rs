@@ -129,6 +129,11 @@ struct Results {
     batch_profile: Option<crate::overhead::Profile>,
 }
 
+/// The cores this process may run on (1 when unknown).
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -139,7 +144,7 @@ fn machine() -> String {
                 .map(|model| model.trim().to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cores = cores();
     let memory = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|text| {
@@ -263,6 +268,30 @@ fn verdict(measured: f64, target: f64, higher_is_better: bool) -> String {
     }
 }
 
+/// Why a search that stopped short of the CPU stopped: the waits its steps measured at the
+/// maximum and at the first step that broke a bound.
+fn stopped_at_stalls(search: &Search) -> String {
+    let waits = |step: &find_max::Step| {
+        format!(
+            "broker acknowledgement {} ms, idempotency claim {} ms",
+            load::bucket_bound(step.report.server.broker_ack_p99_ms),
+            load::bucket_bound(step.report.server.claim_wait_p99_ms)
+        )
+    };
+    let steps = &search.steps;
+    let held = steps.iter().rev().find(|step| step.broke.is_none());
+    let broke = steps.iter().find(|step| step.broke.is_some());
+    match (held, broke) {
+            (Some(held), Some(broke)) => format!(
+                "the search stopped before the CPU ran out, at stalls in what a request waits for. At p99, the step at the maximum waited for the {}; the first step that broke a bound ({} events/s) for the {}",
+                waits(held),
+                broke.report.target_events_per_second,
+                waits(broke)
+            ),
+            _ => "the search stopped before the CPU ran out".into(),
+        }
+}
+
 /// The CPU each part of the machine spends per event, single events at half their maximum and
 /// batches at theirs, and what that says about the limit.
 fn what_limits(md: &mut String, results: &Results) {
@@ -314,29 +343,11 @@ fn what_limits(md: &mut String, results: &Results) {
         "| all | {single_total:.0} | 100% | {batch_total} | 100% |\n"
     );
     if let (Some(batch), Some((batch_total, _))) = (batch, &batch_rows) {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = cores();
         let rate = batch.report.achieved_events_per_second;
         let busy = batch_total * rate / (cores as f64 * 1e6);
         let verdict = if busy < 0.85 {
-            let waits = |step: &find_max::Step| {
-                format!(
-                    "broker acknowledgement {} ms, idempotency claim {} ms",
-                    load::bucket_bound(step.report.server.broker_ack_p99_ms),
-                    load::bucket_bound(step.report.server.claim_wait_p99_ms)
-                )
-            };
-            let steps = &results.batch.steps;
-            let held = steps.iter().rev().find(|step| step.broke.is_none());
-            let broke = steps.iter().find(|step| step.broke.is_some());
-            match (held, broke) {
-                (Some(held), Some(broke)) => format!(
-                    "the search stopped before the CPU ran out, at stalls in what a request waits for. At p99, the step at the maximum waited for the {}; the first step that broke a bound ({} events/s) for the {}",
-                    waits(held),
-                    broke.report.target_events_per_second,
-                    waits(broke)
-                ),
-                _ => "the search stopped before the CPU ran out".into(),
-            }
+            stopped_at_stalls(&results.batch)
         } else {
             "the CPU ran out: a higher rate needs a cheaper event".into()
         };
