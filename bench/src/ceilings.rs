@@ -81,7 +81,7 @@ async fn http_ceiling(args: &CeilingArgs, mode: Mode) -> anyhow::Result<(Option<
     search.load.url = trivial_server().await?;
     search.load.no_check = true;
     search.load.mode = mode;
-    let found = find_max::search(&search).await?;
+    let found = find_max::search(&search, None).await?;
     let unbroken = found.steps.last().is_some_and(|step| step.broke.is_none());
     Ok((found.max_sustained, unbroken))
 }

@@ -1,12 +1,14 @@
 //! `find-max`: steps the arrival rate up until a bound breaks — gateway p99 latency, freshness
 //! p99, achieved rate, exact rows or unexpected answers — and reports the highest rate that held.
 //! A step that breaks only a latency bound runs once more, and stops the search if it breaks again.
+//! Given fresh Sentinels, every step (and every second run of one) gets one of its own.
 
 use std::io::Write;
 
 use serde::Serialize;
 
 use crate::load::{self, LoadArgs, Report};
+use crate::overhead::Sentinels;
 
 /// Search settings; the load's own settings shape every step.
 #[derive(Debug, Clone, clap::Args)]
@@ -98,8 +100,27 @@ fn first_broken_bound(args: &FindMaxArgs, report: &Report) -> Option<String> {
     None
 }
 
-/// Runs the search.
-pub async fn search(args: &FindMaxArgs) -> anyhow::Result<Search> {
+/// Runs `load`: against a fresh Sentinel of `fresh`, warmed up, when given one; else against
+/// `load.url`.
+async fn run_step(load: &LoadArgs, fresh: Option<&Sentinels>) -> anyhow::Result<Report> {
+    let Some(sentinels) = fresh else {
+        return load::run(load, true).await;
+    };
+    let mut load = load.clone();
+    let sentinel = sentinels.start(&[]).await?;
+    sentinel.aim(&mut load);
+    let report = match Sentinels::warm_up(&load).await {
+        Ok(()) => load::run(&load, true).await,
+        Err(err) => Err(err),
+    };
+    sentinels.stop(sentinel).await;
+    report
+}
+
+/// Runs the search: every step against a fresh Sentinel of `fresh` when given, so that what a
+/// step measures does not depend on what the steps before it left behind; else every step
+/// against `args.load.url`.
+pub async fn search(args: &FindMaxArgs, fresh: Option<&Sentinels>) -> anyhow::Result<Search> {
     let mut steps = Vec::new();
     let mut rate = args.start_rate as f64;
     let mut max_sustained = None;
@@ -107,7 +128,7 @@ pub async fn search(args: &FindMaxArgs) -> anyhow::Result<Search> {
         let mut load = args.load.clone();
         load.rate = rate.round() as u64;
         load.duration = args.step_seconds;
-        let mut report = load::run(&load, true).await?;
+        let mut report = run_step(&load, fresh).await?;
         let mut broke = broken_bound(args, &report);
         log_step(load.rate, &report, &broke);
         if broke.is_some() && only_latency_broke(args, &report) {
@@ -117,7 +138,7 @@ pub async fn search(args: &FindMaxArgs) -> anyhow::Result<Search> {
                 report,
                 broke: broke.map(|b| format!("{b}; run again")),
             });
-            report = load::run(&load, true).await?;
+            report = run_step(&load, fresh).await?;
             broke = broken_bound(args, &report);
             log_step(load.rate, &report, &broke);
         }
@@ -162,7 +183,7 @@ fn only_latency_broke(args: &FindMaxArgs, report: &Report) -> bool {
 
 /// `bench find-max`.
 pub async fn command(args: &FindMaxArgs) -> anyhow::Result<()> {
-    let search = search(args).await?;
+    let search = search(args, None).await?;
     let mut out = std::io::stdout().lock();
     match search.max_sustained {
         Some(rate) => writeln!(out, "max sustained: {rate:.0} events/s")?,

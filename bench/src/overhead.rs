@@ -1,5 +1,5 @@
-//! Fresh Sentinels for the report's runs (each with a database and topics of its own), and what
-//! they cost: the same fixed-rate load against three of them — as shipped (metrics on, tracing
+//! Fresh Sentinels for the report's runs (each with a database and topics of its own, and a
+//! broker of its own when given a command to start one), and what they cost: the same fixed-rate load against three of them — as shipped (metrics on, tracing
 //! off), metrics off, and every span exported over OTLP/HTTP to a local receiver — comparing
 //! latency, freshness and CPU time per event, by part of the machine.
 
@@ -184,10 +184,12 @@ async fn wait_ready(url: &str, child: &mut Child) -> anyhow::Result<()> {
 }
 
 /// Starts Sentinels of one binary, each on a database and topic prefix of its own, so that
-/// every measurement starts from the same state (empty tables, new topics).
+/// every measurement starts from the same state (empty tables, new topics), and each with a
+/// fresh broker of its own when [`Sentinels::with_broker_command`] gave one.
 pub struct Sentinels {
     sentinel: PathBuf,
     brokers: String,
+    broker_command: Option<String>,
     admin: tokio_postgres::Client,
     jwt_secret: String,
     base_database_url: String,
@@ -204,6 +206,8 @@ pub const WARM_UP_SECONDS: u64 = 3;
 /// A running Sentinel started by [`Sentinels::start`].
 pub struct FreshSentinel {
     running: Running,
+    /// Its own broker, stopped after it (fields drop in order).
+    _broker: Option<Running>,
     database: String,
     url: String,
     database_url: String,
@@ -234,6 +238,7 @@ impl Sentinels {
         Ok(Self {
             sentinel: sentinel.to_owned(),
             brokers,
+            broker_command: None,
             admin,
             jwt_secret: base.jwt_secret.clone(),
             base_database_url: base.database_url.clone(),
@@ -243,6 +248,51 @@ impl Sentinels {
                 .as_secs(),
             started: Default::default(),
         })
+    }
+
+    /// Starts a broker of its own for every Sentinel: `command` (run by `sh`) with `{port}`
+    /// replaced by a free port, listening on 127.0.0.1 at that port. A broker whose cost grows
+    /// with what it stores (tansu's in-memory engine) then costs every measurement the same.
+    pub fn with_broker_command(mut self, command: Option<String>) -> Self {
+        self.broker_command = command;
+        self
+    }
+
+    /// Starts the broker command on a free port; returns it and its address once it accepts
+    /// connections.
+    async fn start_broker(&self, command: &str, index: usize) -> anyhow::Result<(Running, String)> {
+        let port = free_port()?;
+        let log = self
+            .log_dir
+            .join(format!("broker-bench-{}-{index}.log", self.stamp));
+        let log_file = std::fs::File::create(&log)?;
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "exec {}",
+                command.replace("{port}", &port.to_string())
+            ))
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .context("starting the broker command")?;
+        let mut broker = Running { child };
+        let address = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(&address).await.is_err() {
+            if let Some(status) = broker.child.try_wait()? {
+                bail!(
+                    "the broker command exited with {status} (see {})",
+                    log.display()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("the broker at {address} did not accept connections within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok((broker, address))
     }
 
     /// Migrates the database the report was given (`sentinel migrate`).
@@ -270,6 +320,13 @@ impl Sentinels {
             .await
             .with_context(|| format!("creating {database}"))?;
         let database_url = with_database(&self.base_database_url, &database);
+        let (broker, brokers) = match &self.broker_command {
+            Some(command) => {
+                let (broker, address) = self.start_broker(command, index).await?;
+                (Some(broker), address)
+            }
+            None => (None, self.brokers.clone()),
+        };
         let port = free_port()?;
         let url = format!("http://127.0.0.1:{port}");
         let log: PathBuf = self
@@ -280,7 +337,7 @@ impl Sentinels {
             .arg("up")
             .env("SENTINEL_HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("DATABASE_URL", &database_url)
-            .env("KAFKA_BROKERS", &self.brokers)
+            .env("KAFKA_BROKERS", &brokers)
             .env(
                 "SENTINEL_TOPIC_PREFIX",
                 format!("bench-{}-{index}.", self.stamp),
@@ -296,6 +353,7 @@ impl Sentinels {
         wait_ready(&url, &mut child).await?;
         Ok(FreshSentinel {
             running: Running { child },
+            _broker: broker,
             database,
             url,
             database_url,

@@ -32,6 +32,15 @@ pub struct ReportArgs {
     /// against `--url` and the overhead runs are skipped.
     #[arg(long)]
     pub sentinel_bin: Option<PathBuf>,
+    /// With `--sentinel-bin`: the command (run by `sh`) that starts a fresh broker listening on
+    /// 127.0.0.1:{port}, `{port}` replaced by a free port; every fresh Sentinel then gets a
+    /// broker of its own. Without it, every Sentinel uses `KAFKA_BROKERS`.
+    #[arg(long)]
+    pub broker_command: Option<String>,
+    /// With `--sentinel-bin`: windows of `--step-seconds` for which each maximum is held on one
+    /// fresh Sentinel, one after the other.
+    #[arg(long, default_value_t = 4)]
+    pub hold_windows: u64,
     /// Seconds of each observability-overhead run.
     #[arg(long, default_value_t = 15)]
     pub overhead_seconds: u64,
@@ -123,6 +132,8 @@ struct Results {
     batch: Search,
     single_at_half: Option<Report>,
     batch_at_half: Option<Report>,
+    single_hold: Vec<Report>,
+    batch_hold: Vec<Report>,
     burst: Option<Burst>,
     ceilings: Ceilings,
     overhead: Vec<crate::overhead::Variant>,
@@ -177,6 +188,43 @@ async fn half_rate(
         load.rate
     );
     Ok(Some(load::run(&load, true).await?))
+}
+
+/// Holds `mode` at `max` for `windows` runs of `seconds`, one after the other on one fresh
+/// Sentinel: what the rate a step held from a fresh start does as data accumulates.
+async fn hold(
+    sentinels: Option<&Sentinels>,
+    base: &load::LoadArgs,
+    (mode, max): (Mode, Option<f64>),
+    windows: u64,
+    seconds: u64,
+) -> anyhow::Result<Vec<Report>> {
+    let Some(max) = max else {
+        return Ok(Vec::new());
+    };
+    let mut load = base.clone();
+    load.mode = mode;
+    load.rate = max.round() as u64;
+    load.duration = seconds;
+    let Some(fresh) = start_fresh(sentinels, &mut load).await? else {
+        return Ok(Vec::new());
+    };
+    let mut reports = Vec::new();
+    for window in 1..=windows {
+        eprintln!(
+            "report: {mode:?} held at {} events/s, window {window} of {windows}",
+            load.rate
+        );
+        match load::run(&load, true).await {
+            Ok(report) => reports.push(report),
+            Err(err) => {
+                stop_fresh(sentinels, Some(fresh)).await;
+                return Err(err);
+            }
+        }
+    }
+    stop_fresh(sentinels, Some(fresh)).await;
+    Ok(reports)
 }
 
 /// A named, coloured line of (rate, latency) points.
@@ -382,6 +430,45 @@ fn what_limits(md: &mut String, results: &Results) {
     }
 }
 
+/// The maxima held on one Sentinel, window after window.
+fn hold_section(md: &mut String, args: &ReportArgs, results: &Results) {
+    if results.single_hold.is_empty() && results.batch_hold.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "## Holding the maximum\n");
+    let _ = writeln!(
+        md,
+        "Each step of a search starts from a fresh Sentinel{}, so that the maximum does not depend on how much data the earlier steps left behind. Here each maximum is held on one fresh Sentinel for {} windows of {} s, one after the other, as its tables, state and topics fill. tansu's in-memory engine (the development broker) stores every produce request's batch as one object and lists all of a partition's objects on every fetch, and it rewrites one metadata document holding every producer on every produce request, so its cost per request grows with what it holds; a broker that indexes its log (Apache Kafka, Redpanda) does not.\n",
+        if args.broker_command.is_some() { " and broker" } else { "" },
+        args.hold_windows,
+        args.ceilings.search.step_seconds,
+    );
+    let _ = writeln!(
+        md,
+        "| mode | window | achieved | p50 | p99 | freshness p99 | broker ack p99 | claim wait p99 | rows |\n|---|---|---|---|---|---|---|---|---|"
+    );
+    for (name, reports) in [
+        ("single", &results.single_hold),
+        ("batch", &results.batch_hold),
+    ] {
+        for (window, r) in reports.iter().enumerate() {
+            let _ = writeln!(
+                md,
+                "| {name} | {} | {:.0} | {:.2} | {:.2} | {:.1} | {} | {} | {} |",
+                window + 1,
+                r.achieved_events_per_second,
+                r.gateway_latency_ms.p50,
+                r.gateway_latency_ms.p99,
+                r.freshness_ms.p99,
+                load::bucket_bound(r.server.broker_ack_p99_ms),
+                load::bucket_bound(r.server.claim_wait_p99_ms),
+                if r.rows_exact { "exact" } else { "MISMATCH" }
+            );
+        }
+    }
+    let _ = writeln!(md);
+}
+
 fn markdown(args: &ReportArgs, results: &Results) -> String {
     let mut md = String::new();
     let rate = |value: Option<f64>| value.map_or("—".into(), |v| format!("{v:.0}"));
@@ -404,7 +491,8 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
         args.ceilings.search.step_seconds, args.ceilings.search.p99_bound_ms, args.ceilings.search.freshness_p99_bound_ms,
         if args.sentinel_bin.is_some() {
             format!(
-                "; each search and each run below against a fresh Sentinel as shipped, with a database and topics of its own, warmed by {} s at {} events/s",
+                "; each search step and each run below against a fresh Sentinel as shipped, with a database and topics{} of its own, warmed by {} s at {} events/s",
+                if args.broker_command.is_some() { " and a broker" } else { "" },
                 crate::overhead::WARM_UP_SECONDS,
                 crate::overhead::WARM_UP_RATE
             )
@@ -449,6 +537,13 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
         "\nAn HTTP ceiling marked ≥ held every bound up to the search's last step: the trivial \
          handler was not saturated, so the ceiling is higher and the ratio lower than shown.\n"
     );
+    if !results.single_hold.is_empty() || !results.batch_hold.is_empty() {
+        let _ = writeln!(
+            md,
+            "A maximum is the highest rate a search step held for {} s from a fresh start; [Holding the maximum](#holding-the-maximum) shows it held for longer on one Sentinel.\n",
+            args.ceilings.search.step_seconds
+        );
+    }
     let _ = writeln!(md, "## What limits Sentinel here\n");
     what_limits(&mut md, results);
     let _ = writeln!(md, "\n## At half the maximum rate\n");
@@ -540,6 +635,7 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
         }
         let _ = writeln!(md);
     }
+    hold_section(&mut md, args, results);
     if let Some(b) = &results.burst {
         let _ = writeln!(md, "## A 2× overload burst\n");
         let _ = writeln!(
@@ -619,27 +715,23 @@ async fn stop_fresh(sentinels: Option<&Sentinels>, sentinel: Option<FreshSentine
 pub async fn command(args: &ReportArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out_dir)?;
     let sentinels = match &args.sentinel_bin {
-        Some(bin) => {
-            Some(Sentinels::connect(bin, &args.ceilings.search.load, &std::env::temp_dir()).await?)
-        }
+        Some(bin) => Some(
+            Sentinels::connect(bin, &args.ceilings.search.load, &std::env::temp_dir())
+                .await?
+                .with_broker_command(args.broker_command.clone()),
+        ),
         None => None,
     };
     let sentinels = sentinels.as_ref();
     let mut single = args.ceilings.search.clone();
     single.load.mode = Mode::Single;
     eprintln!("report: searching the single-event maximum");
-    let fresh = start_fresh(sentinels, &mut single.load).await?;
-    let single = find_max::search(&single).await;
-    stop_fresh(sentinels, fresh).await;
-    let single = single?;
+    let single = find_max::search(&single, sentinels).await?;
     let mut batch = args.ceilings.search.clone();
     batch.load.mode = Mode::Batch;
     batch.start_rate = batch.start_rate.max(4 * args.ceilings.search.start_rate);
     eprintln!("report: searching the batch maximum");
-    let fresh = start_fresh(sentinels, &mut batch.load).await?;
-    let batch = find_max::search(&batch).await;
-    stop_fresh(sentinels, fresh).await;
-    let batch = batch?;
+    let batch = find_max::search(&batch, sentinels).await?;
     let mut base = args.ceilings.search.load.clone();
     let fresh = start_fresh(sentinels, &mut base).await?;
     let single_at_half = half_rate(args, &base, Mode::Single, single.max_sustained).await;
@@ -651,6 +743,23 @@ pub async fn command(args: &ReportArgs) -> anyhow::Result<()> {
     let burst = burst(&base, single.max_sustained).await;
     stop_fresh(sentinels, fresh).await;
     let (single_at_half, batch_at_half, burst) = (single_at_half?, batch_at_half?, burst?);
+    let hold_seconds = args.ceilings.search.step_seconds;
+    let single_hold = hold(
+        sentinels,
+        &base,
+        (Mode::Single, single.max_sustained),
+        args.hold_windows,
+        hold_seconds,
+    )
+    .await?;
+    let batch_hold = hold(
+        sentinels,
+        &base,
+        (Mode::Batch, batch.max_sustained),
+        args.hold_windows,
+        hold_seconds,
+    )
+    .await?;
     if let Some(sentinels) = sentinels {
         // The COPY ceiling copies into a table shaped like `events`.
         sentinels.migrate_base()?;
@@ -686,6 +795,8 @@ pub async fn command(args: &ReportArgs) -> anyhow::Result<()> {
         batch,
         single_at_half,
         batch_at_half,
+        single_hold,
+        batch_hold,
         ceilings,
     };
     std::fs::write(
