@@ -57,7 +57,26 @@ async fn trivial_server() -> anyhow::Result<String> {
                 )
             }),
         )
-        .route("/v1/events:batch", post(|| async { r#"{"results":[]}"# }));
+        .route(
+            "/v1/events:batch",
+            // One accepted result per NDJSON line, shaped like Sentinel's answer.
+            post(|body: axum::body::Bytes| async move {
+                let lines = body
+                    .split(|&byte| byte == b'\n')
+                    .filter(|line| !line.is_empty())
+                    .count();
+                let mut answer = String::with_capacity(16 + lines * 16);
+                answer.push_str(r#"{"results":["#);
+                for line in 0..lines {
+                    if line > 0 {
+                        answer.push(',');
+                    }
+                    answer.push_str(r#"{"status":202}"#);
+                }
+                answer.push_str("]}");
+                answer
+            }),
+        );
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;

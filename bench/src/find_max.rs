@@ -1,7 +1,8 @@
 //! `find-max`: steps the arrival rate up until a bound breaks — gateway p99 latency, freshness
 //! p99, achieved rate, exact rows or unexpected answers — and reports the highest rate that held.
 //! A step that breaks only a latency bound runs once more, and stops the search if it breaks again.
-//! Given fresh Sentinels, every step (and every second run of one) gets one of its own.
+//! Given fresh Sentinels, every step (and every second run of one) gets one of its own, and
+//! [`hold`] then looks for the highest rate one Sentinel holds for several steps in a row.
 
 use std::io::Write;
 
@@ -89,7 +90,10 @@ fn first_broken_bound(args: &FindMaxArgs, report: &Report) -> Option<String> {
     }
     let bad = report.unexpected_answers + report.transport_errors;
     if bad * 1000 > report.events_sent {
-        return Some(format!("{bad} unexpected answers or errors"));
+        return Some(format!(
+            "{bad} unexpected answers{} or transport errors",
+            load::statuses(&report.unexpected_by_status)
+        ));
     }
     if !report.rows_exact {
         return Some(format!(
@@ -98,6 +102,104 @@ fn first_broken_bound(args: &FindMaxArgs, report: &Report) -> Option<String> {
         ));
     }
     None
+}
+
+/// One attempt to hold a rate on one fresh Sentinel, window after window.
+#[derive(Debug, Clone, Serialize)]
+pub struct HoldAttempt {
+    /// Target events/s.
+    pub rate: u64,
+    /// The windows run, in order; the last one broke a bound if the attempt failed.
+    pub windows: Vec<Report>,
+    /// The bound the attempt broke, if it did.
+    pub broke: Option<String>,
+}
+
+/// The outcome of [`hold`].
+#[derive(Debug, Clone, Serialize)]
+pub struct Holding {
+    /// Seconds of each window.
+    pub window_seconds: u64,
+    /// Windows an attempt must hold.
+    pub windows: u64,
+    /// Every attempt, from the search's maximum down.
+    pub attempts: Vec<HoldAttempt>,
+    /// The lowest rate achieved in any window of the attempt that held every window.
+    pub max_held: Option<f64>,
+}
+
+/// Holds the rate the search found on one fresh Sentinel for `windows` steps in a row (what
+/// a step measured from a fresh start, held while tables, state and topics fill); while a
+/// window breaks a bound, tries again at the rate divided by the step factor, `attempts` times
+/// at most. No window runs twice: a stall that breaks one fails the attempt.
+pub async fn hold(
+    args: &FindMaxArgs,
+    fresh: &Sentinels,
+    from: f64,
+    windows: u64,
+    attempts: usize,
+) -> anyhow::Result<Holding> {
+    let mut holding = Holding {
+        window_seconds: args.step_seconds,
+        windows,
+        attempts: Vec::new(),
+        max_held: None,
+    };
+    let mut rate = from;
+    for _ in 0..attempts {
+        let mut load = args.load.clone();
+        load.rate = rate.round() as u64;
+        load.duration = args.step_seconds;
+        let sentinel = fresh.start(&[]).await?;
+        sentinel.aim(&mut load);
+        let attempt = hold_attempt(args, &load, windows).await;
+        fresh.stop(sentinel).await;
+        let attempt = attempt?;
+        let held = attempt.broke.is_none();
+        if held {
+            holding.max_held = attempt
+                .windows
+                .iter()
+                .map(|window| window.achieved_events_per_second)
+                .reduce(f64::min);
+        }
+        holding.attempts.push(attempt);
+        if held {
+            break;
+        }
+        rate /= args.step_factor;
+    }
+    Ok(holding)
+}
+
+async fn hold_attempt(
+    args: &FindMaxArgs,
+    load: &LoadArgs,
+    windows: u64,
+) -> anyhow::Result<HoldAttempt> {
+    Sentinels::warm_up(load).await?;
+    let mut attempt = HoldAttempt {
+        rate: load.rate,
+        windows: Vec::new(),
+        broke: None,
+    };
+    for window in 1..=windows {
+        let report = load::run(load, true).await?;
+        let broke = broken_bound(args, &report);
+        eprintln!(
+            "hold: {} events/s, window {window} of {windows} → p99 {:.1} ms, freshness p99 {:.1} ms{}",
+            load.rate,
+            report.gateway_latency_ms.p99,
+            report.freshness_ms.p99,
+            broke.as_ref().map(|b| format!(" — {b}")).unwrap_or_default()
+        );
+        attempt.windows.push(report);
+        if broke.is_some() {
+            attempt.broke = broke.map(|b| format!("window {window}: {b}"));
+            break;
+        }
+    }
+    Ok(attempt)
 }
 
 /// Runs `load`: against a fresh Sentinel of `fresh`, warmed up, when given one; else against

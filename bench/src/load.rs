@@ -3,6 +3,7 @@
 //! (no coordinated omission). At the end it reads PostgreSQL to check that exactly the expected
 //! rows arrived and to measure freshness.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -203,8 +204,36 @@ struct Tally {
     ok: AtomicU64,
     unexpected: AtomicU64,
     errors: AtomicU64,
-    originals: AtomicU64,
+    /// New events the gateway accepted: the rows the pipeline must store.
+    accepted: AtomicU64,
+    /// Events answered otherwise than expected, by the status they got.
+    unexpected_by_status: std::sync::Mutex<BTreeMap<u16, u64>>,
     peak_in_flight: AtomicU64,
+}
+
+/// How the gateway answered one request's events.
+#[derive(Default)]
+struct Answers {
+    /// Answered with the status expected of their kind.
+    as_expected: u64,
+    /// Indices of the new events accepted (202 to an original): each must become one row.
+    accepted: Vec<usize>,
+    /// Events answered otherwise, by status.
+    unexpected: BTreeMap<u16, u64>,
+}
+
+impl Answers {
+    fn note(&mut self, index: usize, plan: &Planned, status: u16, answer: impl FnOnce() -> String) {
+        if status == expected_status(plan.kind) {
+            self.as_expected += 1;
+            if plan.kind == Kind::Original {
+                self.accepted.push(index);
+            }
+        } else {
+            *self.unexpected.entry(status).or_default() += 1;
+            report_unexpected(plan, &answer());
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -351,9 +380,12 @@ pub struct Report {
     pub achieved_events_per_second: f64,
     pub answered_as_expected: u64,
     pub unexpected_answers: u64,
+    /// The unexpected answers by HTTP status (a refusal such as 429 or 503 stores nothing).
+    pub unexpected_by_status: BTreeMap<u16, u64>,
     pub transport_errors: u64,
     pub gateway_latency_ms: Percentiles,
     pub freshness_ms: Percentiles,
+    /// New events the gateway accepted, each of which must be stored once.
     pub expected_rows: u64,
     pub stored_rows: u64,
     pub rows_exact: bool,
@@ -429,8 +461,6 @@ pub async fn run(args: &LoadArgs, quiet: bool) -> anyhow::Result<Report> {
         let planned: Vec<Planned> = (0..per_request)
             .map(|i| generator.next(request * per_request as u64 + i as u64, tenant))
             .collect();
-        let originals = planned.iter().filter(|p| p.kind == Kind::Original).count() as u64;
-        tally.originals.fetch_add(originals, Ordering::Relaxed);
         let (pool, latency, counts, slots) =
             (pool.clone(), latency.clone(), tally.clone(), slots.clone());
         let answered = Arc::clone(&answered);
@@ -454,14 +484,26 @@ pub async fn run(args: &LoadArgs, quiet: bool) -> anyhow::Result<Report> {
                 .expect("histogram")
                 .saturating_record(elapsed.max(1));
             match outcome {
-                Ok((ok, unexpected)) => {
-                    counts.ok.fetch_add(ok, Ordering::Relaxed);
+                Ok(answers) => {
+                    counts.ok.fetch_add(answers.as_expected, Ordering::Relaxed);
+                    counts
+                        .accepted
+                        .fetch_add(answers.accepted.len() as u64, Ordering::Relaxed);
+                    let unexpected: u64 = answers.unexpected.values().sum();
                     counts.unexpected.fetch_add(unexpected, Ordering::Relaxed);
+                    let mut by_status = counts.unexpected_by_status.lock().expect("statuses");
+                    for (status, events) in answers.unexpected {
+                        *by_status.entry(status).or_default() += events;
+                    }
+                    drop(by_status);
                     let mut answered = answered.lock().expect("answered list");
+                    // Later duplicates and conflicts reuse keys the gateway accepted.
+                    let mut planned: Vec<Option<Planned>> = planned.into_iter().map(Some).collect();
                     answered.extend(
-                        planned
-                            .into_iter()
-                            .filter(|p| p.kind == Kind::Original)
+                        answers
+                            .accepted
+                            .iter()
+                            .filter_map(|&index| planned[index].take())
                             .map(|p| (p.key, p.tenant, p.body)),
                     );
                     if answered.len() > 20_000 {
@@ -491,7 +533,7 @@ pub async fn run(args: &LoadArgs, quiet: bool) -> anyhow::Result<Report> {
 
     let events_sent = requests * per_request as u64;
     let metrics_after = scrape(&client, &args.url).await;
-    let expected_rows = tally.originals.load(Ordering::Relaxed);
+    let expected_rows = tally.accepted.load(Ordering::Relaxed);
     let (stored_rows, freshness) = if args.no_check {
         (expected_rows, Histogram::<u64>::new(3)?)
     } else {
@@ -508,6 +550,7 @@ pub async fn run(args: &LoadArgs, quiet: bool) -> anyhow::Result<Report> {
         achieved_events_per_second: events_sent as f64 / sending.as_secs_f64(),
         answered_as_expected: tally.ok.load(Ordering::Relaxed),
         unexpected_answers: tally.unexpected.load(Ordering::Relaxed),
+        unexpected_by_status: tally.unexpected_by_status.lock().expect("statuses").clone(),
         transport_errors: tally.errors.load(Ordering::Relaxed),
         gateway_latency_ms: percentiles(&latency.lock().expect("histogram"), 1000.0),
         freshness_ms: percentiles(&freshness, 1000.0),
@@ -564,13 +607,13 @@ fn report_unexpected(plan: &Planned, answer: &str) {
     }
 }
 
-/// Sends one request; returns (answers as expected, unexpected answers).
+/// Sends one request; returns how its events were answered.
 async fn send(
     pool: &HttpPool,
     bearer: HeaderValue,
     mode: Mode,
     planned: &[Planned],
-) -> anyhow::Result<(u64, u64)> {
+) -> anyhow::Result<Answers> {
     match mode {
         Mode::Single => {
             let event = &planned[0];
@@ -585,15 +628,11 @@ async fn send(
             let (status, answer) = pool
                 .post("/v1/events", "application/json", &headers, body)
                 .await?;
-            if status == expected_status(event.kind) {
-                Ok((1, 0))
-            } else {
-                report_unexpected(
-                    event,
-                    &format!("{status} {}", String::from_utf8_lossy(&answer)),
-                );
-                Ok((0, 1))
-            }
+            let mut answers = Answers::default();
+            answers.note(0, event, status, || {
+                format!("{status} {}", String::from_utf8_lossy(&answer))
+            });
+            Ok(answers)
         }
         Mode::Batch => {
             let mut body = Vec::with_capacity(planned.len() * 400);
@@ -612,23 +651,29 @@ async fn send(
                     Bytes::from(body),
                 )
                 .await?;
+            let mut answers = Answers::default();
             if !(200..300).contains(&status) {
-                return Ok((0, planned.len() as u64));
+                // The whole batch was refused: every event in it got this status.
+                for (index, plan) in planned.iter().enumerate() {
+                    answers.note(index, plan, status, || {
+                        format!("{status} {}", String::from_utf8_lossy(&answer))
+                    });
+                }
+                return Ok(answers);
             }
             let answer: serde_json::Value = serde_json::from_slice(&answer)?;
-            let mut tally = (0, 0);
-            for (plan, result) in planned
-                .iter()
-                .zip(answer["results"].as_array().into_iter().flatten())
-            {
-                if result["status"].as_u64() == Some(expected_status(plan.kind) as u64) {
-                    tally.0 += 1;
-                } else {
-                    tally.1 += 1;
-                    report_unexpected(plan, &result.to_string());
-                }
+            let results = answer["results"].as_array().map_or(&[][..], Vec::as_slice);
+            for (index, plan) in planned.iter().enumerate() {
+                // An event the answer left out counts as unexpected, with status 0.
+                let result = results.get(index);
+                let status = result
+                    .and_then(|r| r["status"].as_u64())
+                    .map_or(0, |s| s as u16);
+                answers.note(index, plan, status, || {
+                    result.map_or("no result for this event".into(), ToString::to_string)
+                });
             }
-            Ok(tally)
+            Ok(answers)
         }
     }
 }
@@ -682,6 +727,18 @@ pub fn bucket_bound(bound: Option<f64>) -> String {
     }
 }
 
+/// Events by status, as "(429 ×300, 503 ×2)"; empty when there are none.
+pub fn statuses(by_status: &BTreeMap<u16, u64>) -> String {
+    if by_status.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = by_status
+        .iter()
+        .map(|(status, events)| format!("{status} ×{events}"))
+        .collect();
+    format!(" ({})", parts.join(", "))
+}
+
 pub fn markdown(report: &Report) -> String {
     let row = |name: &str, p: &Percentiles| {
         format!(
@@ -692,8 +749,8 @@ pub fn markdown(report: &Report) -> String {
     format!(
         "## bench run {run} ({mode:?}, target {rate} events/s for {duration} s, {connections} connections)\n\n\
          - at most {peak} requests in flight{pool_note}\n\
-         - sent {sent} events at {achieved:.0} events/s; {ok} answered as expected, {unexpected} unexpected, {errors} transport errors\n\
-         - rows: {stored} stored, {expected} expected — {verdict}\n\
+         - sent {sent} events at {achieved:.0} events/s; {ok} answered as expected, {unexpected} unexpected{by_status}, {errors} transport errors\n\
+         - rows: {stored} stored, {expected} expected (one per new event accepted) — {verdict}\n\
          - idempotency store: {claims:.0} claims in {claim_statements:.0} statements ({per_statement:.1} per statement), \
          {per_event:.3} statements per event in all, {wait:.2} ms mean wait per operation\n\
          - server side, p99 (histogram bucket bounds): broker acknowledgement {ack} ms, idempotency claim {claim} ms\n\n\
@@ -713,6 +770,7 @@ pub fn markdown(report: &Report) -> String {
         achieved = report.achieved_events_per_second,
         ok = report.answered_as_expected,
         unexpected = report.unexpected_answers,
+        by_status = statuses(&report.unexpected_by_status),
         errors = report.transport_errors,
         stored = report.stored_rows,
         expected = report.expected_rows,
@@ -738,6 +796,32 @@ mod tests {
             .iter()
             .map(|(name, value)| ((*name).to_owned(), *value))
             .collect()
+    }
+
+    fn planned(kind: Kind) -> Planned {
+        Planned {
+            kind,
+            key: "k".into(),
+            tenant: 0,
+            body: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn only_accepted_originals_are_expected_as_rows() {
+        let mut answers = Answers::default();
+        answers.note(0, &planned(Kind::Original), 202, String::new);
+        answers.note(1, &planned(Kind::Original), 429, String::new);
+        answers.note(2, &planned(Kind::Duplicate), 202, String::new);
+        answers.note(3, &planned(Kind::Conflict), 409, String::new);
+        answers.note(4, &planned(Kind::Original), 503, String::new);
+        answers.note(5, &planned(Kind::Original), 429, String::new);
+        assert_eq!(answers.as_expected, 3);
+        // The duplicate's replay and the refused originals store nothing.
+        assert_eq!(answers.accepted, vec![0]);
+        assert_eq!(answers.unexpected, BTreeMap::from([(429, 2), (503, 1)]));
+        assert_eq!(statuses(&answers.unexpected), " (429 ×2, 503 ×1)");
+        assert_eq!(statuses(&BTreeMap::new()), "");
     }
 
     #[test]

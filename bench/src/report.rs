@@ -51,12 +51,28 @@ pub struct ReportArgs {
 const SINGLE_TARGET: f64 = 20_000.0;
 const BATCH_TARGET: f64 = 60_000.0;
 
+/// Most rates tried when holding a maximum, each the one before divided by the step factor.
+const HOLD_ATTEMPTS: usize = 3;
+
+/// The maximum the report stands by: the rate held on one Sentinel for every window when the
+/// maximum was held, else the search's.
+fn headline(search: &find_max::Search, hold: Option<&find_max::Holding>) -> Option<f64> {
+    match hold {
+        Some(hold) => hold.max_held,
+        None => search.max_sustained,
+    }
+}
+
 /// A 2× overload burst and the recovery after it.
 #[derive(Serialize)]
 struct Burst {
     burst_rate: u64,
     burst_seconds: u64,
     gateway_p99_ms_during_burst: f64,
+    achieved_events_per_second: f64,
+    /// Every connection of the generator was busy: requests queued in it.
+    pool_saturated: bool,
+    unexpected_by_status: std::collections::BTreeMap<u16, u64>,
     peak_lag_seconds: f64,
     recovery_seconds: Option<f64>,
     rows_exact: bool,
@@ -119,6 +135,9 @@ async fn burst(base: &load::LoadArgs, max: Option<f64>) -> anyhow::Result<Option
         burst_rate: load.rate,
         burst_seconds: load.duration,
         gateway_p99_ms_during_burst: during.gateway_latency_ms.p99,
+        achieved_events_per_second: during.achieved_events_per_second,
+        pool_saturated: during.pool_saturated(),
+        unexpected_by_status: during.unexpected_by_status.clone(),
         peak_lag_seconds,
         recovery_seconds: recovery,
         rows_exact: during.rows_exact,
@@ -132,8 +151,8 @@ struct Results {
     batch: Search,
     single_at_half: Option<Report>,
     batch_at_half: Option<Report>,
-    single_hold: Vec<Report>,
-    batch_hold: Vec<Report>,
+    single_hold: Option<find_max::Holding>,
+    batch_hold: Option<find_max::Holding>,
     burst: Option<Burst>,
     ceilings: Ceilings,
     overhead: Vec<crate::overhead::Variant>,
@@ -188,43 +207,6 @@ async fn half_rate(
         load.rate
     );
     Ok(Some(load::run(&load, true).await?))
-}
-
-/// Holds `mode` at `max` for `windows` runs of `seconds`, one after the other on one fresh
-/// Sentinel: what the rate a step held from a fresh start does as data accumulates.
-async fn hold(
-    sentinels: Option<&Sentinels>,
-    base: &load::LoadArgs,
-    (mode, max): (Mode, Option<f64>),
-    windows: u64,
-    seconds: u64,
-) -> anyhow::Result<Vec<Report>> {
-    let Some(max) = max else {
-        return Ok(Vec::new());
-    };
-    let mut load = base.clone();
-    load.mode = mode;
-    load.rate = max.round() as u64;
-    load.duration = seconds;
-    let Some(fresh) = start_fresh(sentinels, &mut load).await? else {
-        return Ok(Vec::new());
-    };
-    let mut reports = Vec::new();
-    for window in 1..=windows {
-        eprintln!(
-            "report: {mode:?} held at {} events/s, window {window} of {windows}",
-            load.rate
-        );
-        match load::run(&load, true).await {
-            Ok(report) => reports.push(report),
-            Err(err) => {
-                stop_fresh(sentinels, Some(fresh)).await;
-                return Err(err);
-            }
-        }
-    }
-    stop_fresh(sentinels, Some(fresh)).await;
-    Ok(reports)
 }
 
 /// A named, coloured line of (rate, latency) points.
@@ -331,7 +313,7 @@ fn stopped_at_stalls(search: &Search) -> String {
     let broke = steps.iter().find(|step| step.broke.is_some());
     match (held, broke) {
             (Some(held), Some(broke)) => format!(
-                "the search stopped before the CPU ran out, at stalls in what a request waits for. At p99, the step at the maximum waited for the {}; the first step that broke a bound ({} events/s) for the {}",
+                "the search stopped before the CPU ran out, at stalls in what a request waits for. At p99, the highest search step that held waited for the {}; the first step that broke a bound ({} events/s) for the {}",
                 waits(held),
                 broke.report.target_events_per_second,
                 waits(broke)
@@ -432,41 +414,62 @@ fn what_limits(md: &mut String, results: &Results) {
 
 /// The maxima held on one Sentinel, window after window.
 fn hold_section(md: &mut String, args: &ReportArgs, results: &Results) {
-    if results.single_hold.is_empty() && results.batch_hold.is_empty() {
+    let holds = [
+        ("single", &results.single_hold),
+        ("batch", &results.batch_hold),
+    ];
+    let Some(shape) = holds.iter().find_map(|(_, hold)| hold.as_ref()) else {
         return;
-    }
+    };
     let _ = writeln!(md, "## Holding the maximum\n");
     let _ = writeln!(
         md,
-        "Each step of a search starts from a fresh Sentinel{}, so that the maximum does not depend on how much data the earlier steps left behind. Here each maximum is held on one fresh Sentinel for {} windows of {} s, one after the other, as its tables, state and topics fill. tansu's in-memory engine (the development broker) stores every produce request's batch as one object and lists all of a partition's objects on every fetch, and it rewrites one metadata document holding every producer on every produce request, so its cost per request grows with what it holds; a broker that indexes its log (Apache Kafka, Redpanda) does not.\n",
+        "Each step of a search starts from a fresh Sentinel{}, so that what a step measures does not depend on how much data the steps before it left behind. The rate a step held for {} s from a fresh start is then held on one fresh Sentinel for {} windows of {} s in a row, under the same bounds, while its tables, state and topics fill; where a window breaks a bound, the next attempt runs at the rate divided by {} (at most {HOLD_ATTEMPTS} attempts). The maximum this report stands by is the lowest rate achieved in any window of the attempt that held.\n",
         if args.broker_command.is_some() { " and broker" } else { "" },
-        args.hold_windows,
-        args.ceilings.search.step_seconds,
+        shape.window_seconds,
+        shape.windows,
+        shape.window_seconds,
+        args.ceilings.search.step_factor,
     );
     let _ = writeln!(
         md,
-        "| mode | window | achieved | p50 | p99 | freshness p99 | broker ack p99 | claim wait p99 | rows |\n|---|---|---|---|---|---|---|---|---|"
+        "What fills up costs more as it grows. tansu's in-memory engine (the development broker) stores each produce request's batch as one object, lists all of a partition's objects on every fetch, and rewrites one metadata document of every producer on every produce request; a broker that indexes its log (Apache Kafka, Redpanda) does not slow down as it fills. Sentinel's de-duplication state and PostgreSQL's tables and indexes grow too.\n"
     );
-    for (name, reports) in [
-        ("single", &results.single_hold),
-        ("batch", &results.batch_hold),
-    ] {
-        for (window, r) in reports.iter().enumerate() {
-            let _ = writeln!(
-                md,
-                "| {name} | {} | {:.0} | {:.2} | {:.2} | {:.1} | {} | {} | {} |",
-                window + 1,
-                r.achieved_events_per_second,
-                r.gateway_latency_ms.p50,
-                r.gateway_latency_ms.p99,
-                r.freshness_ms.p99,
-                load::bucket_bound(r.server.broker_ack_p99_ms),
-                load::bucket_bound(r.server.claim_wait_p99_ms),
-                if r.rows_exact { "exact" } else { "MISMATCH" }
-            );
+    let _ = writeln!(
+        md,
+        "| mode | rate | window | achieved | p50 | p99 | freshness p99 | broker ack p99 | claim wait p99 | events answered otherwise than expected | rows | outcome |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for (name, hold) in holds {
+        let Some(hold) = hold else { continue };
+        for attempt in &hold.attempts {
+            let last = attempt.windows.len();
+            for (index, r) in attempt.windows.iter().enumerate() {
+                let outcome = match (&attempt.broke, index + 1 == last) {
+                    (Some(broke), true) => broke.clone(),
+                    _ => "held".into(),
+                };
+                let _ = writeln!(
+                    md,
+                    "| {name} | {} | {} | {:.0} | {:.2} | {:.2} | {:.1} | {} | {} | {}{} | {} | {outcome} |",
+                    attempt.rate,
+                    index + 1,
+                    r.achieved_events_per_second,
+                    r.gateway_latency_ms.p50,
+                    r.gateway_latency_ms.p99,
+                    r.freshness_ms.p99,
+                    load::bucket_bound(r.server.broker_ack_p99_ms),
+                    load::bucket_bound(r.server.claim_wait_p99_ms),
+                    r.unexpected_answers,
+                    load::statuses(&r.unexpected_by_status),
+                    if r.rows_exact { "exact" } else { "MISMATCH" }
+                );
+            }
         }
     }
-    let _ = writeln!(md);
+    let _ = writeln!(
+        md,
+        "\nRows are exact when every event the gateway accepted was stored once; an event refused (429: past the in-flight budget; 503: broker or idempotency store unavailable) stores nothing and is the client's to retry.\n"
+    );
 }
 
 fn markdown(args: &ReportArgs, results: &Results) -> String {
@@ -501,35 +504,48 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
         }
     );
     let _ = writeln!(md, "## Maximum sustained rate\n");
-    let _ = writeln!(md, "| mode | Sentinel events/s | HTTP ceiling | Sentinel / HTTP | PostgreSQL COPY ceiling rows/s | Sentinel / COPY | broker ceiling records/s | Sentinel / broker |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "| mode | Sentinel events/s | a step from fresh | HTTP ceiling | Sentinel / HTTP | PostgreSQL COPY ceiling rows/s | Sentinel / COPY | broker ceiling records/s | Sentinel / broker |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
     let c = &results.ceilings;
-    for (name, search, http, http_unbroken) in [
+    for (name, search, hold, http, http_unbroken) in [
         (
             "single",
             &results.single,
+            &results.single_hold,
             c.http_single,
             c.http_single_unbroken,
         ),
-        ("batch", &results.batch, c.http_batch, c.http_batch_unbroken),
+        (
+            "batch",
+            &results.batch,
+            &results.batch_hold,
+            c.http_batch,
+            c.http_batch_unbroken,
+        ),
     ] {
         // A search that never broke a bound found a floor, not the maximum.
         let floor = |unbroken: bool| if unbroken { "≥ " } else { "" };
         let unbroken = search.steps.last().is_some_and(|step| step.broke.is_none());
+        let max = headline(search, hold.as_ref());
+        let held = match hold {
+            Some(hold) if hold.max_held.is_none() => "none held".into(),
+            Some(_) => format!("{}{}", floor(unbroken), rate(max)),
+            None => "not held".into(),
+        };
         let _ = writeln!(
             md,
-            "| {name} | {}{} | {}{} | {}{} | {:.0} | {} | {:.0} | {} |",
+            "| {name} | {held} | {}{} | {}{} | {}{} | {:.0} | {} | {:.0} | {} |",
             floor(unbroken),
             rate(search.max_sustained),
             floor(http_unbroken),
             rate(http),
             // Against a ceiling that is only a floor, the ratio is an upper bound.
             if http_unbroken { "≤ " } else { "" },
-            ratio(search.max_sustained, http),
+            ratio(max, http),
             c.postgres_copy,
-            ratio(search.max_sustained, Some(c.postgres_copy)),
+            ratio(max, Some(c.postgres_copy)),
             c.broker_produce,
-            ratio(search.max_sustained, Some(c.broker_produce)),
+            ratio(max, Some(c.broker_produce)),
         );
     }
     let _ = writeln!(
@@ -537,11 +553,11 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
         "\nAn HTTP ceiling marked ≥ held every bound up to the search's last step: the trivial \
          handler was not saturated, so the ceiling is higher and the ratio lower than shown.\n"
     );
-    if !results.single_hold.is_empty() || !results.batch_hold.is_empty() {
+    if let Some(hold) = results.single_hold.as_ref().or(results.batch_hold.as_ref()) {
         let _ = writeln!(
             md,
-            "A maximum is the highest rate a search step held for {} s from a fresh start; [Holding the maximum](#holding-the-maximum) shows it held for longer on one Sentinel.\n",
-            args.ceilings.search.step_seconds
+            "Sentinel events/s is the rate one Sentinel held for {} windows of {} s in a row ([Holding the maximum](#holding-the-maximum)); the ratios are of it. A step from fresh is the highest rate a search step held for {} s from a fresh start ([Steps of the searches](#steps-of-the-searches)).\n",
+            hold.windows, hold.window_seconds, hold.window_seconds
         );
     }
     let _ = writeln!(md, "## What limits Sentinel here\n");
@@ -566,14 +582,14 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
     let _ = writeln!(md, "\n![latency against rate](latency-vs-rate.svg)\n");
     let _ = writeln!(md, "## Targets\n");
     let _ = writeln!(md, "| target | measured | verdict |\n|---|---|---|");
-    if let Some(max) = results.single.max_sustained {
+    if let Some(max) = headline(&results.single, results.single_hold.as_ref()) {
         let _ = writeln!(
             md,
             "| ≥ 20,000 events/s single | {max:.0} | {} |",
             verdict(max, SINGLE_TARGET, true)
         );
     }
-    if let Some(max) = results.batch.max_sustained {
+    if let Some(max) = headline(&results.batch, results.batch_hold.as_ref()) {
         let _ = writeln!(
             md,
             "| ≥ 60,000 events/s batch | {max:.0} | {} |",
@@ -640,10 +656,13 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
         let _ = writeln!(md, "## A 2× overload burst\n");
         let _ = writeln!(
             md,
-            "{} s at {} events/s (single events): gateway p99 {:.1} ms during the burst; peak consumer lag {:.0} s (`processor_lag_seconds`); {}; rows {}.\n",
+            "{} s at {} events/s (single events), {:.0} events/s sent{}: gateway p99 {:.1} ms during the burst{}; peak consumer lag {:.0} s (`processor_lag_seconds`); {}; rows {}.\n",
             b.burst_seconds,
             b.burst_rate,
+            b.achieved_events_per_second,
+            if b.pool_saturated { " (every connection busy: requests queued in the generator, and their latency counts from when they were due)" } else { "" },
             b.gateway_p99_ms_during_burst,
+            if b.unexpected_by_status.is_empty() { String::new() } else { format!("; events refused{}", load::statuses(&b.unexpected_by_status)) },
             b.peak_lag_seconds,
             b.recovery_seconds.map_or("lag not back under 1 s within 60 s".into(), |s| format!("lag back under 1 s {s:.1} s after the burst")),
             if b.rows_exact { "exact" } else { "MISMATCH" }
@@ -723,43 +742,49 @@ pub async fn command(args: &ReportArgs) -> anyhow::Result<()> {
         None => None,
     };
     let sentinels = sentinels.as_ref();
-    let mut single = args.ceilings.search.clone();
-    single.load.mode = Mode::Single;
+    let mut single_args = args.ceilings.search.clone();
+    single_args.load.mode = Mode::Single;
     eprintln!("report: searching the single-event maximum");
-    let single = find_max::search(&single, sentinels).await?;
-    let mut batch = args.ceilings.search.clone();
-    batch.load.mode = Mode::Batch;
-    batch.start_rate = batch.start_rate.max(4 * args.ceilings.search.start_rate);
+    let single = find_max::search(&single_args, sentinels).await?;
+    let mut batch_args = args.ceilings.search.clone();
+    batch_args.load.mode = Mode::Batch;
+    batch_args.start_rate = batch_args
+        .start_rate
+        .max(4 * args.ceilings.search.start_rate);
     eprintln!("report: searching the batch maximum");
-    let batch = find_max::search(&batch, sentinels).await?;
+    let batch = find_max::search(&batch_args, sentinels).await?;
+    let hold = |search: &find_max::FindMaxArgs, found: &find_max::Search| {
+        let (search, max) = (search.clone(), found.max_sustained);
+        async move {
+            match (sentinels, max) {
+                (Some(sentinels), Some(max)) => {
+                    find_max::hold(&search, sentinels, max, args.hold_windows, HOLD_ATTEMPTS)
+                        .await
+                        .map(Some)
+                }
+                _ => Ok(None),
+            }
+        }
+    };
+    eprintln!("report: holding the single-event maximum");
+    let single_hold = hold(&single_args, &single).await?;
+    eprintln!("report: holding the batch maximum");
+    let batch_hold = hold(&batch_args, &batch).await?;
+    let (single_max, batch_max) = (
+        headline(&single, single_hold.as_ref()),
+        headline(&batch, batch_hold.as_ref()),
+    );
     let mut base = args.ceilings.search.load.clone();
     let fresh = start_fresh(sentinels, &mut base).await?;
-    let single_at_half = half_rate(args, &base, Mode::Single, single.max_sustained).await;
+    let single_at_half = half_rate(args, &base, Mode::Single, single_max).await;
     stop_fresh(sentinels, fresh).await;
     let fresh = start_fresh(sentinels, &mut base).await?;
-    let batch_at_half = half_rate(args, &base, Mode::Batch, batch.max_sustained).await;
+    let batch_at_half = half_rate(args, &base, Mode::Batch, batch_max).await;
     stop_fresh(sentinels, fresh).await;
     let fresh = start_fresh(sentinels, &mut base).await?;
-    let burst = burst(&base, single.max_sustained).await;
+    let burst = burst(&base, single_max).await;
     stop_fresh(sentinels, fresh).await;
     let (single_at_half, batch_at_half, burst) = (single_at_half?, batch_at_half?, burst?);
-    let hold_seconds = args.ceilings.search.step_seconds;
-    let single_hold = hold(
-        sentinels,
-        &base,
-        (Mode::Single, single.max_sustained),
-        args.hold_windows,
-        hold_seconds,
-    )
-    .await?;
-    let batch_hold = hold(
-        sentinels,
-        &base,
-        (Mode::Batch, batch.max_sustained),
-        args.hold_windows,
-        hold_seconds,
-    )
-    .await?;
     if let Some(sentinels) = sentinels {
         // The COPY ceiling copies into a table shaped like `events`.
         sentinels.migrate_base()?;
@@ -767,20 +792,15 @@ pub async fn command(args: &ReportArgs) -> anyhow::Result<()> {
     let ceilings = ceilings::measure(&args.ceilings).await?;
     let (overhead, batch_profile) = match sentinels {
         Some(sentinels) => {
-            let rate = single
-                .max_sustained
-                .map_or(args.ceilings.search.start_rate, |max| {
-                    (max / 2.0).round() as u64
-                });
+            let rate = single_max.map_or(args.ceilings.search.start_rate, |max| {
+                (max / 2.0).round() as u64
+            });
             crate::overhead::measure(
                 sentinels,
                 &args.ceilings.search.load,
                 rate,
                 args.overhead_seconds,
-                (
-                    Mode::Batch,
-                    batch.max_sustained.map(|max| max.round() as u64),
-                ),
+                (Mode::Batch, batch_max.map(|max| max.round() as u64)),
             )
             .await?
         }
