@@ -9,7 +9,7 @@ use std::io::Write;
 use serde::Serialize;
 
 use crate::load::{self, LoadArgs, Report};
-use crate::overhead::Sentinels;
+use crate::overhead::{CpuMeter, Sentinels};
 
 /// Search settings; the load's own settings shape every step.
 #[derive(Debug, Clone, clap::Args)]
@@ -110,9 +110,18 @@ pub struct HoldAttempt {
     /// Target events/s.
     pub rate: u64,
     /// The windows run, in order; the last one broke a bound if the attempt failed.
-    pub windows: Vec<Report>,
+    pub windows: Vec<HoldWindow>,
     /// The bound the attempt broke, if it did.
     pub broke: Option<String>,
+}
+
+/// One window of a hold.
+#[derive(Debug, Clone, Serialize)]
+pub struct HoldWindow {
+    /// The window's run.
+    pub report: Report,
+    /// CPU time per event sent, in microseconds, of each part of the machine in the window.
+    pub cpu_by_process: Vec<(String, f64)>,
 }
 
 /// The outcome of [`hold`].
@@ -129,9 +138,10 @@ pub struct Holding {
 }
 
 /// Holds the rate the search found on one fresh Sentinel for `windows` steps in a row (what
-/// a step measured from a fresh start, held while tables, state and topics fill); while a
-/// window breaks a bound, tries again at the rate divided by the step factor, `attempts` times
-/// at most. No window runs twice: a stall that breaks one fails the attempt.
+/// a step measured from a fresh start, held while tables, state and topics fill), measuring
+/// what each part of the machine spends per event in each window; while a window breaks a
+/// bound, tries again at the rate divided by the step factor, `attempts` times at most. No
+/// window runs twice: a stall that breaks one fails the attempt.
 pub async fn hold(
     args: &FindMaxArgs,
     fresh: &Sentinels,
@@ -152,7 +162,7 @@ pub async fn hold(
         load.duration = args.step_seconds;
         let sentinel = fresh.start(&[]).await?;
         sentinel.aim(&mut load);
-        let attempt = hold_attempt(args, &load, windows).await;
+        let attempt = hold_attempt(args, &load, windows, sentinel.pid()).await;
         fresh.stop(sentinel).await;
         let attempt = attempt?;
         let held = attempt.broke.is_none();
@@ -160,7 +170,7 @@ pub async fn hold(
             holding.max_held = attempt
                 .windows
                 .iter()
-                .map(|window| window.achieved_events_per_second)
+                .map(|window| window.report.achieved_events_per_second)
                 .reduce(f64::min);
         }
         holding.attempts.push(attempt);
@@ -176,6 +186,7 @@ async fn hold_attempt(
     args: &FindMaxArgs,
     load: &LoadArgs,
     windows: u64,
+    sentinel: u32,
 ) -> anyhow::Result<HoldAttempt> {
     Sentinels::warm_up(load).await?;
     let mut attempt = HoldAttempt {
@@ -184,7 +195,9 @@ async fn hold_attempt(
         broke: None,
     };
     for window in 1..=windows {
+        let meter = CpuMeter::start(sentinel);
         let report = load::run(load, true).await?;
+        let cpu_by_process = meter.per_event(report.events_sent);
         let broke = broken_bound(args, &report);
         eprintln!(
             "hold: {} events/s, window {window} of {windows} → p99 {:.1} ms, freshness p99 {:.1} ms{}",
@@ -193,7 +206,10 @@ async fn hold_attempt(
             report.freshness_ms.p99,
             broke.as_ref().map(|b| format!(" — {b}")).unwrap_or_default()
         );
-        attempt.windows.push(report);
+        attempt.windows.push(HoldWindow {
+            report,
+            cpu_by_process,
+        });
         if broke.is_some() {
             attempt.broke = broke.map(|b| format!("window {window}: {b}"));
             break;

@@ -220,8 +220,41 @@ impl FreshSentinel {
         load.database_url = self.database_url.clone();
     }
 
-    fn pid(&self) -> u32 {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
         self.running.child.id()
+    }
+}
+
+/// CPU time of each of the machine's parts from a starting point, per event sent.
+pub struct CpuMeter {
+    sentinel: u32,
+    before: [u64; 5],
+}
+
+impl CpuMeter {
+    /// Starts counting, with `sentinel` as Sentinel's process.
+    pub fn start(sentinel: u32) -> Self {
+        Self {
+            sentinel,
+            before: ticks_by_part(sentinel),
+        }
+    }
+
+    /// CPU µs per event of each of [`PARTS`] since the start, over `events` events.
+    pub fn per_event(&self, events: u64) -> Vec<(String, f64)> {
+        let after = ticks_by_part(self.sentinel);
+        let tick_us = 1e6 / clock_ticks_per_second();
+        PARTS
+            .iter()
+            .zip(after.iter().zip(self.before))
+            .map(|(part, (after, before))| {
+                (
+                    part.to_string(),
+                    after.saturating_sub(before) as f64 * tick_us / events.max(1) as f64,
+                )
+            })
+            .collect()
     }
 }
 
@@ -395,24 +428,14 @@ impl Sentinels {
         Self::warm_up(&load).await?;
         let pid = sentinel.pid();
         let before = cpu_ns(pid)?;
-        let parts_before = ticks_by_part(pid);
+        let meter = CpuMeter::start(pid);
         let report = load::run(&load, true).await;
-        let parts_after = ticks_by_part(pid);
+        let sent = report.as_ref().map_or(0, |report| report.events_sent);
+        let cpu_by_process = meter.per_event(sent);
         let used = cpu_ns(pid)?.saturating_sub(before);
         self.stop(sentinel).await;
         let report = report?;
         let events = report.events_sent.max(1) as f64;
-        let tick_us = 1e6 / clock_ticks_per_second();
-        let cpu_by_process = PARTS
-            .iter()
-            .zip(parts_after.iter().zip(parts_before))
-            .map(|(part, (after, before))| {
-                (
-                    part.to_string(),
-                    after.saturating_sub(before) as f64 * tick_us / events,
-                )
-            })
-            .collect();
         Ok(Measured {
             report,
             sentinel_cpu_us: used as f64 / 1_000.0 / events,

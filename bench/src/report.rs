@@ -54,15 +54,6 @@ const BATCH_TARGET: f64 = 60_000.0;
 /// Most rates tried when holding a maximum, each the one before divided by the step factor.
 const HOLD_ATTEMPTS: usize = 3;
 
-/// The maximum the report stands by: the rate held on one Sentinel for every window when the
-/// maximum was held, else the search's.
-fn headline(search: &find_max::Search, hold: Option<&find_max::Holding>) -> Option<f64> {
-    match hold {
-        Some(hold) => hold.max_held,
-        None => search.max_sustained,
-    }
-}
-
 /// A 2× overload burst and the recovery after it.
 #[derive(Serialize)]
 struct Burst {
@@ -412,7 +403,7 @@ fn what_limits(md: &mut String, results: &Results) {
     }
 }
 
-/// The maxima held on one Sentinel, window after window.
+/// The maxima held on one Sentinel, window after window, and where the CPU went in each.
 fn hold_section(md: &mut String, args: &ReportArgs, results: &Results) {
     let holds = [
         ("single", &results.single_hold),
@@ -424,7 +415,7 @@ fn hold_section(md: &mut String, args: &ReportArgs, results: &Results) {
     let _ = writeln!(md, "## Holding the maximum\n");
     let _ = writeln!(
         md,
-        "Each step of a search starts from a fresh Sentinel{}, so that what a step measures does not depend on how much data the steps before it left behind. The rate a step held for {} s from a fresh start is then held on one fresh Sentinel for {} windows of {} s in a row, under the same bounds, while its tables, state and topics fill; where a window breaks a bound, the next attempt runs at the rate divided by {} (at most {HOLD_ATTEMPTS} attempts). The maximum this report stands by is the lowest rate achieved in any window of the attempt that held.\n",
+        "Each step of a search starts from a fresh Sentinel{}, so that what a step measures does not depend on how much data the steps before it left behind. Here the rate a step held for {} s from a fresh start is held on one fresh Sentinel for {} windows of {} s in a row, under the same bounds, while its tables, state and topics fill; where a window breaks a bound, the next attempt runs at the rate divided by {} (at most {HOLD_ATTEMPTS} attempts). CPU is per event sent in the window, from `/proc/*/stat`.\n",
         if args.broker_command.is_some() { " and broker" } else { "" },
         shape.window_seconds,
         shape.windows,
@@ -433,24 +424,28 @@ fn hold_section(md: &mut String, args: &ReportArgs, results: &Results) {
     );
     let _ = writeln!(
         md,
-        "What fills up costs more as it grows. tansu's in-memory engine (the development broker) stores each produce request's batch as one object, lists all of a partition's objects on every fetch, and rewrites one metadata document of every producer on every produce request; a broker that indexes its log (Apache Kafka, Redpanda) does not slow down as it fills. Sentinel's de-duplication state and PostgreSQL's tables and indexes grow too.\n"
+        "| mode | rate | window | achieved | p50 | p99 | freshness p99 | broker ack p99 | claim wait p99 | CPU µs/event: Sentinel | PostgreSQL | tansu | events answered otherwise than expected | rows | outcome |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
-    let _ = writeln!(
-        md,
-        "| mode | rate | window | achieved | p50 | p99 | freshness p99 | broker ack p99 | claim wait p99 | events answered otherwise than expected | rows | outcome |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
-    );
+    let cpu = |window: &find_max::HoldWindow, part: usize| {
+        window
+            .cpu_by_process
+            .get(part)
+            .map_or("—".into(), |(_, us)| format!("{us:.0}"))
+    };
+    let mut growth = Vec::new();
     for (name, hold) in holds {
         let Some(hold) = hold else { continue };
         for attempt in &hold.attempts {
             let last = attempt.windows.len();
-            for (index, r) in attempt.windows.iter().enumerate() {
+            for (index, window) in attempt.windows.iter().enumerate() {
+                let r = &window.report;
                 let outcome = match (&attempt.broke, index + 1 == last) {
                     (Some(broke), true) => broke.clone(),
                     _ => "held".into(),
                 };
                 let _ = writeln!(
                     md,
-                    "| {name} | {} | {} | {:.0} | {:.2} | {:.2} | {:.1} | {} | {} | {}{} | {} | {outcome} |",
+                    "| {name} | {} | {} | {:.0} | {:.2} | {:.2} | {:.1} | {} | {} | {} | {} | {} | {}{} | {} | {outcome} |",
                     attempt.rate,
                     index + 1,
                     r.achieved_events_per_second,
@@ -459,16 +454,45 @@ fn hold_section(md: &mut String, args: &ReportArgs, results: &Results) {
                     r.freshness_ms.p99,
                     load::bucket_bound(r.server.broker_ack_p99_ms),
                     load::bucket_bound(r.server.claim_wait_p99_ms),
+                    cpu(window, 0),
+                    cpu(window, 1),
+                    cpu(window, 2),
                     r.unexpected_answers,
                     load::statuses(&r.unexpected_by_status),
                     if r.rows_exact { "exact" } else { "MISMATCH" }
                 );
+            }
+            if let (Some(first), Some(last)) = (attempt.windows.first(), attempt.windows.last()) {
+                if attempt.windows.len() > 1 {
+                    growth.push(format!(
+                        "{name} at {} events/s, window 1 → {}: Sentinel {} → {}, PostgreSQL {} → {}, tansu {} → {} µs",
+                        attempt.rate,
+                        attempt.windows.len(),
+                        cpu(first, 0),
+                        cpu(last, 0),
+                        cpu(first, 1),
+                        cpu(last, 1),
+                        cpu(first, 2),
+                        cpu(last, 2)
+                    ));
+                }
             }
         }
     }
     let _ = writeln!(
         md,
         "\nRows are exact when every event the gateway accepted was stored once; an event refused (429: past the in-flight budget; 503: broker or idempotency store unavailable) stores nothing and is the client's to retry.\n"
+    );
+    if !growth.is_empty() {
+        let _ = writeln!(
+            md,
+            "CPU per event as data accumulates: {}.\n",
+            growth.join("; ")
+        );
+    }
+    let _ = writeln!(
+        md,
+        "tansu's in-memory engine (the development broker) stores each produce request's batch as one object and lists all of a partition's objects on every fetch (tansu-storage 0.6.0, `dynostore.rs`, `fetch`), so its cost per fetch grows with everything the topic holds; it also rewrites one metadata document of every producer on every idempotent produce. A broker that indexes its log (Apache Kafka, Redpanda) does not slow down as it fills. This is why each search step gets a fresh broker.\n"
     );
 }
 
@@ -504,7 +528,12 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
         }
     );
     let _ = writeln!(md, "## Maximum sustained rate\n");
-    let _ = writeln!(md, "| mode | Sentinel events/s | a step from fresh | HTTP ceiling | Sentinel / HTTP | PostgreSQL COPY ceiling rows/s | Sentinel / COPY | broker ceiling records/s | Sentinel / broker |");
+    let held_for = results
+        .single_hold
+        .as_ref()
+        .or(results.batch_hold.as_ref())
+        .map_or(0, |hold| hold.windows * hold.window_seconds);
+    let _ = writeln!(md, "| mode | Sentinel events/s | held {held_for} s on one Sentinel | HTTP ceiling | Sentinel / HTTP | PostgreSQL COPY ceiling rows/s | Sentinel / COPY | broker ceiling records/s | Sentinel / broker |");
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
     let c = &results.ceilings;
     for (name, search, hold, http, http_unbroken) in [
@@ -526,17 +555,22 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
         // A search that never broke a bound found a floor, not the maximum.
         let floor = |unbroken: bool| if unbroken { "≥ " } else { "" };
         let unbroken = search.steps.last().is_some_and(|step| step.broke.is_none());
-        let max = headline(search, hold.as_ref());
+        let max = search.max_sustained;
         let held = match hold {
-            Some(hold) if hold.max_held.is_none() => "none held".into(),
-            Some(_) => format!("{}{}", floor(unbroken), rate(max)),
-            None => "not held".into(),
+            Some(hold) => match hold.max_held {
+                Some(held) => format!("{held:.0}"),
+                None => format!(
+                    "< {}",
+                    hold.attempts.last().map_or(0, |attempt| attempt.rate)
+                ),
+            },
+            None => "—".into(),
         };
         let _ = writeln!(
             md,
-            "| {name} | {held} | {}{} | {}{} | {}{} | {:.0} | {} | {:.0} | {} |",
+            "| {name} | {}{} | {held} | {}{} | {}{} | {:.0} | {} | {:.0} | {} |",
             floor(unbroken),
-            rate(search.max_sustained),
+            rate(max),
             floor(http_unbroken),
             rate(http),
             // Against a ceiling that is only a floor, the ratio is an upper bound.
@@ -556,8 +590,8 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
     if let Some(hold) = results.single_hold.as_ref().or(results.batch_hold.as_ref()) {
         let _ = writeln!(
             md,
-            "Sentinel events/s is the rate one Sentinel held for {} windows of {} s in a row ([Holding the maximum](#holding-the-maximum)); the ratios are of it. A step from fresh is the highest rate a search step held for {} s from a fresh start ([Steps of the searches](#steps-of-the-searches)).\n",
-            hold.windows, hold.window_seconds, hold.window_seconds
+            "Sentinel events/s is the highest rate a search step held for {} s from a fresh start ([Steps of the searches](#steps-of-the-searches)); the ratios are of it. Held {} s is the highest rate one Sentinel held for {} windows of {} s in a row, or below which rate that was not found ([Holding the maximum](#holding-the-maximum)): on the development broker, that is a measure of tansu's growth as much as of Sentinel.\n",
+            hold.window_seconds, hold.windows * hold.window_seconds, hold.windows, hold.window_seconds
         );
     }
     let _ = writeln!(md, "## What limits Sentinel here\n");
@@ -582,14 +616,14 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
     let _ = writeln!(md, "\n![latency against rate](latency-vs-rate.svg)\n");
     let _ = writeln!(md, "## Targets\n");
     let _ = writeln!(md, "| target | measured | verdict |\n|---|---|---|");
-    if let Some(max) = headline(&results.single, results.single_hold.as_ref()) {
+    if let Some(max) = results.single.max_sustained {
         let _ = writeln!(
             md,
             "| ≥ 20,000 events/s single | {max:.0} | {} |",
             verdict(max, SINGLE_TARGET, true)
         );
     }
-    if let Some(max) = headline(&results.batch, results.batch_hold.as_ref()) {
+    if let Some(max) = results.batch.max_sustained {
         let _ = writeln!(
             md,
             "| ≥ 60,000 events/s batch | {max:.0} | {} |",
@@ -770,10 +804,7 @@ pub async fn command(args: &ReportArgs) -> anyhow::Result<()> {
     let single_hold = hold(&single_args, &single).await?;
     eprintln!("report: holding the batch maximum");
     let batch_hold = hold(&batch_args, &batch).await?;
-    let (single_max, batch_max) = (
-        headline(&single, single_hold.as_ref()),
-        headline(&batch, batch_hold.as_ref()),
-    );
+    let (single_max, batch_max) = (single.max_sustained, batch.max_sustained);
     let mut base = args.ceilings.search.load.clone();
     let fresh = start_fresh(sentinels, &mut base).await?;
     let single_at_half = half_rate(args, &base, Mode::Single, single_max).await;
