@@ -182,6 +182,8 @@ pub async fn hold(
     Ok(holding)
 }
 
+/// Warms up the Sentinel `load` aims at (process `sentinel`), then runs its windows until one
+/// breaks a bound.
 async fn hold_attempt(
     args: &FindMaxArgs,
     load: &LoadArgs,
