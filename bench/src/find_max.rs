@@ -160,11 +160,11 @@ pub async fn hold(
         let mut load = args.load.clone();
         load.rate = rate.round() as u64;
         load.duration = args.step_seconds;
-        let sentinel = fresh.start(&[]).await?;
-        sentinel.aim(&mut load);
-        let attempt = hold_attempt(args, &load, windows, sentinel.pid()).await;
-        fresh.stop(sentinel).await;
-        let attempt = attempt?;
+        let attempt = fresh
+            .on_fresh(&load, async |load, pid| {
+                hold_attempt(args, load, windows, pid).await
+            })
+            .await?;
         let held = attempt.broke.is_none();
         if held {
             holding.max_held = attempt
@@ -182,15 +182,14 @@ pub async fn hold(
     Ok(holding)
 }
 
-/// Warms up the Sentinel `load` aims at (process `sentinel`), then runs its windows until one
-/// breaks a bound.
+/// Runs the windows of one attempt against the warmed-up Sentinel `load` aims at (process
+/// `sentinel`) until one breaks a bound.
 async fn hold_attempt(
     args: &FindMaxArgs,
     load: &LoadArgs,
     windows: u64,
     sentinel: u32,
 ) -> anyhow::Result<HoldAttempt> {
-    Sentinels::warm_up(load).await?;
     let mut attempt = HoldAttempt {
         rate: load.rate,
         windows: Vec::new(),
@@ -223,18 +222,14 @@ async fn hold_attempt(
 /// Runs `load`: against a fresh Sentinel of `fresh`, warmed up, when given one; else against
 /// `load.url`.
 async fn run_step(load: &LoadArgs, fresh: Option<&Sentinels>) -> anyhow::Result<Report> {
-    let Some(sentinels) = fresh else {
-        return load::run(load, true).await;
-    };
-    let mut load = load.clone();
-    let sentinel = sentinels.start(&[]).await?;
-    sentinel.aim(&mut load);
-    let report = match Sentinels::warm_up(&load).await {
-        Ok(()) => load::run(&load, true).await,
-        Err(err) => Err(err),
-    };
-    sentinels.stop(sentinel).await;
-    report
+    match fresh {
+        Some(sentinels) => {
+            sentinels
+                .on_fresh(load, async |load, _| load::run(load, true).await)
+                .await
+        }
+        None => load::run(load, true).await,
+    }
 }
 
 /// Runs the search: every step against a fresh Sentinel of `fresh` when given, so that what a

@@ -498,13 +498,12 @@ pub async fn run(args: &LoadArgs, quiet: bool) -> anyhow::Result<Report> {
                     drop(by_status);
                     let mut answered = answered.lock().expect("answered list");
                     // Later duplicates and conflicts reuse keys the gateway accepted.
-                    let mut planned: Vec<Option<Planned>> = planned.into_iter().map(Some).collect();
                     answered.extend(
-                        answers
-                            .accepted
-                            .iter()
-                            .filter_map(|&index| planned[index].take())
-                            .map(|p| (p.key, p.tenant, p.body)),
+                        planned
+                            .into_iter()
+                            .enumerate()
+                            .filter(|(index, _)| answers.accepted.contains(index))
+                            .map(|(_, p)| (p.key, p.tenant, p.body)),
                     );
                     if answered.len() > 20_000 {
                         answered.drain(..10_000);

@@ -393,6 +393,24 @@ impl Sentinels {
         })
     }
 
+    /// Runs `work` against a fresh Sentinel: `load` aimed at it and warmed up, with its process
+    /// id; stops it afterwards, whatever `work` returned.
+    pub async fn on_fresh<T>(
+        &self,
+        load: &LoadArgs,
+        work: impl AsyncFnOnce(&LoadArgs, u32) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let mut load = load.clone();
+        let sentinel = self.start(&[]).await?;
+        sentinel.aim(&mut load);
+        let result = match Self::warm_up(&load).await {
+            Ok(()) => work(&load, sentinel.pid()).await,
+            Err(err) => Err(err),
+        };
+        self.stop(sentinel).await;
+        result
+    }
+
     /// Warms a just-started Sentinel aimed at by `load`: a few seconds of light load in the same
     /// mode, drained, so that a measurement starts from steady state (the first records after
     /// start wait for the consumer's first fetches and the writer's first transactions).

@@ -403,6 +403,20 @@ fn what_limits(md: &mut String, results: &Results) {
     }
 }
 
+/// A run's achieved rate, gateway p50 and p99, freshness p99, and the broker's and the claim's
+/// p99 waits, as table cells.
+fn run_cells(r: &Report) -> String {
+    format!(
+        "{:.0} | {:.2} | {:.2} | {:.1} | {} | {}",
+        r.achieved_events_per_second,
+        r.gateway_latency_ms.p50,
+        r.gateway_latency_ms.p99,
+        r.freshness_ms.p99,
+        load::bucket_bound(r.server.broker_ack_p99_ms),
+        load::bucket_bound(r.server.claim_wait_p99_ms),
+    )
+}
+
 /// The maxima held on one Sentinel, window after window, and where the CPU went in each.
 fn hold_section(md: &mut String, args: &ReportArgs, results: &Results) {
     let holds = [
@@ -445,15 +459,10 @@ fn hold_section(md: &mut String, args: &ReportArgs, results: &Results) {
                 };
                 let _ = writeln!(
                     md,
-                    "| {name} | {} | {} | {:.0} | {:.2} | {:.2} | {:.1} | {} | {} | {} | {} | {} | {}{} | {} | {outcome} |",
+                    "| {name} | {} | {} | {} | {} | {} | {} | {}{} | {} | {outcome} |",
                     attempt.rate,
                     index + 1,
-                    r.achieved_events_per_second,
-                    r.gateway_latency_ms.p50,
-                    r.gateway_latency_ms.p99,
-                    r.freshness_ms.p99,
-                    load::bucket_bound(r.server.broker_ack_p99_ms),
-                    load::bucket_bound(r.server.claim_wait_p99_ms),
+                    run_cells(r),
                     cpu(window, 0),
                     cpu(window, 1),
                     cpu(window, 2),
@@ -670,14 +679,9 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
             let r = &step.report;
             let _ = writeln!(
                 md,
-                "| {} | {:.0} | {:.2} | {:.2} | {:.1} | {} | {} | {} | {:.1} | {} |",
+                "| {} | {} | {} | {:.1} | {} |",
                 r.target_events_per_second,
-                r.achieved_events_per_second,
-                r.gateway_latency_ms.p50,
-                r.gateway_latency_ms.p99,
-                r.freshness_ms.p99,
-                load::bucket_bound(r.server.broker_ack_p99_ms),
-                load::bucket_bound(r.server.claim_wait_p99_ms),
+                run_cells(r),
                 r.peak_in_flight,
                 r.idempotency.claims_per_statement,
                 step.broke.as_deref().unwrap_or("held")
