@@ -1,18 +1,85 @@
 //! Canonical hashing: SHA-256 of the RFC 8785 (JCS) canonical form of a JSON document, so that
 //! key order, number spellings and string escapes never change the hash, and content always does.
+//!
+//! The canonical form is written in one pass over the parsed document: object members sorted by
+//! the UTF-16 code units of their names, strings escaped by serde_json (which escapes exactly
+//! what RFC 8785 asks: `"`, `\\` and the control characters, with lowercase hex), numbers in
+//! ECMAScript's shortest round-trip spelling (`ryu-js`). It is the output of `serde_jcs`, which
+//! the tests hold it to, at a fraction of the cost: `serde_jcs` buffers every member and re-parses
+//! every name, and the gateway hashes every event it receives.
 
-use serde_json::Value;
+use std::cmp::Ordering;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 /// The RFC 8785 canonical serialisation of `value`.
 pub fn canonical_json(value: &Value) -> String {
-    serde_jcs::to_string(value).expect("a serde_json::Value always serialises")
+    let mut out = Vec::with_capacity(256);
+    write_canonical(value, &mut out);
+    String::from_utf8(out).expect("the canonical form of a string-keyed document is UTF-8")
 }
 
 /// Lowercase hex SHA-256 of the canonical form of `value`: the idempotency payload hash.
 pub fn canonical_hash(value: &Value) -> String {
-    let digest = Sha256::digest(canonical_json(value).as_bytes());
-    hex::encode(digest)
+    let mut out = Vec::with_capacity(512);
+    write_canonical(value, &mut out);
+    hex::encode(Sha256::digest(&out))
+}
+
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Number(number) => {
+            // RFC 8785 numbers are IEEE 754 doubles; a serde_json number (no arbitrary
+            // precision) always has one, and it is always finite.
+            let double = number.as_f64().expect("a serde_json number is a double");
+            out.extend_from_slice(ryu_js::Buffer::new().format_finite(double).as_bytes());
+        }
+        Value::String(text) => write_string(text, out),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (index, item) in items.iter().enumerate() {
+                if index > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        Value::Object(members) => write_object(members, out),
+    }
+}
+
+fn write_object(members: &Map<String, Value>, out: &mut Vec<u8>) {
+    let mut sorted: Vec<(&String, &Value)> = members.iter().collect();
+    // serde_json's map iterates in UTF-8 byte order, which is UTF-16 order unless names mix
+    // characters above U+FFFF with ones from U+E000: sort only when that happened.
+    if !sorted.is_sorted_by(|a, b| utf16_order(a.0, b.0) != Ordering::Greater) {
+        sorted.sort_by(|a, b| utf16_order(a.0, b.0));
+    }
+    out.push(b'{');
+    for (index, (name, member)) in sorted.into_iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        write_string(name, out);
+        out.push(b':');
+        write_canonical(member, out);
+    }
+    out.push(b'}');
+}
+
+fn utf16_order(a: &str, b: &str) -> Ordering {
+    a.encode_utf16().cmp(b.encode_utf16())
+}
+
+fn write_string(text: &str, out: &mut Vec<u8>) {
+    text.serialize(&mut serde_json::Serializer::new(out))
+        .expect("writing a string to a Vec cannot fail");
 }
 
 #[cfg(test)]
@@ -113,7 +180,54 @@ mod tests {
         }
     }
 
+    /// Documents with any names and strings (control characters, characters above U+FFFF and
+    /// from U+E000 included) and any finite number.
+    fn wide_json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("JSON numbers are finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            any::<String>().prop_map(Value::String),
+            "[\\u{0}-\\u{1f}\"\\\\\u{7f}\u{e000}-\u{ffff}\u{10000}-\u{10ffff}a]{0,4}"
+                .prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 32, 5, |inner| {
+            let name = prop_oneof![
+                any::<String>(),
+                "[a\u{e000}-\u{ffff}\u{10000}-\u{10ffff}]{0,3}"
+            ];
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                prop::collection::btree_map(name, inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    #[test]
+    fn names_sort_by_utf16_code_units() {
+        // UTF-8 puts U+E000 before U+10000; UTF-16 (a surrogate pair from 0xD800) after.
+        let value = serde_json::json!({"\u{e000}": 1, "\u{10000}": 2, "a": [0.1, 1e21, -0.0]});
+        assert_eq!(
+            canonical_json(&value),
+            "{\"a\":[0.1,1e+21,0],\"\u{10000}\":2,\"\u{e000}\":1}"
+        );
+        assert_eq!(
+            canonical_json(&value),
+            serde_jcs::to_string(&value).unwrap()
+        );
+    }
+
     proptest! {
+        #[test]
+        fn the_canonical_form_is_serde_jcs_output(value in wide_json_value()) {
+            prop_assert_eq!(canonical_json(&value), serde_jcs::to_string(&value).unwrap());
+        }
+
         #[test]
         fn any_spelling_of_a_document_has_one_hash(value in json_value()) {
             let respelled = respell(&value);
