@@ -8,6 +8,7 @@ mod find_max;
 mod http;
 mod load;
 mod overhead;
+mod profile;
 mod report;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +35,9 @@ enum Command {
     Ceilings(ceilings::CeilingArgs),
     /// Runs everything and writes docs/perf/results.md.
     Report(report::ReportArgs),
+    /// One run against a fresh Sentinel under Linux `perf`: where inside Sentinel and
+    /// PostgreSQL the CPU goes.
+    Profile(profile::ProfileArgs),
 }
 
 /// One thread: the generator hands requests to its connections without cross-thread wake-ups,
@@ -45,5 +49,6 @@ async fn main() -> anyhow::Result<()> {
         Command::FindMax(args) => find_max::command(&args).await,
         Command::Ceilings(args) => ceilings::command(&args).await,
         Command::Report(args) => report::command(&args).await,
+        Command::Profile(args) => profile::command(&args).await,
     }
 }

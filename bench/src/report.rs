@@ -148,6 +148,8 @@ struct Results {
     ceilings: Ceilings,
     overhead: Vec<crate::overhead::Variant>,
     batch_profile: Option<crate::overhead::Profile>,
+    /// Where inside Sentinel and PostgreSQL the CPU goes at the batch maximum (`perf`).
+    code_profile: Option<crate::profile::CodeProfile>,
 }
 
 /// The cores this process may run on (1 when unknown).
@@ -378,6 +380,7 @@ fn what_limits(md: &mut String, results: &Results) {
             100.0 * busy
         );
     }
+    code_profile_section(md, results);
     let _ = writeln!(
         md,
         "Sentinel's part is the gateway (HTTP, validation, canonical hashing, the idempotency claim, the producer) and the dataflow (consumer, operators, writer); PostgreSQL's is the idempotency claims and completions (one pipelined transaction per group, a group forming while the previous one is written) and the writer's COPY into `events` with its eight indexes. Most of the cost is per request and per round trip, not per byte: a batch shares one HTTP exchange, one claim statement and one produce request among its events, which is why a batched event costs a fraction of a single one. Costs per unit of time (timers, the consumer's fetches, PostgreSQL's background work) are spread over fewer events at lower rates, so the single-event column overstates the cost at the single-event maximum. The broker's part falls as records share produce requests: `SENTINEL_PRODUCE_LINGER_MS` (default 5) trades gateway latency for broker CPU. Freshness is bounded below by the consumer's `fetch.wait.max.ms` (100 ms, which tansu waits out even when records are ready; tunable with `SENTINEL_KAFKA_OPTIONS`)."
@@ -401,6 +404,41 @@ fn what_limits(md: &mut String, results: &Results) {
     if !beyond.is_empty() {
         let _ = writeln!(md, "\nOn this machine, in this run: {}.", beyond.join("; "));
     }
+}
+
+/// Inside Sentinel and PostgreSQL: the named code paths' shares of each one's CPU samples.
+fn code_profile_section(md: &mut String, results: &Results) {
+    let Some(profile) = &results.code_profile else {
+        let _ = writeln!(
+            md,
+            "No code profile in this run (it needs `perf` on the PATH and `--sentinel-bin`).\n"
+        );
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "Inside Sentinel and PostgreSQL, from Linux `perf` sampling both (499 Hz; Sentinel with DWARF call graphs, PostgreSQL with frame pointers) during one more run of batches at their maximum against a fresh Sentinel ({:.0} events/s achieved; CPU µs per event in that run: {}). A path's share is inclusive (it counts what the path calls), so the shares of nested paths overlap and do not add up to 100%; the µs column is that share of the part's CPU per event.\n",
+        profile.report.achieved_events_per_second,
+        profile
+            .cpu_by_process
+            .iter()
+            .take(2)
+            .map(|(part, us)| format!("{part} {us:.0}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    let _ = writeln!(
+        md,
+        "| part | code path | frame | share of the part's CPU | µs per event |\n|---|---|---|---|---|"
+    );
+    for path in &profile.paths {
+        let _ = writeln!(
+            md,
+            "| {:?} | {} | `{}` | {:.1}% | {:.1} |",
+            path.part, path.what, path.frame, path.percent, path.us_per_event
+        );
+    }
+    let _ = writeln!(md);
 }
 
 /// A run's achieved rate, gateway p50 and p99, freshness p99, and the broker's and the claim's
@@ -841,9 +879,21 @@ pub async fn command(args: &ReportArgs) -> anyhow::Result<()> {
         }
         None => (Vec::new(), None),
     };
+    let code_profile = match (sentinels, batch_max) {
+        (Some(sentinels), Some(max)) if crate::profile::available() => {
+            let mut load = args.ceilings.search.load.clone();
+            load.mode = Mode::Batch;
+            load.rate = max.round() as u64;
+            load.duration = args.overhead_seconds;
+            eprintln!("report: perf profile, batches at {} events/s", load.rate);
+            Some(crate::profile::measure(sentinels, &load).await?)
+        }
+        _ => None,
+    };
     let results = Results {
         overhead,
         batch_profile,
+        code_profile,
         burst,
         machine: machine(),
         single,

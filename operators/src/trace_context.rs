@@ -68,7 +68,7 @@ impl TraceContext {
 
     /// The trace id as 32 lowercase hex digits.
     pub fn trace_id_hex(&self) -> String {
-        encode_hex(&self.trace_id)
+        hex::encode(self.trace_id)
     }
 
     /// Whether the trace is sampled (flag bit 0).
@@ -78,7 +78,7 @@ impl TraceContext {
 
     /// The span id as 16 lowercase hex digits.
     pub fn span_id_hex(&self) -> String {
-        encode_hex(&self.span_id)
+        hex::encode(self.span_id)
     }
 }
 
@@ -88,8 +88,8 @@ impl fmt::Display for TraceContext {
         write!(
             f,
             "00-{}-{}-{:02x}",
-            encode_hex(&self.trace_id),
-            encode_hex(&self.span_id),
+            hex::encode(self.trace_id),
+            hex::encode(self.span_id),
             self.flags
         )
     }
@@ -120,16 +120,6 @@ fn decode_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
         *byte = u8::from_str_radix(&text[i * 2..i * 2 + 2], 16).ok()?;
     }
     Some(out)
-}
-
-fn encode_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 #[cfg(test)]
