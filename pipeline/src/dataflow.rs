@@ -209,12 +209,18 @@ pub fn run_worker(worker: &mut Worker, ctx: &DataflowContext) -> anyhow::Result<
         });
         let states = stream_state(unique.clone(), stream_states);
         let (width, threshold) = (ctx.slo_window, ctx.freshness_threshold);
-        let freshness = unique.clone().map(move |row| {
-            freshness_sample(row.received_utc, chrono::Utc::now(), width, threshold)
-        });
+        // One pass gives each row to the commit and its freshness sample to the SLO windows,
+        // so the row itself is not cloned for a sample of one timestamp.
+        let (stored, freshness) = unique
+            .flat_map(move |row| {
+                let now = chrono::Utc::now();
+                let sample = freshness_sample(row.received_utc, now, width, threshold);
+                [Ok(Effect::Event(row)), Err(sample)]
+            })
+            .ok_err(|effect_or_sample| effect_or_sample);
         let windows = slo_windows(scope.concatenate([outcome_samples, freshness]));
         let effects = scope.concatenate([
-            unique.map(Effect::Event),
+            stored,
             states.map(Effect::StreamState),
             windows.map(Effect::Slo),
             rejected,
