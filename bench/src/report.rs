@@ -150,6 +150,9 @@ struct Results {
     batch_profile: Option<crate::overhead::Profile>,
     /// Where inside Sentinel and PostgreSQL the CPU goes at the batch maximum (`perf`).
     code_profile: Option<crate::profile::CodeProfile>,
+    /// Why there is no code profile, when there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code_profile_missing: Option<String>,
 }
 
 /// The cores this process may run on (1 when unknown).
@@ -409,10 +412,8 @@ fn what_limits(md: &mut String, results: &Results) {
 /// Inside Sentinel and PostgreSQL: the named code paths' shares of each one's CPU samples.
 fn code_profile_section(md: &mut String, results: &Results) {
     let Some(profile) = &results.code_profile else {
-        let _ = writeln!(
-            md,
-            "No code profile in this run (it needs `perf` on the PATH and `--sentinel-bin`).\n"
-        );
+        let why = results.code_profile_missing.as_deref().unwrap_or("not run");
+        let _ = writeln!(md, "No code profile in this run: {why}.\n");
         return;
     };
     let _ = writeln!(
@@ -886,14 +887,24 @@ pub async fn command(args: &ReportArgs) -> anyhow::Result<()> {
             load.rate = max.round() as u64;
             load.duration = args.overhead_seconds;
             eprintln!("report: perf profile, batches at {} events/s", load.rate);
-            Some(crate::profile::measure(sentinels, &load).await?)
+            // A profile that fails (perf refused, say) costs its section, not the report.
+            crate::profile::measure(sentinels, &load)
+                .await
+                .map_err(|err| format!("the profiled run failed: {err:#}"))
         }
-        _ => None,
+        (Some(_), Some(_)) => Err("`perf` is not on the PATH".into()),
+        (None, _) => Err("it needs `--sentinel-bin`".into()),
+        (_, None) => Err("the batch search found no maximum to profile at".into()),
+    };
+    let (code_profile, code_profile_missing) = match code_profile {
+        Ok(profile) => (Some(profile), None),
+        Err(why) => (None, Some(why)),
     };
     let results = Results {
         overhead,
         batch_profile,
         code_profile,
+        code_profile_missing,
         burst,
         machine: machine(),
         single,
