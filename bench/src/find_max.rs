@@ -9,7 +9,7 @@ use std::io::Write;
 use serde::Serialize;
 
 use crate::load::{self, LoadArgs, Report};
-use crate::overhead::{CpuMeter, Sentinels};
+use crate::overhead::{metered_run, Sentinels};
 
 /// Search settings; the load's own settings shape every step.
 #[derive(Debug, Clone, clap::Args)]
@@ -196,9 +196,7 @@ async fn hold_attempt(
         broke: None,
     };
     for window in 1..=windows {
-        let meter = CpuMeter::start(sentinel);
-        let report = load::run(load, true).await?;
-        let cpu_by_process = meter.per_event(report.events_sent);
+        let (report, cpu_by_process) = metered_run(load, sentinel).await?;
         let broke = broken_bound(args, &report);
         eprintln!(
             "hold: {} events/s, window {window} of {windows} → p99 {:.1} ms, freshness p99 {:.1} ms{}",

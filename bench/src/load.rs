@@ -502,7 +502,8 @@ pub async fn run(args: &LoadArgs, quiet: bool) -> anyhow::Result<Report> {
                         planned
                             .into_iter()
                             .enumerate()
-                            .filter(|(index, _)| answers.accepted.contains(index))
+                            // `accepted` holds indices in ascending order.
+                            .filter(|(index, _)| answers.accepted.binary_search(index).is_ok())
                             .map(|(_, p)| (p.key, p.tenant, p.body)),
                     );
                     if answered.len() > 20_000 {

@@ -393,15 +393,25 @@ impl Sentinels {
         })
     }
 
-    /// Runs `work` against a fresh Sentinel: `load` aimed at it and warmed up, with its process
-    /// id; stops it afterwards, whatever `work` returned.
+    /// Runs `work` against a fresh Sentinel as shipped: `load` aimed at it and warmed up, with
+    /// its process id; stops it afterwards, whatever `work` returned.
     pub async fn on_fresh<T>(
         &self,
         load: &LoadArgs,
         work: impl AsyncFnOnce(&LoadArgs, u32) -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
+        self.on_fresh_with(&[], load, work).await
+    }
+
+    /// [`Sentinels::on_fresh`] with `env` added to the Sentinel's environment.
+    pub async fn on_fresh_with<T>(
+        &self,
+        env: &[(&str, String)],
+        load: &LoadArgs,
+        work: impl AsyncFnOnce(&LoadArgs, u32) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
         let mut load = load.clone();
-        let sentinel = self.start(&[]).await?;
+        let sentinel = self.start(env).await?;
         sentinel.aim(&mut load);
         let result = match Self::warm_up(&load).await {
             Ok(()) => work(&load, sentinel.pid()).await,
@@ -436,30 +446,32 @@ impl Sentinels {
     }
 
     /// Runs `load` against a fresh Sentinel with `env` and tells what it cost.
-    async fn measure(
-        &self,
-        env: &[(&str, String)],
-        mut load: LoadArgs,
-    ) -> anyhow::Result<Measured> {
-        let sentinel = self.start(env).await?;
-        sentinel.aim(&mut load);
-        Self::warm_up(&load).await?;
-        let pid = sentinel.pid();
-        let before = cpu_ns(pid)?;
-        let meter = CpuMeter::start(pid);
-        let report = load::run(&load, true).await;
-        let sent = report.as_ref().map_or(0, |report| report.events_sent);
-        let cpu_by_process = meter.per_event(sent);
-        let used = cpu_ns(pid)?.saturating_sub(before);
-        self.stop(sentinel).await;
-        let report = report?;
-        let events = report.events_sent.max(1) as f64;
-        Ok(Measured {
-            report,
-            sentinel_cpu_us: used as f64 / 1_000.0 / events,
-            cpu_by_process,
+    async fn measure(&self, env: &[(&str, String)], load: LoadArgs) -> anyhow::Result<Measured> {
+        self.on_fresh_with(env, &load, async |load, pid| {
+            let before = cpu_ns(pid)?;
+            let (report, cpu_by_process) = metered_run(load, pid).await?;
+            let used = cpu_ns(pid)?.saturating_sub(before);
+            let events = report.events_sent.max(1) as f64;
+            Ok(Measured {
+                report,
+                sentinel_cpu_us: used as f64 / 1_000.0 / events,
+                cpu_by_process,
+            })
         })
+        .await
     }
+}
+
+/// Runs `load` against the Sentinel of process `sentinel`, with what each part of the machine
+/// spent per event sent during the run ([`CpuMeter`]).
+pub async fn metered_run(
+    load: &LoadArgs,
+    sentinel: u32,
+) -> anyhow::Result<(Report, Vec<(String, f64)>)> {
+    let meter = CpuMeter::start(sentinel);
+    let report = load::run(load, true).await?;
+    let cpu_by_process = meter.per_event(report.events_sent);
+    Ok((report, cpu_by_process))
 }
 
 /// What one load against a fresh Sentinel measured.

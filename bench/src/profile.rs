@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 
 use crate::load::{self, LoadArgs};
-use crate::overhead::{CpuMeter, Sentinels};
+use crate::overhead::{metered_run, Sentinels};
 
 /// Samples per second and process (a prime, so that sampling does not beat with timers).
 const FREQUENCY: &str = "499";
@@ -292,11 +292,7 @@ pub async fn measure(sentinels: &Sentinels, load: &LoadArgs) -> anyhow::Result<C
                 (dir.join("sentinel.perf"), dir.join("machine.perf"));
             let sentinel_perf = record(Target::Process(pid), load.duration, &sentinel_data)?;
             let machine_perf = record(Target::Machine, load.duration, &machine_data)?;
-            let meter = CpuMeter::start(pid);
-            let report = load::run(load, true).await;
-            let sent = report.as_ref().map_or(0, |r| r.events_sent);
-            let cpu_by_process = meter.per_event(sent);
-            let report = report?;
+            let (report, cpu_by_process) = metered_run(load, pid).await?;
             finish(sentinel_perf)?;
             finish(machine_perf)?;
             let us = |index: usize| cpu_by_process.get(index).map_or(0.0, |(_, us)| *us);
