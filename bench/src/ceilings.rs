@@ -101,8 +101,7 @@ async fn http_ceiling(args: &CeilingArgs, mode: Mode) -> anyhow::Result<(Option<
     search.load.no_check = true;
     search.load.mode = mode;
     let found = find_max::search(&search, None).await?;
-    let unbroken = found.steps.last().is_some_and(|step| step.broke.is_none());
-    Ok((found.max_sustained, unbroken))
+    Ok((found.max_sustained, found.lowest_broken_rate.is_none()))
 }
 
 /// COPY of rows shaped like Sentinel's into a temporary copy of `events`.

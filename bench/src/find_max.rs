@@ -1,6 +1,7 @@
 //! `find-max`: steps the arrival rate up until a bound breaks — gateway p99 latency, freshness
 //! p99, achieved rate, exact rows or unexpected answers — and reports the highest rate that held.
-//! A step that breaks only a latency bound runs once more, and stops the search if it breaks again.
+//! A step that breaks only a latency bound runs once more, and counts as broken if it breaks again.
+//! After the first broken step, bisections between it and the highest rate held narrow the maximum.
 //! Given fresh Sentinels, every step (and every second run of one) gets one of its own, and
 //! [`hold`] then looks for the highest rate one Sentinel holds for several steps in a row.
 
@@ -34,9 +35,13 @@ pub struct FindMaxArgs {
     /// Bound on freshness p99, ms.
     #[arg(long, default_value_t = 1_000.0)]
     pub freshness_p99_bound_ms: f64,
-    /// Most steps.
+    /// Most steps of the climb.
     #[arg(long, default_value_t = 14)]
     pub max_steps: usize,
+    /// Bisections between the highest rate held and the lowest broken, once a step broke:
+    /// each halves the gap (geometrically), so 2 narrow a step factor of 1.3 to about 1.07.
+    #[arg(long, default_value_t = 2)]
+    pub refine_steps: usize,
 }
 
 /// One step of the search.
@@ -55,6 +60,9 @@ pub struct Search {
     pub steps: Vec<Step>,
     /// The highest rate that held every bound (events/s achieved).
     pub max_sustained: Option<f64>,
+    /// The lowest target rate that broke a bound (twice, if only latency broke); none if the
+    /// search ran out of steps first, so that its maximum is a floor.
+    pub lowest_broken_rate: Option<u64>,
 }
 
 /// The first bound `report` broke, noting when every connection of the generator was busy (a
@@ -232,43 +240,99 @@ async fn run_step(load: &LoadArgs, fresh: Option<&Sentinels>) -> anyhow::Result<
 
 /// Runs the search: every step against a fresh Sentinel of `fresh` when given, so that what a
 /// step measures does not depend on what the steps before it left behind; else every step
-/// against `args.load.url`.
+/// against `args.load.url`. The rate climbs by the step factor until a step breaks a bound, then
+/// `refine_steps` bisections (geometric) between the highest rate held and the lowest broken
+/// narrow the maximum down.
 pub async fn search(args: &FindMaxArgs, fresh: Option<&Sentinels>) -> anyhow::Result<Search> {
     let mut steps = Vec::new();
-    let mut rate = args.start_rate as f64;
-    let mut max_sustained = None;
-    for _ in 0..args.max_steps {
-        let mut load = args.load.clone();
-        load.rate = rate.round() as u64;
-        load.duration = args.step_seconds;
-        let mut report = run_step(&load, fresh).await?;
-        let mut broke = broken_bound(args, &report);
-        log_step(load.rate, &report, &broke);
-        if broke.is_some() && only_latency_broke(args, &report) {
-            // One percentile over the bound may be a single stall of the shared machine: the
-            // step runs again and stops the search only if it breaks again. Both runs are kept.
-            steps.push(Step {
-                report,
-                broke: broke.map(|b| format!("{b}; run again")),
-            });
-            report = run_step(&load, fresh).await?;
-            broke = broken_bound(args, &report);
-            log_step(load.rate, &report, &broke);
-        }
-        let stop = broke.is_some();
-        if !stop {
-            max_sustained = Some(report.achieved_events_per_second);
-        }
-        steps.push(Step { report, broke });
-        if stop {
-            break;
-        }
-        rate *= args.step_factor;
-    }
+    let (max_sustained, lowest_broken_rate) = climb_and_bisect(args, async |rate| {
+        checked_step(args, fresh, rate, &mut steps).await
+    })
+    .await?;
     Ok(Search {
         steps,
         max_sustained,
+        lowest_broken_rate,
     })
+}
+
+/// The search's choice of rates: `step` runs one at a rate and returns the achieved events/s
+/// if it held. Returns the maximum sustained and the lowest target rate that broke.
+async fn climb_and_bisect(
+    args: &FindMaxArgs,
+    mut step: impl AsyncFnMut(f64) -> anyhow::Result<Option<f64>>,
+) -> anyhow::Result<(Option<f64>, Option<u64>)> {
+    let mut rate = args.start_rate as f64;
+    let mut max_sustained = None;
+    let mut held_rate = None;
+    let mut broken_rate = None;
+    for _ in 0..args.max_steps {
+        match step(rate).await? {
+            Some(achieved) => {
+                max_sustained = Some(achieved);
+                held_rate = Some(rate);
+                rate *= args.step_factor;
+            }
+            None => {
+                broken_rate = Some(rate);
+                break;
+            }
+        }
+    }
+    if let (Some(mut held), Some(mut broken)) = (held_rate, broken_rate) {
+        for _ in 0..args.refine_steps {
+            let Some(middle) = bisect(held, broken) else {
+                break;
+            };
+            match step(middle).await? {
+                Some(achieved) => {
+                    max_sustained = Some(achieved);
+                    held = middle;
+                }
+                None => broken = middle,
+            }
+        }
+        broken_rate = Some(broken);
+    }
+    Ok((max_sustained, broken_rate.map(|rate| rate.round() as u64)))
+}
+
+/// The geometric middle of a held and a broken rate, if it is a rate of its own (whole events/s
+/// apart from both).
+fn bisect(held: f64, broken: f64) -> Option<f64> {
+    let middle = (held * broken).sqrt();
+    let whole = middle.round() as u64;
+    (whole > held.round() as u64 && whole < broken.round() as u64).then_some(middle)
+}
+
+/// Runs one step at `rate`, and once more if only a latency bound broke, appending both runs
+/// to `steps`. Returns the achieved events/s when the step held.
+async fn checked_step(
+    args: &FindMaxArgs,
+    fresh: Option<&Sentinels>,
+    rate: f64,
+    steps: &mut Vec<Step>,
+) -> anyhow::Result<Option<f64>> {
+    let mut load = args.load.clone();
+    load.rate = rate.round() as u64;
+    load.duration = args.step_seconds;
+    let mut report = run_step(&load, fresh).await?;
+    let mut broke = broken_bound(args, &report);
+    log_step(load.rate, &report, &broke);
+    if broke.is_some() && only_latency_broke(args, &report) {
+        // One percentile over the bound may be a single stall of the shared machine: the step
+        // runs again and counts as broken only if it breaks again. Both runs are kept.
+        steps.push(Step {
+            report,
+            broke: broke.map(|b| format!("{b}; run again")),
+        });
+        report = run_step(&load, fresh).await?;
+        broke = broken_bound(args, &report);
+        log_step(load.rate, &report, &broke);
+    }
+    let achieved = broke.is_none().then_some(report.achieved_events_per_second);
+    steps.push(Step { report, broke });
+    Ok(achieved)
 }
 
 fn log_step(rate: u64, report: &Report, broke: &Option<String>) {
@@ -304,4 +368,80 @@ pub async fn command(args: &FindMaxArgs) -> anyhow::Result<()> {
     }
     writeln!(out, "{}", serde_json::to_string_pretty(&search)?)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        search: FindMaxArgs,
+    }
+
+    fn args(extra: &[&str]) -> FindMaxArgs {
+        let mut argv = vec!["find-max", "--jwt-secret", "s"];
+        argv.extend_from_slice(extra);
+        Cli::parse_from(argv).search
+    }
+
+    /// Runs the search against a machine that holds every rate up to `limit`, returning the
+    /// maximum, the lowest broken rate and the rates tried.
+    fn search_up_to(args: &FindMaxArgs, limit: f64) -> (Option<f64>, Option<u64>, Vec<u64>) {
+        let mut tried = Vec::new();
+        let (max, broken) = futures::executor::block_on(climb_and_bisect(args, async |rate| {
+            tried.push(rate.round() as u64);
+            Ok((rate <= limit).then_some(rate - 1.0))
+        }))
+        .expect("the fake steps never fail");
+        (max, broken, tried)
+    }
+
+    #[test]
+    fn bisections_narrow_the_maximum_between_held_and_broken() {
+        let (max, broken, tried) = search_up_to(&args(&[]), 19_000.0);
+        // The climb: 2000, 2600, 3380, … 16315 held, 21209 broke; then sqrt(16315 × 21209)
+        // = 18602 held and sqrt(18602 × 21209) = 19863 broke.
+        assert_eq!(&tried[tried.len() - 3..], &[21209, 18602, 19863]);
+        assert!(
+            max.is_some_and(|max| (max - 18_600.5).abs() < 1.0),
+            "{max:?}"
+        );
+        assert_eq!(broken, Some(19863));
+    }
+
+    #[test]
+    fn without_refinement_the_climb_alone_decides() {
+        let (max, broken, tried) = search_up_to(&args(&["--refine-steps", "0"]), 19_000.0);
+        assert_eq!(tried.last(), Some(&21209));
+        assert_eq!(broken, Some(21209));
+        assert!(
+            max.is_some_and(|max| (max - 16314.6).abs() < 1.0),
+            "{max:?}"
+        );
+    }
+
+    #[test]
+    fn a_search_that_never_breaks_reports_no_broken_rate() {
+        let (max, broken, tried) = search_up_to(&args(&["--max-steps", "3"]), f64::MAX);
+        assert_eq!(tried, vec![2000, 2600, 3380]);
+        assert_eq!(broken, None);
+        assert_eq!(max, Some(3379.0));
+    }
+
+    #[test]
+    fn a_first_step_that_breaks_leaves_nothing_to_bisect() {
+        let (max, broken, tried) = search_up_to(&args(&[]), 1_000.0);
+        assert_eq!(tried, vec![2000]);
+        assert_eq!((max, broken), (None, Some(2000)));
+    }
+
+    #[test]
+    fn bisect_stops_when_the_rates_are_adjacent() {
+        assert_eq!(bisect(100.0, 101.0), None);
+        assert_eq!(bisect(100.0, 102.0).map(f64::round), Some(101.0));
+    }
 }

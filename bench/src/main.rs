@@ -10,6 +10,7 @@ mod load;
 mod overhead;
 mod profile;
 mod report;
+mod what_if;
 
 use clap::{Parser, Subcommand};
 

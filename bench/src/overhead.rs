@@ -38,6 +38,11 @@ const PARTS: [&str; 5] = [
     "everything else (kernel threads, other services)",
 ];
 
+/// Where Sentinel, PostgreSQL and the broker are in [`PARTS`] (and in every `cpu_by_process`).
+pub const SENTINEL_PART: usize = 0;
+pub const POSTGRES_PART: usize = 1;
+pub const BROKER_PART: usize = 2;
+
 /// CPU ticks used so far by each of [`PARTS`] (`/proc/*/stat`), and by the whole machine
 /// (`/proc/stat`), which the last part is the rest of.
 fn ticks_by_part(sentinel: u32) -> [u64; 5] {

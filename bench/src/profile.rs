@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 
 use crate::load::{self, LoadArgs};
-use crate::overhead::{metered_run, Sentinels};
+use crate::overhead::{metered_run, Sentinels, POSTGRES_PART, SENTINEL_PART};
 
 /// Samples per second and process (a prime, so that sampling does not beat with timers).
 const FREQUENCY: &str = "499";
@@ -296,12 +296,15 @@ pub async fn measure(sentinels: &Sentinels, load: &LoadArgs) -> anyhow::Result<C
             finish(sentinel_perf)?;
             finish(machine_perf)?;
             let us = |index: usize| cpu_by_process.get(index).map_or(0.0, |(_, us)| *us);
-            let mut paths =
-                path_shares(Part::Sentinel, &symbol_shares(&sentinel_data, None)?, us(0));
+            let mut paths = path_shares(
+                Part::Sentinel,
+                &symbol_shares(&sentinel_data, None)?,
+                us(SENTINEL_PART),
+            );
             paths.extend(path_shares(
                 Part::PostgreSQL,
                 &symbol_shares(&machine_data, Some("postgres"))?,
-                us(1),
+                us(POSTGRES_PART),
             ));
             Ok(CodeProfile {
                 report,

@@ -153,6 +153,10 @@ struct Results {
     /// Why there is no code profile, when there is none.
     #[serde(skip_serializing_if = "Option::is_none")]
     code_profile_missing: Option<String>,
+    /// Single events at half their maximum with shorter producer lingers, or why not run.
+    lingers: Result<Vec<crate::what_if::LingerRun>, String>,
+    /// Batches at their maximum without the read indexes of `events`, or why not run.
+    index_cost: Result<crate::what_if::Run, String>,
 }
 
 /// The cores this process may run on (1 when unknown).
@@ -211,8 +215,9 @@ type Series = (&'static str, Vec<(f64, f64)>, RGBColor);
 fn plot(path: &std::path::Path, results: &Results) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
     root.fill(&WHITE)?;
+    // In order of rate: the bisections after the first broken step run between earlier rates.
     let points = |search: &Search, pick: fn(&Report) -> f64| -> Vec<(f64, f64)> {
-        search
+        let mut points: Vec<(f64, f64)> = search
             .steps
             .iter()
             .map(|step| {
@@ -221,7 +226,9 @@ fn plot(path: &std::path::Path, results: &Results) -> anyhow::Result<()> {
                     pick(&step.report).max(0.01),
                 )
             })
-            .collect()
+            .collect();
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        points
     };
     let series: Vec<Series> = vec![
         (
@@ -305,8 +312,15 @@ fn stopped_at_stalls(search: &Search) -> String {
         )
     };
     let steps = &search.steps;
-    let held = steps.iter().rev().find(|step| step.broke.is_none());
-    let broke = steps.iter().find(|step| step.broke.is_some());
+    let held = steps
+        .iter()
+        .filter(|step| step.broke.is_none())
+        .max_by_key(|step| step.report.target_events_per_second);
+    // The lowest rate that broke its bounds for good (not a first run that ran again).
+    let broke = steps.iter().rev().find(|step| {
+        step.broke.is_some()
+            && Some(step.report.target_events_per_second) == search.lowest_broken_rate
+    });
     match (held, broke) {
             (Some(held), Some(broke)) => format!(
                 "the search stopped before the CPU ran out, at stalls in what a request waits for. At p99, the highest search step that held waited for the {}; the first step that broke a bound ({} events/s) for the {}",
@@ -384,6 +398,7 @@ fn what_limits(md: &mut String, results: &Results) {
         );
     }
     code_profile_section(md, results);
+    index_cost_section(md, results);
     let _ = writeln!(
         md,
         "Sentinel's part is the gateway (HTTP, validation, canonical hashing, the idempotency claim, the producer) and the dataflow (consumer, operators, writer); PostgreSQL's is the idempotency claims and completions (one pipelined transaction per group, a group forming while the previous one is written) and the writer's COPY into `events` with its eight indexes. Most of the cost is per request and per round trip, not per byte: a batch shares one HTTP exchange, one claim statement and one produce request among its events, which is why a batched event costs a fraction of a single one. Costs per unit of time (timers, the consumer's fetches, PostgreSQL's background work) are spread over fewer events at lower rates, so the single-event column overstates the cost at the single-event maximum. The broker's part falls as records share produce requests: `SENTINEL_PRODUCE_LINGER_MS` (default 5) trades gateway latency for broker CPU. Freshness is bounded below by the consumer's `fetch.wait.max.ms` (100 ms, which tansu waits out even when records are ready; tunable with `SENTINEL_KAFKA_OPTIONS`)."
@@ -440,6 +455,130 @@ fn code_profile_section(md: &mut String, results: &Results) {
         );
     }
     let _ = writeln!(md);
+}
+
+/// What the read indexes of `events` cost: batches at their maximum as shipped and without them.
+fn index_cost_section(md: &mut String, results: &Results) {
+    let without = match (&results.index_cost, &results.batch_profile) {
+        (Ok(without), Some(shipped)) => (without, shipped),
+        (Err(why), _) => {
+            let _ = writeln!(md, "No run without the read indexes of `events`: {why}.\n");
+            return;
+        }
+        (Ok(_), None) => return,
+    };
+    let (without, shipped) = without;
+    let dropped = crate::what_if::DROPPED
+        .iter()
+        .map(|(name, serves)| format!("`{name}` ({serves})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let _ = writeln!(
+        md,
+        "What the indexes of `events` that serve reads cost the writer: the same batches at their maximum ({} events/s) against one more fresh Sentinel, after dropping {dropped} (one run each; `events` kept its primary key and `events_position`, which the running pipeline reads itself).\n",
+        without.report.target_events_per_second
+    );
+    let _ = writeln!(
+        md,
+        "| part of the machine | as shipped: CPU µs per event | without those six indexes |\n|---|---|---|"
+    );
+    let total = |parts: &[(String, f64)]| parts.iter().map(|(_, us)| us).sum::<f64>();
+    for ((part, us), (_, without_us)) in shipped.cpu_by_process.iter().zip(&without.cpu_by_process)
+    {
+        let _ = writeln!(md, "| {part} | {us:.0} | {without_us:.0} |");
+    }
+    let (all, all_without) = (
+        total(&shipped.cpu_by_process),
+        total(&without.cpu_by_process),
+    );
+    let _ = writeln!(md, "| all | {all:.0} | {all_without:.0} |\n");
+    let _ = writeln!(
+        md,
+        "Without them an event would cost {:.0} µs less ({:.0}% of all it costs here), so the same CPU would carry about {:+.0}% events/s. Gateway p99 {:.1} → {:.1} ms, freshness p99 {:.1} → {:.1} ms.\n",
+        all - all_without,
+        100.0 * (all - all_without) / all.max(f64::MIN_POSITIVE),
+        100.0 * (all / all_without.max(f64::MIN_POSITIVE) - 1.0),
+        shipped.report.gateway_latency_ms.p99,
+        without.report.gateway_latency_ms.p99,
+        shipped.report.freshness_ms.p99,
+        without.report.freshness_ms.p99,
+    );
+}
+
+/// Gateway latency against the producer's linger: single events at half their maximum, as
+/// shipped (the overhead run) and with shorter lingers.
+fn linger_section(md: &mut String, results: &Results) {
+    let (runs, shipped) = match (&results.lingers, results.overhead.first()) {
+        (Ok(runs), Some(shipped)) if !runs.is_empty() => (runs, shipped),
+        (Err(why), _) => {
+            let _ = writeln!(md, "No runs with other producer lingers: {why}.\n");
+            return;
+        }
+        _ => return,
+    };
+    let _ = writeln!(md, "### Gateway latency and the producer's linger\n");
+    let _ = writeln!(
+        md,
+        "A request waits for its idempotency claim and then for the broker's acknowledgement, which the producer delays by up to its linger (`SENTINEL_PRODUCE_LINGER_MS`) to put more records in each produce request. Single events at half their maximum ({} events/s, {} s), each against a fresh Sentinel: as shipped (the overhead run below) and with shorter lingers. CPU is per event sent, from `/proc/*/stat`.\n",
+        shipped.report.target_events_per_second, shipped.report.duration_seconds
+    );
+    let _ = writeln!(
+        md,
+        "| producer linger | gateway p50 | p99 | broker ack p99 | claim wait p99 | CPU µs/event: Sentinel | tansu | all |\n|---|---|---|---|---|---|---|---|"
+    );
+    let row = |md: &mut String, linger: String, report: &Report, cpu: &[(String, f64)]| {
+        let us = |index: usize| cpu.get(index).map_or(0.0, |(_, us)| *us);
+        let _ = writeln!(
+            md,
+            "| {linger} | {:.2} | {:.2} | {} | {} | {:.0} | {:.0} | {:.0} |",
+            report.gateway_latency_ms.p50,
+            report.gateway_latency_ms.p99,
+            load::bucket_bound(report.server.broker_ack_p99_ms),
+            load::bucket_bound(report.server.claim_wait_p99_ms),
+            us(crate::overhead::SENTINEL_PART),
+            us(crate::overhead::BROKER_PART),
+            cpu.iter().map(|(_, us)| us).sum::<f64>(),
+        );
+    };
+    row(
+        md,
+        "as shipped".into(),
+        &shipped.report,
+        &shipped.cpu_by_process,
+    );
+    for linger in runs {
+        row(
+            md,
+            format!("{} ms", linger.linger_ms),
+            &linger.run.report,
+            &linger.run.cpu_by_process,
+        );
+    }
+    let best = std::iter::once(("as shipped".to_owned(), &shipped.report))
+        .chain(
+            runs.iter()
+                .map(|linger| (format!("{} ms", linger.linger_ms), &linger.run.report)),
+        )
+        .min_by(|a, b| {
+            a.1.gateway_latency_ms
+                .p99
+                .total_cmp(&b.1.gateway_latency_ms.p99)
+        });
+    let broker_us = |cpu: &[(String, f64)]| {
+        cpu.get(crate::overhead::BROKER_PART)
+            .map_or(0.0, |(_, us)| *us)
+    };
+    let shortest = runs.iter().min_by_key(|linger| linger.linger_ms);
+    if let (Some((linger, report)), Some(shortest)) = (best, shortest) {
+        let _ = writeln!(
+            md,
+            "\nThe lowest gateway p99 here is {:.2} ms, with linger {linger}. A shorter linger sends more, smaller produce requests: with {} ms the broker spent {:.0} µs per event, {:.0} as shipped, CPU that every other request on this shared machine waits for.\n",
+            report.gateway_latency_ms.p99,
+            shortest.linger_ms,
+            broker_us(&shortest.run.cpu_by_process),
+            broker_us(&shipped.cpu_by_process),
+        );
+    }
 }
 
 /// A run's achieved rate, gateway p50 and p99, freshness p99, and the broker's and the claim's
@@ -561,9 +700,9 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
     let load = &args.ceilings.search.load;
     let _ = writeln!(
         md,
-        "- Load: {} tenants × {} streams, ~{}-byte payloads, {} connections, batches of {}; each step {} s; bounds: gateway p99 ≤ {} ms, freshness p99 ≤ {} ms, exact rows (a step that breaks only a latency bound runs once more){}\n",
+        "- Load: {} tenants × {} streams, ~{}-byte payloads, {} connections, batches of {}; each step {} s, the rate ×{} per step until a bound breaks, then {} bisections between the highest rate held and the lowest broken; bounds: gateway p99 ≤ {} ms, freshness p99 ≤ {} ms, exact rows (a step that breaks only a latency bound runs once more){}\n",
         load.tenants, load.streams, load.payload_bytes, load.connections, load.batch_size,
-        args.ceilings.search.step_seconds, args.ceilings.search.p99_bound_ms, args.ceilings.search.freshness_p99_bound_ms,
+        args.ceilings.search.step_seconds, args.ceilings.search.step_factor, args.ceilings.search.refine_steps, args.ceilings.search.p99_bound_ms, args.ceilings.search.freshness_p99_bound_ms,
         if args.sentinel_bin.is_some() {
             format!(
                 "; each search step and each run below against a fresh Sentinel as shipped, with a database and topics{} of its own, warmed by {} s at {} events/s",
@@ -602,7 +741,7 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
     ] {
         // A search that never broke a bound found a floor, not the maximum.
         let floor = |unbroken: bool| if unbroken { "≥ " } else { "" };
-        let unbroken = search.steps.last().is_some_and(|step| step.broke.is_none());
+        let unbroken = search.lowest_broken_rate.is_none();
         let max = search.max_sustained;
         let held = match hold {
             Some(hold) => match hold.max_held {
@@ -662,6 +801,7 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
         }
     }
     let _ = writeln!(md, "\n![latency against rate](latency-vs-rate.svg)\n");
+    linger_section(&mut md, results);
     let _ = writeln!(md, "## Targets\n");
     let _ = writeln!(md, "| target | measured | verdict |\n|---|---|---|");
     if let Some(max) = results.single.max_sustained {
@@ -710,7 +850,8 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
          (`broker_produce_duration_ms`, `idempotency_claim_duration_ms`; the upper bound of the \
          bucket holding the 99th percentile): the two waits inside a request's gateway latency. \
          Most requests in flight reaching the connection count means requests queued for a \
-         connection during a stall.\n"
+         connection during a stall. Rows are in the order run: after the first step that broke, \
+         the search bisects between the highest rate held and the lowest broken.\n"
     );
     for (name, search) in [("single", &results.single), ("batch", &results.batch)] {
         let _ = writeln!(md, "{name}:\n\n| target | achieved | p50 | p99 | freshness p99 | broker ack p99 | claim wait p99 | most requests in flight | idempotency claims per statement | outcome |\n|---|---|---|---|---|---|---|---|---|---|");
@@ -900,7 +1041,44 @@ pub async fn command(args: &ReportArgs) -> anyhow::Result<()> {
         Ok(profile) => (Some(profile), None),
         Err(why) => (None, Some(why)),
     };
+    let index_cost = match (sentinels, batch_max) {
+        (Some(sentinels), Some(max)) => {
+            let mut load = args.ceilings.search.load.clone();
+            load.mode = Mode::Batch;
+            load.rate = max.round() as u64;
+            load.duration = args.overhead_seconds;
+            eprintln!(
+                "report: batches at {} events/s without the read indexes of events",
+                load.rate
+            );
+            // Like the profile: a failed run costs its section, not the report.
+            crate::what_if::without_read_indexes(sentinels, &load)
+                .await
+                .map_err(|err| format!("the run failed: {err:#}"))
+        }
+        (None, _) => Err("it needs `--sentinel-bin`".into()),
+        (_, None) => Err("the batch search found no maximum to run at".into()),
+    };
+    let lingers = match (sentinels, single_max) {
+        (Some(sentinels), Some(max)) => {
+            let mut load = args.ceilings.search.load.clone();
+            load.mode = Mode::Single;
+            load.rate = (max / 2.0).round() as u64;
+            load.duration = args.overhead_seconds;
+            eprintln!(
+                "report: single events at {} events/s with producer lingers of 1 and 0 ms",
+                load.rate
+            );
+            crate::what_if::lingers(sentinels, &load, &[1, 0])
+                .await
+                .map_err(|err| format!("a run failed: {err:#}"))
+        }
+        (None, _) => Err("they need `--sentinel-bin`".into()),
+        (_, None) => Err("the single-event search found no maximum".into()),
+    };
     let results = Results {
+        lingers,
+        index_cost,
         overhead,
         batch_profile,
         code_profile,

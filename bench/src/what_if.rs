@@ -1,0 +1,107 @@
+//! What two choices cost, each measured against a fresh Sentinel to compare with the same load
+//! as shipped: the indexes of `events` that serve reads (queries, a live-feed subscriber's
+//! resume, de-duplication's seeding at restart), which the writer maintains for every event; and
+//! the producer's linger, which trades gateway latency for broker CPU.
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::load::{LoadArgs, Report};
+use crate::overhead::{metered_run, Sentinels};
+
+/// The indexes dropped, and what each one serves. Kept: the primary key (the writer's
+/// conflict check) and `events_position`, which the running pipeline reads itself (its health
+/// view's freshness, the live feed's broadcast).
+pub const DROPPED: &[(&str, &str)] = &[
+    (
+        "events_tenant_stream_time",
+        "queries by stream, newest first",
+    ),
+    ("events_tenant_type_time", "queries by type, newest first"),
+    (
+        "events_tenant_source_time",
+        "queries by source, newest first",
+    ),
+    ("events_tenant_time", "queries of a tenant, newest first"),
+    (
+        "events_tenant_position",
+        "a live-feed subscriber resuming from its Last-Event-ID",
+    ),
+    (
+        "events_partition_received",
+        "de-duplication seeding its memory when a worker starts",
+    ),
+];
+
+/// One run of a variant.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    /// The load's report.
+    pub report: Report,
+    /// CPU time per event sent, in microseconds, of each part of the machine during the run.
+    pub cpu_by_process: Vec<(String, f64)>,
+}
+
+/// Runs `load` against a fresh Sentinel, warmed up, after dropping [`DROPPED`] from its
+/// database.
+pub async fn without_read_indexes(sentinels: &Sentinels, load: &LoadArgs) -> anyhow::Result<Run> {
+    sentinels
+        .on_fresh(load, async |load: &LoadArgs, pid: u32| {
+            drop_indexes(&load.database_url).await?;
+            let (report, cpu_by_process) = metered_run(load, pid).await?;
+            Ok(Run {
+                report,
+                cpu_by_process,
+            })
+        })
+        .await
+}
+
+/// A run with another producer linger.
+#[derive(Debug, Clone, Serialize)]
+pub struct LingerRun {
+    /// `SENTINEL_PRODUCE_LINGER_MS`.
+    pub linger_ms: u64,
+    /// The run.
+    pub run: Run,
+}
+
+/// Runs `load` once per linger in `lingers`, each against a fresh Sentinel started with it.
+pub async fn lingers(
+    sentinels: &Sentinels,
+    load: &LoadArgs,
+    lingers: &[u64],
+) -> anyhow::Result<Vec<LingerRun>> {
+    let mut runs = Vec::new();
+    for &linger_ms in lingers {
+        let env = [("SENTINEL_PRODUCE_LINGER_MS", linger_ms.to_string())];
+        let (report, cpu_by_process) = sentinels
+            .on_fresh_with(&env, load, async |load: &LoadArgs, pid: u32| {
+                metered_run(load, pid).await
+            })
+            .await?;
+        runs.push(LingerRun {
+            linger_ms,
+            run: Run {
+                report,
+                cpu_by_process,
+            },
+        });
+    }
+    Ok(runs)
+}
+
+async fn drop_indexes(database_url: &str) -> anyhow::Result<()> {
+    let (db, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
+        .await
+        .context("connecting to the fresh Sentinel's database")?;
+    let driver = tokio::spawn(connection);
+    let names: Vec<&str> = DROPPED.iter().map(|(name, _)| *name).collect();
+    // Without IF EXISTS: a renamed index must fail the run, not measure nothing.
+    db.batch_execute(&format!("DROP INDEX {}", names.join(", ")))
+        .await
+        .context("dropping the secondary indexes of events")?;
+    drop(db);
+    let _ = driver.await;
+    Ok(())
+}
