@@ -9,6 +9,7 @@ use std::io::Write;
 
 use serde::Serialize;
 
+use crate::io_meter::{IoMeter, IoSeen};
 use crate::load::{self, LoadArgs, Report};
 use crate::overhead::{metered_run, Sentinels};
 
@@ -130,6 +131,8 @@ pub struct HoldWindow {
     pub report: Report,
     /// CPU time per event sent, in microseconds, of each part of the machine in the window.
     pub cpu_by_process: Vec<(String, f64)>,
+    /// The disks' peak write rate and PostgreSQL's checkpoints in the window.
+    pub io: IoSeen,
 }
 
 /// The outcome of [`hold`].
@@ -204,7 +207,9 @@ async fn hold_attempt(
         broke: None,
     };
     for window in 1..=windows {
+        let io_meter = IoMeter::start(&load.database_url).await;
         let (report, cpu_by_process) = metered_run(load, sentinel).await?;
+        let io = io_meter.finish().await;
         let broke = broken_bound(args, &report);
         eprintln!(
             "hold: {} events/s, window {window} of {windows} → p99 {:.1} ms, freshness p99 {:.1} ms{}",
@@ -216,6 +221,7 @@ async fn hold_attempt(
         attempt.windows.push(HoldWindow {
             report,
             cpu_by_process,
+            io,
         });
         if broke.is_some() {
             attempt.broke = broke.map(|b| format!("window {window}: {b}"));

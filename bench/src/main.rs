@@ -6,6 +6,7 @@
 mod ceilings;
 mod find_max;
 mod http;
+mod io_meter;
 mod load;
 mod overhead;
 mod profile;

@@ -153,6 +153,8 @@ struct Results {
     /// Why there is no code profile, when there is none.
     #[serde(skip_serializing_if = "Option::is_none")]
     code_profile_missing: Option<String>,
+    /// PostgreSQL's checkpoint settings, as the hold section quotes them.
+    checkpoint_settings: Option<String>,
     /// Single events at half their maximum with shorter producer lingers, or why not run.
     lingers: Result<Vec<crate::what_if::LingerRun>, String>,
     /// Batches at their maximum without the read indexes of `events`, or why not run.
@@ -302,7 +304,7 @@ fn verdict(measured: f64, target: f64, higher_is_better: bool) -> String {
 }
 
 /// Why a search that stopped short of the CPU stopped: the waits its steps measured at the
-/// maximum and at the first step that broke a bound.
+/// maximum and at the lowest rate that broke a bound.
 fn stopped_at_stalls(search: &Search) -> String {
     let waits = |step: &find_max::Step| {
         format!(
@@ -323,7 +325,7 @@ fn stopped_at_stalls(search: &Search) -> String {
     });
     match (held, broke) {
             (Some(held), Some(broke)) => format!(
-                "the search stopped before the CPU ran out, at stalls in what a request waits for. At p99, the highest search step that held waited for the {}; the first step that broke a bound ({} events/s) for the {}",
+                "the search stopped before the CPU ran out, at stalls in what a request waits for. At p99, the highest search step that held waited for the {}; the lowest step that broke a bound ({} events/s) for the {}",
                 waits(held),
                 broke.report.target_events_per_second,
                 waits(broke)
@@ -459,7 +461,7 @@ fn code_profile_section(md: &mut String, results: &Results) {
 
 /// What the read indexes of `events` cost: batches at their maximum as shipped and without them.
 fn index_cost_section(md: &mut String, results: &Results) {
-    let without = match (&results.index_cost, &results.batch_profile) {
+    let (without, shipped) = match (&results.index_cost, &results.batch_profile) {
         (Ok(without), Some(shipped)) => (without, shipped),
         (Err(why), _) => {
             let _ = writeln!(md, "No run without the read indexes of `events`: {why}.\n");
@@ -467,7 +469,6 @@ fn index_cost_section(md: &mut String, results: &Results) {
         }
         (Ok(_), None) => return,
     };
-    let (without, shipped) = without;
     let dropped = crate::what_if::DROPPED
         .iter()
         .map(|(name, serves)| format!("`{name}` ({serves})"))
@@ -616,7 +617,7 @@ fn hold_section(md: &mut String, args: &ReportArgs, results: &Results) {
     );
     let _ = writeln!(
         md,
-        "| mode | rate | window | achieved | p50 | p99 | freshness p99 | broker ack p99 | claim wait p99 | CPU µs/event: Sentinel | PostgreSQL | tansu | events answered otherwise than expected | rows | outcome |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| mode | rate | window | achieved | p50 | p99 | freshness p99 | broker ack p99 | claim wait p99 | CPU µs/event: Sentinel | PostgreSQL | tansu | checkpoints | peak disk writes MB/s | events answered otherwise than expected | rows | outcome |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     let cpu = |window: &find_max::HoldWindow, part: usize| {
         window
@@ -637,13 +638,18 @@ fn hold_section(md: &mut String, args: &ReportArgs, results: &Results) {
                 };
                 let _ = writeln!(
                     md,
-                    "| {name} | {} | {} | {} | {} | {} | {} | {}{} | {} | {outcome} |",
+                    "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {}{} | {} | {outcome} |",
                     attempt.rate,
                     index + 1,
                     run_cells(r),
                     cpu(window, 0),
                     cpu(window, 1),
                     cpu(window, 2),
+                    window.io.checkpoints.map_or("—".into(), |n| n.to_string()),
+                    window
+                        .io
+                        .peak_disk_write_mb_per_s
+                        .map_or("—".into(), |mb| format!("{mb:.0}")),
                     r.unexpected_answers,
                     load::statuses(&r.unexpected_by_status),
                     if r.rows_exact { "exact" } else { "MISMATCH" }
@@ -677,6 +683,42 @@ fn hold_section(md: &mut String, args: &ReportArgs, results: &Results) {
             growth.join("; ")
         );
     }
+    let windows: Vec<(&find_max::HoldWindow, bool)> = holds
+        .iter()
+        .filter_map(|(_, hold)| hold.as_ref())
+        .flat_map(|hold| &hold.attempts)
+        .flat_map(|attempt| {
+            let last = attempt.windows.len();
+            attempt
+                .windows
+                .iter()
+                .enumerate()
+                .map(move |(index, window)| (window, attempt.broke.is_some() && index + 1 == last))
+        })
+        .collect();
+    let with_checkpoint = |broke: bool| {
+        let of_kind: Vec<_> = windows.iter().filter(|(_, b)| *b == broke).collect();
+        let checkpointed = of_kind
+            .iter()
+            .filter(|(window, _)| window.io.checkpoints.is_some_and(|n| n > 0))
+            .count();
+        (checkpointed, of_kind.len())
+    };
+    let ((broke_checkpointed, broke_all), (held_checkpointed, held_all)) =
+        (with_checkpoint(true), with_checkpoint(false));
+    let _ = writeln!(
+        md,
+        "Every request's claim and every transaction of the writer commit only once PostgreSQL's write-ahead log is on disk, so they wait behind whatever else the disks are writing. Checkpoints are those PostgreSQL started in the window (its checkpoint statistics; this server: {}); after each, the first change to every page writes the whole page to the log. Peak disk writes is the machine's highest one-second write rate (`/proc/diskstats`).{}\n",
+        results
+            .checkpoint_settings
+            .as_deref()
+            .unwrap_or("settings unreadable"),
+        if broke_all > 0 {
+            format!(" A checkpoint started in {broke_checkpointed} of the {broke_all} windows that broke a bound, and in {held_checkpointed} of the {held_all} that held.")
+        } else {
+            String::new()
+        },
+    );
     let _ = writeln!(
         md,
         "tansu's in-memory engine (the development broker) stores each produce request's batch as one object and lists all of a partition's objects on every fetch (tansu-storage 0.6.0, `dynostore.rs`, `fetch`), so its cost per fetch grows with everything the topic holds; it also rewrites one metadata document of every producer on every idempotent produce. A broker that indexes its log (Apache Kafka, Redpanda) does not slow down as it fills. This is why each search step gets a fresh broker.\n"
@@ -1076,7 +1118,10 @@ pub async fn command(args: &ReportArgs) -> anyhow::Result<()> {
         (None, _) => Err("they need `--sentinel-bin`".into()),
         (_, None) => Err("the single-event search found no maximum".into()),
     };
+    let checkpoint_settings =
+        crate::io_meter::checkpoint_settings(&args.ceilings.search.load.database_url).await;
     let results = Results {
+        checkpoint_settings,
         lingers,
         index_cost,
         overhead,
