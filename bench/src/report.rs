@@ -991,6 +991,16 @@ async fn stop_fresh(sentinels: Option<&Sentinels>, sentinel: Option<FreshSentine
 }
 
 /// `bench report`.
+/// The load of one run beside the searches (profile, what-ifs): `mode` at `rate` for
+/// `--overhead-seconds`.
+fn extra_run(args: &ReportArgs, mode: Mode, rate: u64) -> load::LoadArgs {
+    let mut load = args.ceilings.search.load.clone();
+    load.mode = mode;
+    load.rate = rate;
+    load.duration = args.overhead_seconds;
+    load
+}
+
 pub async fn command(args: &ReportArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out_dir)?;
     let sentinels = match &args.sentinel_bin {
@@ -1065,10 +1075,7 @@ pub async fn command(args: &ReportArgs) -> anyhow::Result<()> {
     };
     let code_profile = match (sentinels, batch_max) {
         (Some(sentinels), Some(max)) if crate::profile::available() => {
-            let mut load = args.ceilings.search.load.clone();
-            load.mode = Mode::Batch;
-            load.rate = max.round() as u64;
-            load.duration = args.overhead_seconds;
+            let load = extra_run(args, Mode::Batch, max.round() as u64);
             eprintln!("report: perf profile, batches at {} events/s", load.rate);
             // A profile that fails (perf refused, say) costs its section, not the report.
             crate::profile::measure(sentinels, &load)
@@ -1085,10 +1092,7 @@ pub async fn command(args: &ReportArgs) -> anyhow::Result<()> {
     };
     let index_cost = match (sentinels, batch_max) {
         (Some(sentinels), Some(max)) => {
-            let mut load = args.ceilings.search.load.clone();
-            load.mode = Mode::Batch;
-            load.rate = max.round() as u64;
-            load.duration = args.overhead_seconds;
+            let load = extra_run(args, Mode::Batch, max.round() as u64);
             eprintln!(
                 "report: batches at {} events/s without the read indexes of events",
                 load.rate
@@ -1103,10 +1107,7 @@ pub async fn command(args: &ReportArgs) -> anyhow::Result<()> {
     };
     let lingers = match (sentinels, single_max) {
         (Some(sentinels), Some(max)) => {
-            let mut load = args.ceilings.search.load.clone();
-            load.mode = Mode::Single;
-            load.rate = (max / 2.0).round() as u64;
-            load.duration = args.overhead_seconds;
+            let load = extra_run(args, Mode::Single, (max / 2.0).round() as u64);
             eprintln!(
                 "report: single events at {} events/s with producer lingers of 1 and 0 ms",
                 load.rate
