@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::{Client, NoTls, Row, Statement};
+use tokio_postgres::{Client, Config, NoTls, Row, Statement};
 use uuid::Uuid;
 
 /// Idempotency settings.
@@ -169,8 +169,17 @@ impl ClaimStore {
     }
 }
 
+/// The `application_name` of the claim store's connections.
+pub const CLAIMS_APPLICATION: &str = "sentinel-claims";
+
 async fn connect(url: &str) -> Result<Client, StoreUnavailable> {
-    let connecting = tokio_postgres::connect(url, NoTls);
+    let mut config: Config = url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| StoreUnavailable(e.to_string()))?;
+    if config.get_application_name().is_none() {
+        config.application_name(CLAIMS_APPLICATION);
+    }
+    let connecting = config.connect(NoTls);
     let (client, connection) = tokio::time::timeout(Duration::from_secs(3), connecting)
         .await
         .map_err(|_| StoreUnavailable("connecting timed out".into()))?

@@ -280,6 +280,25 @@ async fn thousand_events_over_twenty_streams_and_three_tenants_arrive_exactly_on
         statements < claims,
         "claims were not group-committed: {statements} statements for {claims} claims"
     );
+
+    // Each of Sentinel's connections says in pg_stat_activity what it is for.
+    let applications: BTreeSet<String> = db
+        .query(
+            "SELECT DISTINCT application_name FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .expect("reading pg_stat_activity")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    for expected in ["sentinel-claims", "sentinel-writer", "sentinel-feed"] {
+        assert!(
+            applications.contains(expected),
+            "no connection named {expected}: {applications:?}"
+        );
+    }
 }
 
 fn gcd(a: usize, b: usize) -> usize {

@@ -18,6 +18,9 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 use operators::trace_context::TraceContext;
 
 use crate::pool::{ReadError, ReadPool};
+
+/// The `application_name` of the feed's LISTEN connection.
+const FEED_APPLICATION: &str = "sentinel-feed";
 use crate::telemetry;
 
 /// The SSE event name of each kind of feed message.
@@ -253,7 +256,10 @@ impl FeedHub {
         seen: &mut Option<FeedPosition>,
         slo_seen: &mut Option<DateTime<Utc>>,
     ) -> Result<(), ReadError> {
-        let (listen_client, mut connection) = tokio_postgres::connect(database_url, NoTls).await?;
+        let (listen_client, mut connection) =
+            sinks::postgres::named_config(database_url, FEED_APPLICATION)?
+                .connect(NoTls)
+                .await?;
         let (notify_tx, mut notifications) = tokio::sync::mpsc::unbounded_channel();
         let driver = tokio::spawn(async move {
             let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));

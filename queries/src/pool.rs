@@ -39,11 +39,9 @@ pub type ReadPool = Pool;
 /// A pool of at most `size` connections to `database_url`, each session in UTC so that JSON
 /// timestamps render as `…+00:00`.
 pub fn read_pool(database_url: &str, size: usize) -> Result<ReadPool, ReadError> {
-    let mut config: tokio_postgres::Config = database_url.parse().map_err(ReadError::Config)?;
+    let mut config =
+        sinks::postgres::named_config(database_url, "sentinel-read").map_err(ReadError::Config)?;
     config.options("-c TimeZone=UTC");
-    if config.get_application_name().is_none() {
-        config.application_name("sentinel-read");
-    }
     let manager = Manager::from_config(
         config,
         NoTls,

@@ -115,7 +115,10 @@ fn status(
 }
 
 async fn compute(state: &SloState) -> Result<SloReport, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(&state.database_url, NoTls).await?;
+    let (client, connection) =
+        sinks::postgres::named_config(&state.database_url, sinks::postgres::APPLICATION)?
+            .connect(NoTls)
+            .await?;
     tokio::spawn(connection);
     let objectives = &state.objectives;
     // One pass over the samples: sums per window with FILTER.

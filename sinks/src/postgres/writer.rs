@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::{Client, Transaction};
 
-use super::{connect, CommitBatch, CommitReport, SinkError};
+use super::{connect_as, CommitBatch, CommitReport, SinkError, WRITER_APPLICATION};
 
 const EVENT_COLUMNS: &str = "id, tenant_id, source, type, stream_key, timestamp_utc, \
     schema_version, payload_jsonb, received_utc, processed_utc, trace_id, source_partition, \
@@ -142,7 +142,7 @@ impl EventSink {
 
     async fn client(&mut self) -> Result<&mut Client, SinkError> {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
-            let client = connect(&self.url).await?;
+            let client = connect_as(&self.url, WRITER_APPLICATION).await?;
             client
                 .batch_execute(
                     "CREATE TEMP TABLE IF NOT EXISTS events_staging (LIKE events) \
