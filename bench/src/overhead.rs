@@ -3,6 +3,7 @@
 //! off), metrics off, and every span exported over OTLP/HTTP to a local receiver — comparing
 //! latency, freshness and CPU time per event, by part of the machine.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +28,8 @@ pub struct Variant {
     pub otlp_bytes: u64,
     /// CPU time per event sent, in microseconds, of each part of the machine during the run.
     pub cpu_by_process: Vec<(String, f64)>,
+    /// PostgreSQL's part by connection (`application_name`), costliest first, µs per event.
+    pub postgres_by_connection: Vec<(String, f64)>,
 }
 
 /// The parts of the machine whose CPU time is told apart.
@@ -60,19 +63,9 @@ fn ticks_by_part(sentinel: u32) -> [u64; 5] {
             let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
                 continue;
             };
-            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            let Some((comm, ticks)) = stat_ticks(&stat) else {
                 continue;
             };
-            let comm = &stat[open + 1..close];
-            let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-            let ticks = fields
-                .get(11)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-                + fields
-                    .get(12)
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0);
             let part = if pid == sentinel {
                 0
             } else if comm.starts_with("postgres") {
@@ -102,6 +95,95 @@ fn ticks_by_part(sentinel: u32) -> [u64; 5] {
         .unwrap_or(0);
     parts[4] = machine.saturating_sub(parts[..4].iter().sum());
     parts
+}
+
+/// The command name and the CPU ticks (user + system) of a `/proc/<pid>/stat` line.
+fn stat_ticks(stat: &str) -> Option<(&str, u64)> {
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let fields: Vec<&str> = stat.get(close + 2..)?.split_whitespace().collect();
+    let field = |index: usize| fields.get(index).and_then(|v| v.parse::<u64>().ok());
+    Some((
+        &stat[open + 1..close],
+        field(11).unwrap_or(0) + field(12).unwrap_or(0),
+    ))
+}
+
+/// CPU ticks of process `pid` so far, if it still runs.
+fn process_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_ticks(&stat).map(|(_, ticks)| ticks)
+}
+
+/// The PostgreSQL backends serving the database of `database_url` (but this query's own), with
+/// each connection's `application_name`.
+async fn backends(database_url: &str) -> anyhow::Result<Vec<(u32, String)>> {
+    let (db, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
+        .await
+        .context("connecting to read pg_stat_activity")?;
+    let driver = tokio::spawn(connection);
+    let rows = db
+        .query(
+            "SELECT pid, application_name FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .context("reading pg_stat_activity")?;
+    drop(db);
+    let _ = driver.await;
+    Ok(rows
+        .iter()
+        .map(|row| (row.get::<_, i32>(0) as u32, row.get::<_, String>(1)))
+        .collect())
+}
+
+/// What the PostgreSQL backends of one database spent from a starting point, grouped by the
+/// connections' `application_name` (Sentinel names each connection by its role).
+pub struct BackendMeter {
+    database_url: String,
+    before: HashMap<u32, (String, u64)>,
+}
+
+/// How the report names connections that set no `application_name` (the generator's own).
+const UNNAMED_CONNECTIONS: &str = "connections without a name (the load generator's checks)";
+
+impl BackendMeter {
+    /// Starts counting the backends of the database of `database_url`.
+    pub async fn start(database_url: &str) -> anyhow::Result<Self> {
+        let before = backends(database_url)
+            .await?
+            .into_iter()
+            .filter_map(|(pid, name)| Some((pid, (name, process_ticks(pid)?))))
+            .collect();
+        Ok(Self {
+            database_url: database_url.to_owned(),
+            before,
+        })
+    }
+
+    /// CPU µs per event of each `application_name` since the start, over `events` events,
+    /// costliest first. A backend that ended before this call is missed; one that started
+    /// after the start counts whole.
+    pub async fn per_event(&self, events: u64) -> anyhow::Result<Vec<(String, f64)>> {
+        let tick_us = 1e6 / clock_ticks_per_second();
+        let mut by_name: HashMap<String, f64> = HashMap::new();
+        for (pid, name) in backends(&self.database_url).await? {
+            let Some(after) = process_ticks(pid) else {
+                continue;
+            };
+            let before = self.before.get(&pid).map_or(0, |(_, ticks)| *ticks);
+            let name = if name.is_empty() {
+                UNNAMED_CONNECTIONS.to_owned()
+            } else {
+                name
+            };
+            *by_name.entry(name).or_default() +=
+                after.saturating_sub(before) as f64 * tick_us / events.max(1) as f64;
+        }
+        let mut parts: Vec<(String, f64)> = by_name.into_iter().collect();
+        parts.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Ok(parts)
+    }
 }
 
 /// Sum of the CPU time of every thread of `pid` so far (`/proc/<pid>/task/*/schedstat`), ns.
@@ -454,13 +536,15 @@ impl Sentinels {
     async fn measure(&self, env: &[(&str, String)], load: LoadArgs) -> anyhow::Result<Measured> {
         self.on_fresh_with(env, &load, async |load, pid| {
             let before = cpu_ns(pid)?;
-            let (report, cpu_by_process) = metered_run(load, pid).await?;
+            let (report, cpu_by_process, postgres_by_connection) =
+                metered_run_by_connection(load, pid).await?;
             let used = cpu_ns(pid)?.saturating_sub(before);
             let events = report.events_sent.max(1) as f64;
             Ok(Measured {
                 report,
                 sentinel_cpu_us: used as f64 / 1_000.0 / events,
                 cpu_by_process,
+                postgres_by_connection,
             })
         })
         .await
@@ -479,6 +563,17 @@ pub async fn metered_run(
     Ok((report, cpu_by_process))
 }
 
+/// [`metered_run`], with PostgreSQL's part also told apart by connection ([`BackendMeter`]).
+pub async fn metered_run_by_connection(
+    load: &LoadArgs,
+    sentinel: u32,
+) -> anyhow::Result<(Report, Vec<(String, f64)>, Vec<(String, f64)>)> {
+    let backends = BackendMeter::start(&load.database_url).await?;
+    let (report, cpu_by_process) = metered_run(load, sentinel).await?;
+    let by_connection = backends.per_event(report.events_sent).await?;
+    Ok((report, cpu_by_process, by_connection))
+}
+
 /// What one load against a fresh Sentinel measured.
 struct Measured {
     report: Report,
@@ -486,6 +581,8 @@ struct Measured {
     sentinel_cpu_us: f64,
     /// Per part of the machine (`/proc/*/stat`), per event sent, µs.
     cpu_by_process: Vec<(String, f64)>,
+    /// PostgreSQL's backends by connection name, per event sent, µs.
+    postgres_by_connection: Vec<(String, f64)>,
 }
 
 /// Where the CPU goes in one mode at one rate, as shipped.
@@ -495,6 +592,8 @@ pub struct Profile {
     pub report: Report,
     /// CPU time per event sent, in microseconds, of each part of the machine during the run.
     pub cpu_by_process: Vec<(String, f64)>,
+    /// PostgreSQL's part by connection (`application_name`), costliest first, µs per event.
+    pub postgres_by_connection: Vec<(String, f64)>,
 }
 
 /// Runs the observability variants (single events at `rate` for `seconds`, one fresh Sentinel
@@ -536,6 +635,7 @@ pub async fn measure(
         measured.push(Variant {
             name,
             cpu_by_process: run.cpu_by_process,
+            postgres_by_connection: run.postgres_by_connection,
             cpu_us_per_event: run.sentinel_cpu_us,
             otlp_bytes: received.load(Ordering::Relaxed) - before_bytes,
             report: run.report,
@@ -552,6 +652,7 @@ pub async fn measure(
             Some(Profile {
                 report: run.report,
                 cpu_by_process: run.cpu_by_process,
+                postgres_by_connection: run.postgres_by_connection,
             })
         }
         None => None,
@@ -568,4 +669,17 @@ fn clock_ticks_per_second() -> f64 {
         .and_then(|out| String::from_utf8(out.stdout).ok())
         .and_then(|text| text.trim().parse().ok())
         .unwrap_or(100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_give_the_command_and_its_ticks() {
+        // utime (14th field) 1200 and stime (15th) 34; the command holds a space and a ')'.
+        let stat = "4242 (postgres: x)) S 1 4242 4242 0 -1 4194560 900 0 0 0 1200 34 0 0 20 0 1 0";
+        assert_eq!(stat_ticks(stat), Some(("postgres: x)", 1234)));
+        assert_eq!(stat_ticks("garbage"), None);
+    }
 }

@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 
 use crate::load::{self, LoadArgs};
-use crate::overhead::{metered_run, Sentinels, POSTGRES_PART, SENTINEL_PART};
+use crate::overhead::{metered_run_by_connection, Sentinels, POSTGRES_PART, SENTINEL_PART};
 
 /// Samples per second and process (a prime, so that sampling does not beat with timers).
 const FREQUENCY: &str = "499";
@@ -138,6 +138,8 @@ pub struct CodeProfile {
     pub report: load::Report,
     /// CPU µs per event of each part of the machine (`/proc`), during the profiled run.
     pub cpu_by_process: Vec<(String, f64)>,
+    /// PostgreSQL's part by connection (`application_name`), µs per event.
+    pub postgres_by_connection: Vec<(String, f64)>,
     pub paths: Vec<PathShare>,
 }
 
@@ -292,7 +294,8 @@ pub async fn measure(sentinels: &Sentinels, load: &LoadArgs) -> anyhow::Result<C
                 (dir.join("sentinel.perf"), dir.join("machine.perf"));
             let sentinel_perf = record(Target::Process(pid), load.duration, &sentinel_data)?;
             let machine_perf = record(Target::Machine, load.duration, &machine_data)?;
-            let (report, cpu_by_process) = metered_run(load, pid).await?;
+            let (report, cpu_by_process, postgres_by_connection) =
+                metered_run_by_connection(load, pid).await?;
             finish(sentinel_perf)?;
             finish(machine_perf)?;
             let us = |index: usize| cpu_by_process.get(index).map_or(0.0, |(_, us)| *us);
@@ -309,6 +312,7 @@ pub async fn measure(sentinels: &Sentinels, load: &LoadArgs) -> anyhow::Result<C
             Ok(CodeProfile {
                 report,
                 cpu_by_process,
+                postgres_by_connection,
                 paths,
             })
         })
@@ -350,6 +354,16 @@ pub async fn command(args: &ProfileArgs) -> anyhow::Result<()> {
             .cpu_by_process
             .iter()
             .map(|(part, us)| format!("{part} {us:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )?;
+    writeln!(
+        out,
+        "PostgreSQL by connection, CPU µs per event: {}",
+        profile
+            .postgres_by_connection
+            .iter()
+            .map(|(name, us)| format!("{name} {us:.1}"))
             .collect::<Vec<_>>()
             .join(", ")
     )?;

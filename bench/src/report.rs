@@ -399,6 +399,11 @@ fn what_limits(md: &mut String, results: &Results) {
             100.0 * busy
         );
     }
+    connection_section(
+        md,
+        &shipped.postgres_by_connection,
+        batch.map_or(&[][..], |b| &b.postgres_by_connection),
+    );
     code_profile_section(md, results);
     index_cost_section(md, results);
     let _ = writeln!(
@@ -427,6 +432,52 @@ fn what_limits(md: &mut String, results: &Results) {
 }
 
 /// Inside Sentinel and PostgreSQL: the named code paths' shares of each one's CPU samples.
+/// PostgreSQL's part told apart by the connection it served (Sentinel names each by its role).
+fn connection_section(md: &mut String, single: &[(String, f64)], batch: &[(String, f64)]) {
+    if single.is_empty() && batch.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "PostgreSQL's part by the connection it served, in the same runs: Sentinel names each of its connections by its role in `application_name`, and each backend's CPU comes from its `/proc/<pid>/stat`.\n\n| connection | single: CPU µs per event | batch: CPU µs per event |\n|---|---|---|"
+    );
+    let mut names: Vec<&str> = batch.iter().map(|(name, _)| name.as_str()).collect();
+    for (name, _) in single {
+        if !names.contains(&name.as_str()) {
+            names.push(name);
+        }
+    }
+    let cost = |parts: &[(String, f64)], name: &str| {
+        parts
+            .iter()
+            .find(|(part, _)| part == name)
+            .map(|(_, us)| *us)
+    };
+    let cell = |us: Option<f64>| us.map_or("—".into(), |us| format!("{us:.1}"));
+    for name in &names {
+        let _ = writeln!(
+            md,
+            "| `{name}` | {} | {} |",
+            cell(cost(single, name)),
+            cell(cost(batch, name))
+        );
+    }
+    let _ = writeln!(md);
+    let claims = ingress::idempotency::CLAIMS_APPLICATION;
+    let writers = sinks::postgres::WRITER_APPLICATION;
+    for (mode, parts) in [("single", single), ("batched", batch)] {
+        let total: f64 = parts.iter().map(|(_, us)| us).sum();
+        if let (Some(claim_us), Some(writer_us)) = (cost(parts, claims), cost(parts, writers)) {
+            let _ = writeln!(
+                md,
+                "Per {mode} event, the gateway's idempotency claims and completions (`{claims}`) cost PostgreSQL {claim_us:.1} µs ({:.0}% of what its backends of this database spent), the dataflow's writers (`{writers}`: COPY into `events`, the views, the offsets) {writer_us:.1} µs.",
+                100.0 * claim_us / total.max(f64::MIN_POSITIVE)
+            );
+        }
+    }
+    let _ = writeln!(md);
+}
+
 fn code_profile_section(md: &mut String, results: &Results) {
     let Some(profile) = &results.code_profile else {
         let why = results.code_profile_missing.as_deref().unwrap_or("not run");
@@ -1150,4 +1201,45 @@ pub async fn command(args: &ReportArgs) -> anyhow::Result<()> {
         args.out_dir.join("results.md").display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(costs: &[(&str, f64)]) -> Vec<(String, f64)> {
+        costs
+            .iter()
+            .map(|(name, us)| (name.to_string(), *us))
+            .collect()
+    }
+
+    #[test]
+    fn postgres_is_told_apart_by_connection() {
+        let single = parts(&[("sentinel-claims", 30.0), ("sentinel-writer", 20.0)]);
+        let batch = parts(&[
+            ("sentinel-writer", 12.0),
+            ("sentinel-claims", 6.0),
+            ("sentinel-read", 2.0),
+        ]);
+        let mut md = String::new();
+        connection_section(&mut md, &single, &batch);
+        assert!(md.contains("| `sentinel-writer` | 20.0 | 12.0 |"), "{md}");
+        assert!(md.contains("| `sentinel-read` | — | 2.0 |"), "{md}");
+        let writer_row = md.find("`sentinel-writer` |").unwrap();
+        let claims_row = md.find("`sentinel-claims` |").unwrap();
+        assert!(writer_row < claims_row, "rows follow the batch costs: {md}");
+        assert!(
+            md.contains("(`sentinel-claims`) cost PostgreSQL 30.0 µs (60%"),
+            "{md}"
+        );
+        assert!(md.contains("cost PostgreSQL 6.0 µs (30%"), "{md}");
+    }
+
+    #[test]
+    fn no_connections_no_section() {
+        let mut md = String::new();
+        connection_section(&mut md, &[], &[]);
+        assert!(md.is_empty());
+    }
 }
