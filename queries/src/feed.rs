@@ -18,10 +18,10 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 use operators::trace_context::TraceContext;
 
 use crate::pool::{ReadError, ReadPool};
+use crate::telemetry;
 
 /// The `application_name` of the feed's LISTEN connection.
 const FEED_APPLICATION: &str = "sentinel-feed";
-use crate::telemetry;
 
 /// The SSE event name of each kind of feed message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -33,6 +33,9 @@ impl ReadError {
     }
 }
 
+/// The `application_name` of the read pool's connections.
+const READ_APPLICATION: &str = "sentinel-read";
+
 /// A pool of read connections; cheap to clone.
 pub type ReadPool = Pool;
 
@@ -40,7 +43,7 @@ pub type ReadPool = Pool;
 /// timestamps render as `…+00:00`.
 pub fn read_pool(database_url: &str, size: usize) -> Result<ReadPool, ReadError> {
     let mut config =
-        sinks::postgres::named_config(database_url, "sentinel-read").map_err(ReadError::Config)?;
+        sinks::postgres::named_config(database_url, READ_APPLICATION).map_err(ReadError::Config)?;
     config.options("-c TimeZone=UTC");
     let manager = Manager::from_config(
         config,
