@@ -141,7 +141,8 @@ async fn backends(database_url: &str) -> anyhow::Result<Vec<(u32, String)>> {
 /// connections' `application_name` (Sentinel names each connection by its role).
 pub struct BackendMeter {
     database_url: String,
-    before: HashMap<u32, (String, u64)>,
+    /// CPU ticks of each backend at the start.
+    before: HashMap<u32, u64>,
 }
 
 /// How the report names connections that set no `application_name` (the generator's own).
@@ -153,7 +154,7 @@ impl BackendMeter {
         let before = backends(database_url)
             .await?
             .into_iter()
-            .filter_map(|(pid, name)| Some((pid, (name, process_ticks(pid)?))))
+            .filter_map(|(pid, _)| Some((pid, process_ticks(pid)?)))
             .collect();
         Ok(Self {
             database_url: database_url.to_owned(),
@@ -171,7 +172,7 @@ impl BackendMeter {
             let Some(after) = process_ticks(pid) else {
                 continue;
             };
-            let before = self.before.get(&pid).map_or(0, |(_, ticks)| *ticks);
+            let before = self.before.get(&pid).copied().unwrap_or(0);
             let name = if name.is_empty() {
                 UNNAMED_CONNECTIONS.to_owned()
             } else {
