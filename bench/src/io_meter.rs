@@ -98,40 +98,36 @@ fn sectors_of_disks(stats: &str, is_disk: impl Fn(&str) -> bool) -> u64 {
 /// Checkpoints started so far: `pg_stat_checkpointer` from PostgreSQL 17, `pg_stat_bgwriter`
 /// before.
 async fn checkpoints(database_url: &str) -> Option<i64> {
-    let (db, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
-        .await
-        .ok()?;
-    let driver = tokio::spawn(connection);
-    let mut count = None;
-    for sql in [
-        "SELECT num_timed + num_requested FROM pg_stat_checkpointer",
-        "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter",
-    ] {
-        if let Ok(row) = db.query_one(sql, &[]).await {
-            count = Some(row.get::<_, i64>(0));
-            break;
+    crate::on_one_connection(database_url, async |db| {
+        for sql in [
+            "SELECT num_timed + num_requested FROM pg_stat_checkpointer",
+            "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter",
+        ] {
+            if let Ok(row) = db.query_one(sql, &[]).await {
+                return Some(row.get::<_, i64>(0));
+            }
         }
-    }
-    drop(db);
-    let _ = driver.await;
-    count
+        None
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 /// The server settings that decide how often PostgreSQL checkpoints and how much it keeps in
 /// its own buffers, as `name value` pairs.
 pub async fn checkpoint_settings(database_url: &str) -> Option<String> {
-    let (db, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
-        .await
-        .ok()?;
-    let driver = tokio::spawn(connection);
-    let mut settings = Vec::new();
-    for name in ["max_wal_size", "checkpoint_timeout", "shared_buffers"] {
-        let row = db.query_one(&format!("SHOW {name}"), &[]).await.ok()?;
-        settings.push(format!("`{name}` {}", row.get::<_, String>(0)));
-    }
-    drop(db);
-    let _ = driver.await;
-    Some(settings.join(", "))
+    crate::on_one_connection(database_url, async |db| {
+        let mut settings = Vec::new();
+        for name in ["max_wal_size", "checkpoint_timeout", "shared_buffers"] {
+            let row = db.query_one(&format!("SHOW {name}"), &[]).await.ok()?;
+            settings.push(format!("`{name}` {}", row.get::<_, String>(0)));
+        }
+        Some(settings.join(", "))
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 #[cfg(test)]

@@ -42,6 +42,19 @@ enum Command {
     Profile(profile::ProfileArgs),
 }
 
+/// Runs `work` on a connection of its own to `database_url`, closed once `work` is done.
+pub(crate) async fn on_one_connection<T>(
+    database_url: &str,
+    work: impl AsyncFnOnce(&tokio_postgres::Client) -> T,
+) -> Result<T, tokio_postgres::Error> {
+    let (db, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls).await?;
+    let driver = tokio::spawn(connection);
+    let result = work(&db).await;
+    drop(db);
+    let _ = driver.await;
+    Ok(result)
+}
+
 /// One thread: the generator hands requests to its connections without cross-thread wake-ups,
 /// so it takes little of the CPU it shares with the server under test.
 #[tokio::main(flavor = "current_thread")]

@@ -117,20 +117,17 @@ fn process_ticks(pid: u32) -> Option<u64> {
 /// The PostgreSQL backends serving the database of `database_url` (but this query's own), with
 /// each connection's `application_name`.
 async fn backends(database_url: &str) -> anyhow::Result<Vec<(u32, String)>> {
-    let (db, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
-        .await
-        .context("connecting to read pg_stat_activity")?;
-    let driver = tokio::spawn(connection);
-    let rows = db
-        .query(
+    let rows = crate::on_one_connection(database_url, async |db| {
+        db.query(
             "SELECT pid, application_name FROM pg_stat_activity \
              WHERE datname = current_database() AND pid <> pg_backend_pid()",
             &[],
         )
         .await
-        .context("reading pg_stat_activity")?;
-    drop(db);
-    let _ = driver.await;
+    })
+    .await
+    .context("connecting to read pg_stat_activity")?
+    .context("reading pg_stat_activity")?;
     Ok(rows
         .iter()
         .map(|row| (row.get::<_, i32>(0) as u32, row.get::<_, String>(1)))

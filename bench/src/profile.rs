@@ -350,22 +350,12 @@ pub async fn command(args: &ProfileArgs) -> anyhow::Result<()> {
         out,
         "{:.0} events/s achieved; CPU µs per event: {}",
         profile.report.achieved_events_per_second,
-        profile
-            .cpu_by_process
-            .iter()
-            .map(|(part, us)| format!("{part} {us:.1}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        costs_line(&profile.cpu_by_process)
     )?;
     writeln!(
         out,
         "PostgreSQL by connection, CPU µs per event: {}",
-        profile
-            .postgres_by_connection
-            .iter()
-            .map(|(name, us)| format!("{name} {us:.1}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        costs_line(&profile.postgres_by_connection)
     )?;
     for path in &profile.paths {
         writeln!(
@@ -375,6 +365,15 @@ pub async fn command(args: &ProfileArgs) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// `name µs, name µs, …` of CPU costs per event.
+fn costs_line(costs: &[(String, f64)]) -> String {
+    costs
+        .iter()
+        .map(|(name, us)| format!("{name} {us:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn scratch_dir() -> anyhow::Result<PathBuf> {
