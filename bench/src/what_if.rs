@@ -1,7 +1,8 @@
 //! What two choices cost, each measured against a fresh Sentinel to compare with the same load
 //! as shipped: the indexes of `events` that serve reads (queries, a live-feed subscriber's
 //! resume, de-duplication's seeding at restart), which the writer maintains for every event; and
-//! the producer's linger, which trades gateway latency for broker CPU.
+//! the two lingers, the producer's and the idempotency claims', which trade gateway latency for
+//! the broker's and PostgreSQL's CPU.
 
 use anyhow::Context;
 use serde::Serialize;
@@ -57,30 +58,39 @@ pub async fn without_read_indexes(sentinels: &Sentinels, load: &LoadArgs) -> any
         .await
 }
 
-/// A run with another producer linger.
+/// The producer's linger: how long a produce request waits for more records.
+pub const PRODUCE_LINGER: &str = "SENTINEL_PRODUCE_LINGER_MS";
+/// The idempotency claims' linger: how long a small claim group waits for more claims.
+pub const CLAIM_LINGER: &str = "SENTINEL_IDEMPOTENCY_LINGER_MS";
+
+/// A run with one linger set otherwise than shipped.
 #[derive(Debug, Clone, Serialize)]
 pub struct LingerRun {
-    /// `SENTINEL_PRODUCE_LINGER_MS`.
+    /// The linger's variable: [`PRODUCE_LINGER`] or [`CLAIM_LINGER`].
+    pub variable: &'static str,
+    /// Its value in the run, in milliseconds.
     pub linger_ms: u64,
     /// The run.
     pub run: Run,
 }
 
-/// Runs `load` once per linger in `lingers`, each against a fresh Sentinel started with it.
+/// Runs `load` once per (variable, milliseconds) in `lingers`, each against a fresh Sentinel
+/// started with that one setting.
 pub async fn lingers(
     sentinels: &Sentinels,
     load: &LoadArgs,
-    lingers: &[u64],
+    lingers: &[(&'static str, u64)],
 ) -> anyhow::Result<Vec<LingerRun>> {
     let mut runs = Vec::new();
-    for &linger_ms in lingers {
-        let env = [("SENTINEL_PRODUCE_LINGER_MS", linger_ms.to_string())];
+    for &(variable, linger_ms) in lingers {
+        let env = [(variable, linger_ms.to_string())];
         let (report, cpu_by_process) = sentinels
             .on_fresh_with(&env, load, async |load: &LoadArgs, pid: u32| {
                 metered_run(load, pid).await
             })
             .await?;
         runs.push(LingerRun {
+            variable,
             linger_ms,
             run: Run {
                 report,

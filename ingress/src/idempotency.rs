@@ -1,9 +1,10 @@
 //! Idempotency claims in PostgreSQL (table `idempotency`), group-committed: every claim,
 //! completion and release waiting in the queue goes to the database in one transaction of
 //! prepared statements (one per kind) sent as one pipeline, so under load a request costs a
-//! fraction of a round trip and of a WAL flush. Only claims are waited for: a request hands its
-//! completion or release to the queue and answers, and the queue's order guarantees that a later
-//! claim of the same key sees it.
+//! fraction of a round trip and of a WAL flush. A group of few claims first lingers a moment
+//! (`SENTINEL_IDEMPOTENCY_LINGER_MS`) so that more share its transaction. Only claims are waited
+//! for: a request hands its completion or release to the queue and answers, and the queue's
+//! order guarantees that a later claim of the same key sees it.
 //!
 //! A claim is `in_flight` until the broker acknowledged the event, then `completed`. It carries
 //! the response to replay from the start (the response does not depend on the broker's answer),
@@ -32,6 +33,9 @@ pub struct IdempotencySettings {
     pub lease: Duration,
     /// Most operations per statement.
     pub max_batch: usize,
+    /// How long a small group (fewer than [`LINGER_BELOW_CLAIMS`] claims) waits for more
+    /// operations before it is written; zero writes every group at once.
+    pub linger: Duration,
     /// How often expired claims are purged.
     pub purge_interval: Duration,
 }
@@ -169,6 +173,11 @@ impl ClaimStore {
     }
 }
 
+/// A group with fewer claims than this waits [`IdempotencySettings::linger`] for more: below
+/// it, the transaction's fixed cost (its statements, its commit and WAL flush) is a large share
+/// of each claim's.
+pub const LINGER_BELOW_CLAIMS: usize = 32;
+
 /// The `application_name` of the claim store's connections.
 pub const CLAIMS_APPLICATION: &str = "sentinel-claims";
 
@@ -251,11 +260,10 @@ async fn run_batches(settings: IdempotencySettings, mut queue: mpsc::Receiver<Op
                 None => return,
             }
         }
-        while ops.len() < settings.max_batch {
-            match queue.try_recv() {
-                Ok(op) => ops.push(op),
-                Err(_) => break,
-            }
+        drain(&mut queue, &mut ops, settings.max_batch);
+        if !settings.linger.is_zero() && claim_count(&ops) < LINGER_BELOW_CLAIMS {
+            tokio::time::sleep(settings.linger).await;
+            drain(&mut queue, &mut ops, settings.max_batch);
         }
         if store.as_ref().is_none_or(|s| s.client.is_closed()) {
             match Prepared::connect(&settings.database_url).await {
@@ -302,6 +310,22 @@ async fn run_batches(settings: IdempotencySettings, mut queue: mpsc::Receiver<Op
             }
         }
     }
+}
+
+/// Moves what is queued into `ops`, up to `max` operations.
+fn drain(queue: &mut mpsc::Receiver<Op>, ops: &mut Vec<Op>, max: usize) {
+    while ops.len() < max {
+        match queue.try_recv() {
+            Ok(op) => ops.push(op),
+            Err(_) => break,
+        }
+    }
+}
+
+fn claim_count(ops: &[Op]) -> usize {
+    ops.iter()
+        .filter(|op| matches!(op, Op::Claim { .. }))
+        .count()
 }
 
 /// One group's operations, by kind.

@@ -452,6 +452,16 @@ pub struct Settings {
     )]
     pub idempotency_purge_interval_seconds: u64,
 
+    /// How long a group of few idempotency claims waits for more before it is written, in
+    /// milliseconds (0: never waits): fewer, larger transactions for a little gateway latency.
+    #[arg(
+        long,
+        env = "SENTINEL_IDEMPOTENCY_LINGER_MS",
+        default_value_t = 1,
+        global = true
+    )]
+    pub idempotency_linger_ms: u64,
+
     /// How long idempotency keys are remembered and replayed, in seconds.
     #[arg(
         long,
@@ -610,6 +620,7 @@ impl Settings {
             retention: Duration::from_secs(self.idempotency_retention_seconds),
             lease: self.idempotency_lease(),
             max_batch: 1_000,
+            linger: Duration::from_millis(self.idempotency_linger_ms),
             purge_interval: Duration::from_secs(self.idempotency_purge_interval_seconds.max(1)),
         }
     }

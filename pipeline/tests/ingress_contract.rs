@@ -795,6 +795,63 @@ async fn claims_expire_after_the_retention_and_are_purged() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_claim_group_lingers_for_more_claims() {
+    const REQUESTS: usize = 6;
+    let env = TestEnv::new("linger").await;
+    let sentinel = env
+        .start_with("up", "up", &[("SENTINEL_IDEMPOTENCY_LINGER_MS", "400")])
+        .await;
+    let base = sentinel.base_url.clone();
+    let client = reqwest::Client::new();
+    let acme = ingest_token("acme");
+    let before = sentinel
+        .metric(r#"idempotency_statements_total{kind="claim"}"#)
+        .await;
+    // Requests 30 ms apart, well inside the first group's linger.
+    let mut requests = Vec::new();
+    for seq in 0..REQUESTS {
+        let (client, base, acme) = (client.clone(), base.clone(), acme.clone());
+        requests.push(tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let key = format!("linger-{seq}");
+            let status = post_event(&client, &base, &acme, &key, &event("acme", seq))
+                .await
+                .status();
+            (status, started.elapsed())
+        }));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let mut first_took = Duration::ZERO;
+    for (seq, request) in requests.into_iter().enumerate() {
+        let (status, took) = request.await.unwrap();
+        assert_eq!(status, 202, "request {seq}");
+        if seq == 0 {
+            first_took = took;
+        }
+    }
+    let statements = sentinel
+        .metric(r#"idempotency_statements_total{kind="claim"}"#)
+        .await
+        - before;
+    assert!(
+        statements <= 2.0,
+        "{REQUESTS} claims 30 ms apart took {statements} claim statements with a 400 ms linger"
+    );
+    assert!(
+        first_took >= Duration::from_millis(400),
+        "the first claim did not linger: answered in {first_took:?}"
+    );
+    let claims: i64 = env
+        .db()
+        .await
+        .query_one("SELECT count(*) FROM idempotency", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(claims, REQUESTS as i64, "every claim was stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_queued_behind_a_conflicting_request_still_replays() {
     let env = TestEnv::new("queued").await;
     let sentinel = env.start("up", "up").await;
