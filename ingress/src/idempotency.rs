@@ -261,7 +261,8 @@ async fn run_batches(settings: IdempotencySettings, mut queue: mpsc::Receiver<Op
             }
         }
         drain(&mut queue, &mut ops, settings.max_batch);
-        if !settings.linger.is_zero() && claim_count(&ops) < LINGER_BELOW_CLAIMS {
+        let room = ops.len() < settings.max_batch;
+        if room && !settings.linger.is_zero() && claim_count(&ops) < LINGER_BELOW_CLAIMS {
             tokio::time::sleep(settings.linger).await;
             drain(&mut queue, &mut ops, settings.max_batch);
         }
