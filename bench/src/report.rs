@@ -355,7 +355,7 @@ fn what_limits(md: &mut String, results: &Results) {
         )),
     );
     let share = |parts: &[(String, f64)]| -> (f64, Vec<(String, f64, f64)>) {
-        let total: f64 = parts.iter().map(|(_, us)| us).sum();
+        let total = cpu_total(parts);
         let rows = parts
             .iter()
             .map(|(part, us)| (part.clone(), *us, 100.0 * us / total.max(f64::MIN_POSITIVE)))
@@ -466,7 +466,7 @@ fn connection_section(md: &mut String, single: &[(String, f64)], batch: &[(Strin
     let claims = ingress::idempotency::CLAIMS_APPLICATION;
     let writers = sinks::postgres::WRITER_APPLICATION;
     for (mode, parts) in [("single", single), ("batched", batch)] {
-        let total: f64 = parts.iter().map(|(_, us)| us).sum();
+        let total = cpu_total(parts);
         if let (Some(claim_us), Some(writer_us)) = (cost(parts, claims), cost(parts, writers)) {
             let _ = writeln!(
                 md,
@@ -534,14 +534,13 @@ fn index_cost_section(md: &mut String, results: &Results) {
         md,
         "| part of the machine | as shipped: CPU µs per event | without those six indexes |\n|---|---|---|"
     );
-    let total = |parts: &[(String, f64)]| parts.iter().map(|(_, us)| us).sum::<f64>();
     for ((part, us), (_, without_us)) in shipped.cpu_by_process.iter().zip(&without.cpu_by_process)
     {
         let _ = writeln!(md, "| {part} | {us:.0} | {without_us:.0} |");
     }
     let (all, all_without) = (
-        total(&shipped.cpu_by_process),
-        total(&without.cpu_by_process),
+        cpu_total(&shipped.cpu_by_process),
+        cpu_total(&without.cpu_by_process),
     );
     let _ = writeln!(md, "| all | {all:.0} | {all_without:.0} |\n");
     let _ = writeln!(
@@ -555,6 +554,11 @@ fn index_cost_section(md: &mut String, results: &Results) {
         shipped.report.freshness_ms.p99,
         without.report.freshness_ms.p99,
     );
+}
+
+/// The sum of CPU costs per event, µs.
+fn cpu_total(parts: &[(String, f64)]) -> f64 {
+    parts.iter().map(|(_, us)| us).sum()
 }
 
 /// Gateway latency against the two lingers: single events at half their maximum, as shipped
@@ -595,7 +599,7 @@ fn linger_section(md: &mut String, results: &Results) {
             us(cpu, SENTINEL_PART),
             us(cpu, POSTGRES_PART),
             us(cpu, BROKER_PART),
-            cpu.iter().map(|(_, us)| us).sum::<f64>(),
+            cpu_total(cpu),
         );
     };
     row(md, "as shipped", &shipped.report, &shipped.cpu_by_process);
@@ -604,14 +608,14 @@ fn linger_section(md: &mut String, results: &Results) {
         row(md, &label(run), &run.run.report, &run.run.cpu_by_process);
     }
     let _ = writeln!(md);
-    let shipped_all: f64 = shipped.cpu_by_process.iter().map(|(_, us)| us).sum();
+    let shipped_all = cpu_total(&shipped.cpu_by_process);
     for run in runs {
         let part = if run.variable == CLAIM_LINGER {
             ("PostgreSQL", POSTGRES_PART)
         } else {
             ("the broker", BROKER_PART)
         };
-        let all: f64 = run.run.cpu_by_process.iter().map(|(_, us)| us).sum();
+        let all = cpu_total(&run.run.cpu_by_process);
         let _ = writeln!(
             md,
             "With {}: gateway p50 {:.2} ms (as shipped {:.2}), p99 {:.2} ms (as shipped {:.2}); {} spent {:.0} µs per event (as shipped {:.0}), the whole machine {:.0} (as shipped {:.0}, {:+.0}%).",

@@ -102,16 +102,13 @@ pub async fn lingers(
 }
 
 async fn drop_indexes(database_url: &str) -> anyhow::Result<()> {
-    let (db, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
-        .await
-        .context("connecting to the fresh Sentinel's database")?;
-    let driver = tokio::spawn(connection);
     let names: Vec<&str> = DROPPED.iter().map(|(name, _)| *name).collect();
-    // Without IF EXISTS: a renamed index must fail the run, not measure nothing.
-    db.batch_execute(&format!("DROP INDEX {}", names.join(", ")))
-        .await
-        .context("dropping the secondary indexes of events")?;
-    drop(db);
-    let _ = driver.await;
-    Ok(())
+    crate::on_one_connection(database_url, async |db| {
+        // Without IF EXISTS: a renamed index must fail the run, not measure nothing.
+        db.batch_execute(&format!("DROP INDEX {}", names.join(", ")))
+            .await
+    })
+    .await
+    .context("connecting to the fresh Sentinel's database")?
+    .context("dropping the secondary indexes of events")
 }
