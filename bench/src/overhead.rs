@@ -30,6 +30,8 @@ pub struct Variant {
     pub cpu_by_process: Vec<(String, f64)>,
     /// PostgreSQL's part by connection (`application_name`), costliest first, µs per event.
     pub postgres_by_connection: Vec<(String, f64)>,
+    /// How much Sentinel's resident memory grew over the run, per event sent, bytes.
+    pub resident_growth_per_event: f64,
 }
 
 /// The parts of the machine whose CPU time is told apart.
@@ -534,13 +536,16 @@ impl Sentinels {
     async fn measure(&self, env: &[(&str, String)], load: LoadArgs) -> anyhow::Result<Measured> {
         self.on_fresh_with(env, &load, async |load, pid| {
             let before = cpu_ns(pid)?;
+            let resident_before = resident_bytes(pid)?;
             let (report, cpu_by_process, postgres_by_connection) =
                 metered_run_by_connection(load, pid).await?;
             let used = cpu_ns(pid)?.saturating_sub(before);
+            let grown = resident_bytes(pid)?.saturating_sub(resident_before);
             let events = report.events_sent.max(1) as f64;
             Ok(Measured {
                 report,
                 sentinel_cpu_us: used as f64 / 1_000.0 / events,
+                resident_growth_per_event: grown as f64 / events,
                 cpu_by_process,
                 postgres_by_connection,
             })
@@ -577,6 +582,8 @@ struct Measured {
     report: Report,
     /// Sentinel's own CPU (every thread, schedstat), per event sent, µs.
     sentinel_cpu_us: f64,
+    /// How much Sentinel's resident memory grew over the run, per event sent, bytes.
+    resident_growth_per_event: f64,
     /// Per part of the machine (`/proc/*/stat`), per event sent, µs.
     cpu_by_process: Vec<(String, f64)>,
     /// PostgreSQL's backends by connection name, per event sent, µs.
@@ -592,6 +599,8 @@ pub struct Profile {
     pub cpu_by_process: Vec<(String, f64)>,
     /// PostgreSQL's part by connection (`application_name`), costliest first, µs per event.
     pub postgres_by_connection: Vec<(String, f64)>,
+    /// How much Sentinel's resident memory grew over the run, per event sent, bytes.
+    pub resident_growth_per_event: f64,
 }
 
 /// Runs the observability variants (single events at `rate` for `seconds`, one fresh Sentinel
@@ -635,6 +644,7 @@ pub async fn measure(
             cpu_by_process: run.cpu_by_process,
             postgres_by_connection: run.postgres_by_connection,
             cpu_us_per_event: run.sentinel_cpu_us,
+            resident_growth_per_event: run.resident_growth_per_event,
             otlp_bytes: received.load(Ordering::Relaxed) - before_bytes,
             report: run.report,
         });
@@ -651,11 +661,30 @@ pub async fn measure(
                 report: run.report,
                 cpu_by_process: run.cpu_by_process,
                 postgres_by_connection: run.postgres_by_connection,
+                resident_growth_per_event: run.resident_growth_per_event,
             })
         }
         None => None,
     };
     Ok((measured, profile))
+}
+
+/// The resident memory of process `pid` (`VmRSS` of `/proc/<pid>/status`), bytes.
+fn resident_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    vm_rss_bytes(&status).ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// The `VmRSS` line of a `/proc/<pid>/status` text, in bytes.
+fn vm_rss_bytes(status: &str) -> Option<u64> {
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse::<u64>()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 /// Clock ticks per second of `/proc` times (`getconf CLK_TCK`; 100 on Linux here).
@@ -679,5 +708,12 @@ mod tests {
         let stat = "4242 (postgres: x)) S 1 4242 4242 0 -1 4194560 900 0 0 0 1200 34 0 0 20 0 1 0";
         assert_eq!(stat_ticks(stat), Some(("postgres: x)", 1234)));
         assert_eq!(stat_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn the_resident_size_is_read_in_bytes() {
+        let status = "Name:\tsentinel\nVmPeak:\t  900 kB\nVmRSS:\t  368032 kB\nThreads:\t12\n";
+        assert_eq!(vm_rss_bytes(status), Some(368_032 * 1024));
+        assert_eq!(vm_rss_bytes("Name:\tkthreadd\n"), None);
     }
 }

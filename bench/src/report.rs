@@ -399,6 +399,7 @@ fn what_limits(md: &mut String, results: &Results) {
             100.0 * busy
         );
     }
+    memory_section(md, shipped, batch);
     connection_section(
         md,
         &shipped.postgres_by_connection,
@@ -429,6 +430,31 @@ fn what_limits(md: &mut String, results: &Results) {
     if !beyond.is_empty() {
         let _ = writeln!(md, "\nOn this machine, in this run: {}.", beyond.join("; "));
     }
+}
+
+/// What Sentinel's memory grows by per event: the de-duplication remembers every event for its
+/// retention, so this is what a steady rate costs until the first events expire.
+fn memory_section(
+    md: &mut String,
+    single: &crate::overhead::Variant,
+    batch: Option<&crate::overhead::Profile>,
+) {
+    const RETENTION_SECONDS: f64 = 86_400.0;
+    let per_event = batch.map_or(single.resident_growth_per_event, |b| {
+        b.resident_growth_per_event
+    });
+    let _ = writeln!(
+        md,
+        "Sentinel's resident memory grew by {:.0} bytes per event sent in the single-event run ({} events) and {} in the batch run. Nearly all of it is the de-duplication's memory of each event, kept for `SENTINEL_DEDUP_RETENTION_SECONDS` (24 h by default): at a steady rate it grows until the first events expire, so 1,000 events/s for the default retention needs about {:.0} GB (at {:.0} bytes per event). Size the machine, or the retention, for it; the `dedup_state_entries` metric tells how many events each worker remembers.\n",
+        single.resident_growth_per_event,
+        single.report.events_sent,
+        batch.map_or("—".into(), |b| format!(
+            "{:.0} bytes per event ({} events)",
+            b.resident_growth_per_event, b.report.events_sent
+        )),
+        1_000.0 * RETENTION_SECONDS * per_event / 1e9,
+        per_event,
+    );
 }
 
 /// Inside Sentinel and PostgreSQL: the named code paths' shares of each one's CPU samples.
