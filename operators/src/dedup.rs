@@ -100,8 +100,9 @@ fn key_digest(tenant_id: &str, key: &str) -> KeyDigest {
     short
 }
 
-/// What the operator remembers: about 200 bytes per identity (two hash-map entries and one
-/// arrival), none of them on the heap of its own.
+/// What the operator remembers: fixed-size entries per identity (two hash-map entries and one
+/// arrival, ~170 bytes, about 310 of resident memory with the tables' spare room as `bench`
+/// measures it), none with a heap allocation of its own.
 ///
 /// Arrivals are forgotten in the order they came, once the oldest is past the retention; an
 /// identity that came out of receive-time order may so be kept a little longer than the
