@@ -5,6 +5,7 @@
 //! retention are forgotten. The state is seeded at start from what is already stored, so a
 //! duplicate that arrives after a restart is still recognised.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -89,7 +90,9 @@ fn payload_digest(hash: &str) -> PayloadDigest {
     digest
 }
 
-fn key_digest(tenant_id: &str, key: &str) -> KeyDigest {
+/// The digest of an event's tenant and idempotency key, when it has a key.
+fn key_digest(tenant_id: &str, key: Option<&str>) -> Option<KeyDigest> {
+    let key = key?;
     let mut hasher = Sha256::new();
     hasher.update((tenant_id.len() as u64).to_be_bytes());
     hasher.update(tenant_id.as_bytes());
@@ -97,7 +100,21 @@ fn key_digest(tenant_id: &str, key: &str) -> KeyDigest {
     let digest = hasher.finalize();
     let mut short = [0u8; 16];
     short.copy_from_slice(&digest[..16]);
-    short
+    Some(short)
+}
+
+/// Forgets `key`'s entry if it is still the one received at `received` (a later arrival of the
+/// same identity, accepted once that one had expired, replaced it and stays).
+fn forget<K: std::hash::Hash + Eq>(
+    map: &mut HashMap<K, Remembered>,
+    key: K,
+    received: DateTime<Utc>,
+) {
+    if let Entry::Occupied(entry) = map.entry(key) {
+        if entry.get().received == received {
+            entry.remove();
+        }
+    }
 }
 
 /// What the operator remembers: fixed-size entries per identity (two hash-map entries and one
@@ -133,10 +150,7 @@ impl DedupState {
         let mut state = Self::new(retention);
         for event in seen {
             state.advance(event.received_utc);
-            let key = event
-                .idempotency_key
-                .as_deref()
-                .map(|key| key_digest(&event.tenant_id, key));
+            let key = key_digest(&event.tenant_id, event.idempotency_key.as_deref());
             state.remember(
                 event.event_id,
                 key,
@@ -176,23 +190,9 @@ impl DedupState {
                 break;
             }
             self.arrivals.pop_front();
-            // A later arrival of the same identity (accepted once this one had expired)
-            // replaced the entry: it stays.
-            if self
-                .by_id
-                .get(&oldest.event_id)
-                .is_some_and(|entry| entry.received == oldest.received)
-            {
-                self.by_id.remove(&oldest.event_id);
-            }
+            forget(&mut self.by_id, oldest.event_id, oldest.received);
             if let Some(key) = oldest.key {
-                if self
-                    .by_key
-                    .get(&key)
-                    .is_some_and(|entry| entry.received == oldest.received)
-                {
-                    self.by_key.remove(&key);
-                }
+                forget(&mut self.by_key, key, oldest.received);
             }
         }
     }
@@ -235,10 +235,7 @@ impl DedupState {
                 row.into_dead_letter(DeadLetterReason::DuplicateEventIdConflict, message),
             );
         }
-        let key = row
-            .idempotency_key
-            .as_deref()
-            .map(|key| key_digest(&row.tenant_id, key));
+        let key = key_digest(&row.tenant_id, row.idempotency_key.as_deref());
         if let Some(entry) = key.and_then(|key| self.by_key.get(&key)).filter(live) {
             if entry.payload == payload {
                 return Deduplicated::Duplicate(row);
