@@ -50,10 +50,9 @@ impl TraceContext {
 
     /// A new trace with a random trace id and span id, sampled.
     pub fn mint() -> Self {
-        let trace_id = *uuid::Uuid::new_v4().as_bytes();
         Self {
-            trace_id,
-            span_id: random_span_id(),
+            trace_id: random_nonzero(),
+            span_id: random_nonzero(),
             flags: 0x01,
         }
     }
@@ -61,7 +60,7 @@ impl TraceContext {
     /// The same trace with a new span id: the context a hop hands to the next one.
     pub fn child(&self) -> Self {
         Self {
-            span_id: random_span_id(),
+            span_id: random_nonzero(),
             ..*self
         }
     }
@@ -95,13 +94,13 @@ impl fmt::Display for TraceContext {
     }
 }
 
-fn random_span_id() -> [u8; 8] {
+/// Random bytes, never all zeroes (W3C forbids an all-zero trace or span id), from the thread's
+/// cryptographically secure generator: seeded from the OS, so that a new id costs no system call.
+fn random_nonzero<const N: usize>() -> [u8; N] {
     loop {
-        let bytes = uuid::Uuid::new_v4().into_bytes();
-        let mut span = [0u8; 8];
-        span.copy_from_slice(&bytes[..8]);
-        if span != [0; 8] {
-            return span;
+        let id: [u8; N] = rand::random();
+        if id != [0; N] {
+            return id;
         }
     }
 }
@@ -167,5 +166,28 @@ mod tests {
         assert_eq!(parent.trace_id, child.trace_id);
         assert_ne!(parent.span_id, child.span_id);
         assert_eq!(TraceContext::parse(&child.to_string()), Some(child));
+    }
+
+    #[test]
+    fn minted_ids_are_distinct_across_threads_and_parse_back() {
+        let minted: Vec<TraceContext> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| (0..5_000).map(|_| TraceContext::mint()).collect::<Vec<_>>())
+                })
+                .collect();
+            threads
+                .into_iter()
+                .flat_map(|t| t.join().unwrap())
+                .collect()
+        });
+        let traces: std::collections::HashSet<_> = minted.iter().map(|t| t.trace_id).collect();
+        let spans: std::collections::HashSet<_> = minted.iter().map(|t| t.span_id).collect();
+        assert_eq!(traces.len(), minted.len(), "every minted trace id is new");
+        assert_eq!(spans.len(), minted.len(), "every minted span id is new");
+        for trace in &minted {
+            assert!(trace.sampled());
+            assert_eq!(TraceContext::parse(&trace.to_string()), Some(*trace));
+        }
     }
 }
