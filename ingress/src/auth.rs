@@ -1,9 +1,12 @@
 //! Bearer-token authentication and tenancy: JWTs signed with HS256 (shared secret) or RS256/ES256
 //! (public keys from a JWKS file), with `exp`/`nbf`/`iss`/`aud` checked under a small leeway.
-//! Claims: `tenant` and `roles` (`ingest`, `read`, `admin`).
+//! Claims: `tenant` and `roles` (`ingest`, `read`, `admin`). A token that verified is
+//! remembered, so that its signature is checked once rather than on every request; its `exp` and
+//! `nbf` are still checked on every use.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -193,10 +196,26 @@ struct VerificationKey {
     key: DecodingKey,
 }
 
+/// Most verified tokens remembered; past it the memory starts over. Only tokens that verified
+/// enter it, so its size is bounded by the clients' own tokens, not by what anyone sends.
+const VERIFIED_TOKENS_HELD: usize = 10_000;
+
+/// What a token that verified proved, and the time window it proves it in.
+#[derive(Debug, Clone)]
+struct Verified {
+    principal: Principal,
+    exp: u64,
+    nbf: Option<u64>,
+}
+
 /// Verifies bearer tokens.
 pub struct Authenticator {
     keys: Vec<VerificationKey>,
     settings: AuthSettings,
+    /// Tokens whose signature and claims verified, by the token's text. The keys never change
+    /// for the authenticator's life, so a signature that verified once always does.
+    verified: Mutex<HashMap<Box<str>, Verified>>,
+    verified_held: usize,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -259,7 +278,12 @@ impl Authenticator {
         if keys.is_empty() {
             return Err(AuthConfigError::NothingConfigured);
         }
-        Ok(Self { keys, settings })
+        Ok(Self {
+            keys,
+            settings,
+            verified: Mutex::new(HashMap::new()),
+            verified_held: VERIFIED_TOKENS_HELD,
+        })
     }
 
     fn validation(&self, algorithm: Algorithm) -> Validation {
@@ -279,17 +303,48 @@ impl Authenticator {
 
     /// Checks the request's bearer token.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
-        let value = headers
-            .get(header::AUTHORIZATION)
-            .ok_or(AuthError::Missing)?
-            .to_str()
-            .map_err(|_| AuthError::Malformed("the header is not ASCII".into()))?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| AuthError::Malformed("expected `Bearer <JWT>`".into()))?;
+        self.authenticate_at(headers, jsonwebtoken::get_current_timestamp())
+    }
+
+    /// [`Authenticator::authenticate`] at `now` (seconds since the epoch): a remembered token is
+    /// checked against its time window, any other is verified and, when it verifies, remembered.
+    fn authenticate_at(&self, headers: &HeaderMap, now: u64) -> Result<Principal, AuthError> {
+        let token = bearer_token(headers)?;
+        let remembered = self
+            .verified
+            .lock()
+            .expect("verified tokens lock")
+            .get(token)
+            .cloned();
+        let verified = match remembered {
+            Some(verified) => verified,
+            None => {
+                let verified = self.verify(token)?;
+                let mut tokens = self.verified.lock().expect("verified tokens lock");
+                if tokens.len() >= self.verified_held {
+                    tokens.clear();
+                }
+                tokens.insert(token.into(), verified.clone());
+                verified
+            }
+        };
+        // The checks `jsonwebtoken` makes, with the same leeway, for every use of the token.
+        let leeway = self.settings.leeway.as_secs();
+        if verified.exp < now.saturating_sub(leeway) {
+            self.verified
+                .lock()
+                .expect("verified tokens lock")
+                .remove(token);
+            return Err(AuthError::Expired);
+        }
+        if verified.nbf.is_some_and(|nbf| nbf > now + leeway) {
+            return Err(AuthError::NotYetValid);
+        }
+        Ok(verified.principal)
+    }
+
+    /// Verifies a token's signature and claims.
+    fn verify(&self, token: &str) -> Result<Verified, AuthError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
         let candidates: Vec<&VerificationKey> = self
@@ -320,10 +375,14 @@ impl Authenticator {
                     if claims.tenant.is_empty() {
                         return Err(AuthError::Claims("tenant is empty".into()));
                     }
-                    return Ok(Principal {
-                        roles: claims.roles.iter().filter_map(|r| r.parse().ok()).collect(),
-                        tenant: claims.tenant,
-                        subject: claims.sub,
+                    return Ok(Verified {
+                        principal: Principal {
+                            roles: claims.roles.iter().filter_map(|r| r.parse().ok()).collect(),
+                            tenant: claims.tenant,
+                            subject: claims.sub,
+                        },
+                        exp: claims.exp,
+                        nbf: claims.nbf,
                     });
                 }
                 Err(err) => {
@@ -350,6 +409,21 @@ impl Authenticator {
         }
         Err(last)
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(AuthError::Missing)?
+        .to_str()
+        .map_err(|_| AuthError::Malformed("the header is not ASCII".into()))?;
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| AuthError::Malformed("expected `Bearer <JWT>`".into()))
 }
 
 /// Mints an HS256 token (for `sentinel token` and tests).
@@ -479,6 +553,75 @@ mod tests {
             auth.authenticate(&bearer(&token_with(&no_tenant, SECRET))),
             Err(AuthError::Claims(_))
         ));
+    }
+
+    fn remembered(auth: &Authenticator) -> usize {
+        auth.verified.lock().unwrap().len()
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_and_still_expires() {
+        let now = jsonwebtoken::get_current_timestamp();
+        let auth = auth();
+        let claims = serde_json::json!({
+            "tenant": "acme", "roles": ["ingest", "read"], "sub": "svc", "exp": now + 60
+        });
+        let token = token_with(&claims, SECRET);
+        let first = auth.authenticate_at(&bearer(&token), now).unwrap();
+        assert_eq!(remembered(&auth), 1);
+        let again = auth.authenticate_at(&bearer(&token), now + 30).unwrap();
+        assert_eq!(
+            again, first,
+            "the remembered token proves what verifying it proved"
+        );
+        assert_eq!(again.subject.as_deref(), Some("svc"));
+        assert!(again.require(Role::Read).is_ok());
+        // Within the leeway (5 s) past exp it still holds; past it, it is refused and forgotten.
+        assert!(auth.authenticate_at(&bearer(&token), now + 64).is_ok());
+        assert_eq!(
+            auth.authenticate_at(&bearer(&token), now + 66),
+            Err(AuthError::Expired)
+        );
+        assert_eq!(remembered(&auth), 0);
+        assert_eq!(
+            auth.authenticate_at(&bearer(&token), now + 66),
+            Err(AuthError::Expired),
+            "once forgotten, verifying it again still finds it expired"
+        );
+    }
+
+    #[test]
+    fn only_tokens_that_verify_are_remembered_and_the_memory_is_bounded() {
+        let now = jsonwebtoken::get_current_timestamp();
+        let mut auth = auth();
+        auth.verified_held = 2;
+        let forged = token_with(
+            &serde_json::json!({"tenant": "acme", "exp": now + 60}),
+            "another-secret-another-secret-xx",
+        );
+        for _ in 0..2 {
+            assert!(matches!(
+                auth.authenticate(&bearer(&forged)),
+                Err(AuthError::BadSignature(_))
+            ));
+        }
+        let early = token_with(
+            &serde_json::json!({"tenant": "acme", "exp": now + 600, "nbf": now + 300}),
+            SECRET,
+        );
+        assert_eq!(
+            auth.authenticate(&bearer(&early)),
+            Err(AuthError::NotYetValid)
+        );
+        assert_eq!(remembered(&auth), 0);
+        for tenant in ["a", "b", "c", "d", "e"] {
+            let token = token_with(
+                &serde_json::json!({"tenant": tenant, "exp": now + 60}),
+                SECRET,
+            );
+            assert_eq!(auth.authenticate(&bearer(&token)).unwrap().tenant, tenant);
+            assert!(remembered(&auth) <= 2);
+        }
     }
 
     #[test]
