@@ -40,9 +40,11 @@ impl JsonLogLayer {
         }
     }
 
-    fn insert(&self, fields: &mut Map<String, Value>, name: &str, value: Value) {
+    /// The field as written: under its contract name, masked when configured; `None` for a
+    /// field never written.
+    fn written(&self, name: &'static str, value: Value) -> Option<(&'static str, Value)> {
         if NEVER_LOGGED.contains(&name) {
-            return;
+            return None;
         }
         let name = contract_name(name);
         let value = if self.masked.contains(name) {
@@ -50,7 +52,31 @@ impl JsonLogLayer {
         } else {
             value
         };
-        fields.insert(name.to_owned(), value);
+        Some((name, value))
+    }
+}
+
+/// Where a visitor puts the fields it is shown.
+trait Fields {
+    fn put(&mut self, name: &'static str, value: Value);
+}
+
+/// A line's fields: the last value of a name wins.
+impl Fields for Map<String, Value> {
+    fn put(&mut self, name: &'static str, value: Value) {
+        self.insert(name.to_owned(), value);
+    }
+}
+
+/// A span's fields: a later value of a name replaces the earlier one. Kept as a short list under
+/// static names: a span is opened for every event, and few of them have a line written under
+/// them.
+impl Fields for Vec<(&'static str, Value)> {
+    fn put(&mut self, name: &'static str, value: Value) {
+        match self.iter_mut().find(|(known, _)| *known == name) {
+            Some(slot) => slot.1 = value,
+            None => self.push((name, value)),
+        }
     }
 }
 
@@ -78,46 +104,48 @@ fn mask(value: &Value) -> String {
 }
 
 /// A span's fields, kept in its extensions.
-struct SpanFields(Map<String, Value>);
+struct SpanFields(Vec<(&'static str, Value)>);
 
-struct Collector<'a> {
+struct Collector<'a, F> {
     layer: &'a JsonLogLayer,
-    fields: &'a mut Map<String, Value>,
+    fields: &'a mut F,
 }
 
-impl Visit for Collector<'_> {
+impl<F: Fields> Collector<'_, F> {
+    fn insert(&mut self, field: &Field, value: Value) {
+        if let Some((name, value)) = self.layer.written(field.name(), value) {
+            self.fields.put(name, value);
+        }
+    }
+}
+
+impl<F: Fields> Visit for Collector<'_, F> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.layer.insert(
-            self.fields,
-            field.name(),
-            Value::String(format!("{value:?}")),
-        );
+        self.insert(field, Value::String(format!("{value:?}")));
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.layer
-            .insert(self.fields, field.name(), Value::String(value.to_owned()));
+        self.insert(field, Value::String(value.to_owned()));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.layer.insert(self.fields, field.name(), value.into());
+        self.insert(field, value.into());
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.layer.insert(self.fields, field.name(), value.into());
+        self.insert(field, value.into());
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.layer.insert(self.fields, field.name(), value.into());
+        self.insert(field, value.into());
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.layer.insert(self.fields, field.name(), value.into());
+        self.insert(field, value.into());
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.layer
-            .insert(self.fields, field.name(), Value::String(value.to_string()));
+        self.insert(field, Value::String(value.to_string()));
     }
 }
 
@@ -127,7 +155,7 @@ where
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
-        let mut fields = Map::new();
+        let mut fields = Vec::with_capacity(attrs.fields().len());
         attrs.record(&mut Collector {
             layer: self,
             fields: &mut fields,
@@ -177,7 +205,7 @@ impl JsonLogLayer {
             for span in scope.from_root() {
                 if let Some(SpanFields(fields)) = span.extensions().get::<SpanFields>() {
                     for (name, value) in fields {
-                        line.insert(name.clone(), value.clone());
+                        line.insert((*name).to_owned(), value.clone());
                     }
                 }
             }
@@ -222,6 +250,23 @@ mod tests {
         tracing::subscriber::with_default(subscriber, body);
         let lines = captured.lock().unwrap().clone();
         lines
+    }
+
+    #[test]
+    fn a_field_recorded_later_and_an_inner_span_s_field_win() {
+        let lines = lines_of(&[], || {
+            let outer = tracing::info_span!("outer", tenant_id = "outer-tenant", stage = "a");
+            let _outer = outer.enter();
+            let inner = tracing::info_span!("inner", tenant_id = "inner-tenant", attempt = 1_u64);
+            inner.record("attempt", 2_u64);
+            inner.record("attempt", 3_u64);
+            let _inner = inner.enter();
+            tracing::info!("retried");
+        });
+        let line = &lines[0];
+        assert_eq!(line["tenantId"], "inner-tenant");
+        assert_eq!(line["stage"], "a");
+        assert_eq!(line["attempt"], 3);
     }
 
     #[test]
