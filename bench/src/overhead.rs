@@ -463,7 +463,8 @@ impl Sentinels {
                 format!("bench-{}-{index}.", self.stamp),
             )
             .env("SENTINEL_JWT_SECRET", &self.jwt_secret)
-            .env("RUST_LOG", "warn")
+            // As shipped: the default log filter (info), whatever the shell running the bench set.
+            .env_remove("RUST_LOG")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)

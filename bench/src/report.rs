@@ -829,7 +829,7 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
         args.ceilings.search.step_seconds, args.ceilings.search.step_factor, args.ceilings.search.refine_steps, args.ceilings.search.p99_bound_ms, args.ceilings.search.freshness_p99_bound_ms,
         if args.sentinel_bin.is_some() {
             format!(
-                "; each search step and each run below against a fresh Sentinel as shipped, with a database and topics{} of its own, warmed by {} s at {} events/s",
+                "; each search step and each run below against a fresh Sentinel as shipped (its defaults, JSON logs at `info` included), with a database and topics{} of its own, warmed by {} s at {} events/s",
                 if args.broker_command.is_some() { " and a broker" } else { "" },
                 crate::overhead::WARM_UP_SECONDS,
                 crate::overhead::WARM_UP_RATE
