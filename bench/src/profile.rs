@@ -103,7 +103,7 @@ const PATHS: &[CodePath] = &[
         part: Part::PostgreSQL,
         frame: Some("ExecInsertIndexTuples"),
         self_prefixes: &[],
-        what: "index maintenance, every statement (`events` has eight indexes)",
+        what: "index maintenance, every statement (`events` has seven B-tree indexes)",
     },
     CodePath {
         part: Part::PostgreSQL,
