@@ -2,8 +2,9 @@
 //! idempotency key, produce the event with the shared record headers keyed
 //! `tenantId|streamKey`, and answer 202 only after the broker acknowledged it.
 //!
-//! Each event's claim → produce → complete sequence runs in its own task, so a client that
-//! disconnects mid-request never leaves a claim half-done.
+//! Each request's claim → produce → complete sequences run in a task of their own (a batch's
+//! lines concurrently in one task), so a client that disconnects mid-request never leaves a
+//! claim half-done.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -985,31 +986,41 @@ pub async fn post_batch(
             Err(_) => return overloaded_problem().into_response(),
         }
     };
-    let tasks: Vec<_> = submissions
+    // Every line takes its key's turn now, in line order; then one task (not one per line)
+    // writes them all concurrently, and finishes them even if the client goes away.
+    let (places, ingests): (Vec<_>, Vec<_>) = submissions
         .into_iter()
         .map(|(slot, line, submission)| {
-            let state = state.clone();
             let span = receive_span(&submission);
             (
-                slot,
-                line,
-                tokio::spawn(ingest(state, submission).instrument(span)),
+                (slot, line),
+                ingest(state.clone(), submission).instrument(span),
             )
         })
-        .collect();
-    for (slot, line, task) in tasks {
-        let outcome = task.await.unwrap_or_else(|join| {
-            tracing::error!(error = %join, "ingest task failed");
-            Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "Internal error",
-                "the line failed unexpectedly; retry with the same idempotencyKey",
-            ))
-        });
+        .unzip();
+    let outcomes = tokio::spawn(async move {
+        let outcomes = futures::future::join_all(ingests).await;
+        drop(permit);
+        outcomes
+    })
+    .await
+    .unwrap_or_else(|join| {
+        tracing::error!(error = %join, "batch ingest task failed");
+        places
+            .iter()
+            .map(|_| {
+                Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "Internal error",
+                    "the line failed unexpectedly; retry with the same idempotencyKey",
+                ))
+            })
+            .collect()
+    });
+    for ((slot, line), outcome) in places.into_iter().zip(outcomes) {
         results[slot] = Some(line_result(line, outcome));
     }
-    drop(permit);
     let results: Vec<LineResult> = results.into_iter().flatten().collect();
     let accepted = results.iter().filter(|r| r.status == 202).count();
     if let Some(mut span) = batch_span {
