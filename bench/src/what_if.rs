@@ -1,8 +1,8 @@
 //! What two choices cost, each measured against a fresh Sentinel to compare with the same load
-//! as shipped: the B-tree indexes of `events` that serve reads (queries, a live-feed subscriber's
-//! resume), which the writer maintains for every event; and
-//! the two lingers, the producer's and the idempotency claims', which trade gateway latency for
-//! the broker's and PostgreSQL's CPU.
+//! as shipped: the B-tree indexes of `events` that serve reads (queries, a live-feed
+//! subscriber's resume), which the writer maintains for every event; and the two lingers, the
+//! producer's and the idempotency claims', which trade gateway latency for the broker's and
+//! PostgreSQL's CPU.
 
 use anyhow::Context;
 use serde::Serialize;
