@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::auth::{Principal, Role};
-use crate::idempotency::{ClaimKey, ClaimOutcome, StoreUnavailable};
+use crate::idempotency::{ClaimKey, ClaimOutcome, StoreUnavailable, StoredAnswer};
 use crate::kafka::PublishError;
 use crate::problem::ApiError;
 use crate::IngressState;
@@ -91,6 +91,16 @@ pub struct Ingested {
     pub accepted: Accepted,
     /// Whether this answer replays an earlier request's.
     pub replayed: bool,
+}
+
+/// The 202 body of a stored answer: the same bytes whether first sent or replayed (the receive
+/// time is stored to the microsecond, the precision it is written with).
+fn accepted_of(answer: &StoredAnswer) -> Accepted {
+    Accepted {
+        event_id: answer.event_id,
+        received_at_utc: format_received_at(&answer.received_at),
+        trace_id: hex::encode(answer.trace_id),
+    }
 }
 
 impl IntoResponse for Ingested {
@@ -506,37 +516,34 @@ async fn write_owned(state: &IngressState, submission: Submission) -> Result<Ing
     let claims = &state.inner.claims;
     // The answer does not depend on the broker's: it is stored with the claim, to be replayed
     // once the claim is completed.
-    let accepted = Accepted {
+    let answer = StoredAnswer {
         event_id: envelope.event_id,
-        received_at_utc: format_received_at(&received_at),
-        trace_id: trace.trace_id_hex(),
+        received_at,
+        trace_id: trace.trace_id,
     };
-    let response = serde_json::to_value(&accepted).expect("Accepted serialises");
     match claims
-        .claim(
-            key.clone(),
-            payload_hash.clone(),
-            envelope.event_id,
-            response,
-        )
+        .claim(key.clone(), payload_hash.clone(), answer)
         .await
         .map_err(store_problem)?
     {
         ClaimOutcome::Claimed => {}
-        ClaimOutcome::Replay(response) => {
-            let accepted: Accepted = serde_json::from_value(response).map_err(|e| {
-                tracing::error!(error = %e, "stored idempotent response is unreadable");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "Internal error",
-                    "the stored response for this Idempotency-Key cannot be read",
-                )
-            })?;
+        ClaimOutcome::Replay(stored) => {
             return Ok(Ingested {
-                accepted,
+                accepted: accepted_of(&stored),
                 replayed: true,
             });
+        }
+        ClaimOutcome::Unreadable => {
+            tracing::error!(
+                tenant = %key.tenant_id,
+                "the stored answer of an idempotency claim is unreadable"
+            );
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                "the stored response for this Idempotency-Key cannot be read",
+            ));
         }
         ClaimOutcome::Mismatch => return Err(mismatch_problem()),
         ClaimOutcome::InFlight { lease_until } => {
@@ -602,7 +609,7 @@ async fn write_owned(state: &IngressState, submission: Submission) -> Result<Ing
                 tracing::warn!(error = %err, "claim not completed after the broker's ack");
             }
             Ok(Ingested {
-                accepted,
+                accepted: accepted_of(&answer),
                 replayed: false,
             })
         }

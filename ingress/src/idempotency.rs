@@ -7,8 +7,8 @@
 //! order guarantees that a later claim of the same key sees it.
 //!
 //! A claim is `in_flight` until the broker acknowledged the event, then `completed`. It carries
-//! the response to replay from the start (the response does not depend on the broker's answer),
-//! so completing it changes two small columns and, with the room the table's fillfactor leaves,
+//! the answer to replay from the start, as typed columns (the answer does not depend on the
+//! broker's), so completing it changes two small columns and, with the room the table's fillfactor leaves,
 //! stays on the row's page without touching an index. A claim whose request failed or crashed
 //! keeps its payload hash but not its lease, so a retry of the same payload takes it over at
 //! once (or after the lease, if the process died) while a different payload is still refused:
@@ -40,13 +40,27 @@ pub struct IdempotencySettings {
     pub purge_interval: Duration,
 }
 
+/// The answer a claim stores and replays: what the first request's 202 said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredAnswer {
+    /// The event's id.
+    pub event_id: Uuid,
+    /// When the gateway received the event.
+    pub received_at: DateTime<Utc>,
+    /// The trace the event travels in.
+    pub trace_id: [u8; 16],
+}
+
 /// What a claim found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClaimOutcome {
     /// This request owns the key: write the event, then complete the claim.
     Claimed,
-    /// The key completed earlier with the same payload: replay this response.
-    Replay(serde_json::Value),
+    /// The key completed earlier with the same payload: replay this answer.
+    Replay(StoredAnswer),
+    /// The key completed earlier with the same payload, but its stored answer cannot be read
+    /// (a row damaged outside Sentinel).
+    Unreadable,
     /// The key was used with a different payload.
     Mismatch,
     /// The same payload is being written by another request right now.
@@ -83,8 +97,7 @@ enum Op {
     Claim {
         key: ClaimKey,
         payload_hash: String,
-        event_id: Uuid,
-        response: serde_json::Value,
+        answer: StoredAnswer,
         reply: Reply<ClaimOutcome>,
     },
     Complete {
@@ -112,26 +125,24 @@ impl ClaimStore {
         Self { ops }
     }
 
-    /// Claims `key` for a payload, with the response a replay answers once the claim is
-    /// completed; see [`ClaimOutcome`].
+    /// Claims `key` for a payload, with the answer a replay gives once the claim is completed;
+    /// see [`ClaimOutcome`].
     pub async fn claim(
         &self,
         key: ClaimKey,
         payload_hash: String,
-        event_id: Uuid,
-        response: serde_json::Value,
+        answer: StoredAnswer,
     ) -> Result<ClaimOutcome, StoreUnavailable> {
         let started = std::time::Instant::now();
-        let (reply, answer) = oneshot::channel();
+        let (reply, outcome) = oneshot::channel();
         let op = Op::Claim {
             key,
             payload_hash,
-            event_id,
-            response,
+            answer,
             reply,
         };
         self.enqueue(op).await?;
-        let outcome = answer
+        let outcome = outcome
             .await
             .map_err(|_| StoreUnavailable("the claim task dropped the request".into()))?;
         crate::telemetry::ClaimAnswered {
@@ -141,7 +152,7 @@ impl ClaimStore {
         outcome
     }
 
-    /// Marks a claim completed: from now on its response is replayed. Returns once the
+    /// Marks a claim completed: from now on its answer is replayed. Returns once the
     /// completion is queued: it is written with the next group, before any claim queued after
     /// it. If it is never written (the store fails), the claim stays in flight and a retry after
     /// its lease re-sends the same event, which the dataflow's de-duplication absorbs.
@@ -398,7 +409,8 @@ async fn write_group(
                     &claim_columns.keys,
                     &claim_columns.hashes,
                     &claim_columns.event_ids,
-                    &claim_columns.responses,
+                    &claim_columns.received,
+                    &claim_columns.trace_ids,
                     &lease_ms,
                     &retention_ms,
                 ],
@@ -428,25 +440,30 @@ fn fail_all(ops: Vec<Op>, err: &StoreUnavailable) {
 /// Claims every key it can (new, expired, or in flight past its lease with the same payload)
 /// and returns the keys it claimed.
 const CLAIM_SQL: &str = "INSERT INTO idempotency AS cur (tenant_id, idempotency_key, \
-        payload_hash, event_id, state, response, lease_until_utc, expires_utc) \
-     SELECT tenant_id, idempotency_key, payload_hash, event_id, 'in_flight', response, \
-        clock_timestamp() + make_interval(secs => $6::float8 / 1000), \
-        clock_timestamp() + make_interval(secs => $7::float8 / 1000) \
-     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::uuid[], $5::jsonb[]) \
-        AS i(tenant_id, idempotency_key, payload_hash, event_id, response) \
+        payload_hash, event_id, received_utc, trace_id, state, lease_until_utc, expires_utc) \
+     SELECT tenant_id, idempotency_key, payload_hash, event_id, received_utc, trace_id, \
+        'in_flight', \
+        clock_timestamp() + make_interval(secs => $7::float8 / 1000), \
+        clock_timestamp() + make_interval(secs => $8::float8 / 1000) \
+     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::uuid[], $5::timestamptz[], \
+                 $6::bytea[]) \
+        AS i(tenant_id, idempotency_key, payload_hash, event_id, received_utc, trace_id) \
      ON CONFLICT (tenant_id, idempotency_key) DO UPDATE SET \
         payload_hash = EXCLUDED.payload_hash, event_id = EXCLUDED.event_id, \
-        state = 'in_flight', response = EXCLUDED.response, claimed_utc = now(), \
-        completed_utc = NULL, \
+        received_utc = EXCLUDED.received_utc, trace_id = EXCLUDED.trace_id, response = NULL, \
+        state = 'in_flight', claimed_utc = now(), completed_utc = NULL, \
         lease_until_utc = EXCLUDED.lease_until_utc, expires_utc = EXCLUDED.expires_utc \
      WHERE cur.expires_utc < clock_timestamp() \
         OR (cur.state = 'in_flight' AND cur.lease_until_utc < clock_timestamp() \
             AND cur.payload_hash = EXCLUDED.payload_hash) \
      RETURNING tenant_id, idempotency_key";
 
-/// The stored claims of keys that could not be claimed.
+/// The stored claims of keys that could not be claimed. A claim made before the answer had
+/// typed columns (migration V11) is read from its `response` document.
 const HELD_SQL: &str = "SELECT cur.tenant_id, cur.idempotency_key, cur.payload_hash, \
-        cur.state, cur.response, cur.lease_until_utc \
+        cur.state, cur.lease_until_utc, cur.event_id, \
+        COALESCE(cur.received_utc, (cur.response->>'receivedAtUtc')::timestamptz), \
+        COALESCE(cur.trace_id, decode(cur.response->>'traceId', 'hex')) \
      FROM UNNEST($1::text[], $2::text[]) AS i(tenant_id, idempotency_key) \
      JOIN idempotency cur ON cur.tenant_id = i.tenant_id \
                          AND cur.idempotency_key = i.idempotency_key";
@@ -472,7 +489,8 @@ struct ClaimColumns<'a> {
     keys: Vec<&'a str>,
     hashes: Vec<&'a str>,
     event_ids: Vec<Uuid>,
-    responses: Vec<&'a serde_json::Value>,
+    received: Vec<DateTime<Utc>>,
+    trace_ids: Vec<&'a [u8]>,
 }
 
 fn claim_columns(claims: &[Op]) -> ClaimColumns<'_> {
@@ -481,16 +499,16 @@ fn claim_columns(claims: &[Op]) -> ClaimColumns<'_> {
         if let Op::Claim {
             key,
             payload_hash,
-            event_id,
-            response,
+            answer,
             ..
         } = op
         {
             columns.tenants.push(key.tenant_id.as_str());
             columns.keys.push(key.key.as_str());
             columns.hashes.push(payload_hash.as_str());
-            columns.event_ids.push(*event_id);
-            columns.responses.push(response);
+            columns.event_ids.push(answer.event_id);
+            columns.received.push(answer.received_at);
+            columns.trace_ids.push(&answer.trace_id);
         }
     }
     columns
@@ -537,8 +555,7 @@ async fn answer_held(db: &Prepared, held: Vec<Op>) -> Result<Vec<Op>, ()> {
         let Op::Claim {
             key,
             payload_hash,
-            event_id,
-            response,
+            answer,
             reply,
         } = op
         else {
@@ -548,8 +565,7 @@ async fn answer_held(db: &Prepared, held: Vec<Op>) -> Result<Vec<Op>, ()> {
             retry.push(Op::Claim {
                 key,
                 payload_hash,
-                event_id,
-                response,
+                answer,
                 reply,
             });
             continue;
@@ -557,18 +573,28 @@ async fn answer_held(db: &Prepared, held: Vec<Op>) -> Result<Vec<Op>, ()> {
         let outcome = if row.get::<_, &str>(2) != payload_hash {
             ClaimOutcome::Mismatch
         } else if row.get::<_, &str>(3) == "completed" {
-            ClaimOutcome::Replay(
-                row.get::<_, Option<serde_json::Value>>(4)
-                    .unwrap_or_default(),
-            )
+            stored_answer(row).map_or(ClaimOutcome::Unreadable, ClaimOutcome::Replay)
         } else {
             ClaimOutcome::InFlight {
-                lease_until: row.get(5),
+                lease_until: row.get(4),
             }
         };
         let _ = reply.send(Ok(outcome));
     }
     Ok(retry)
+}
+
+/// The answer a completed claim's row (of [`HELD_SQL`]) stores; `None` when its columns are
+/// missing or malformed.
+fn stored_answer(row: &Row) -> Option<StoredAnswer> {
+    let event_id = row.try_get::<_, Uuid>(5).ok()?;
+    let received_at = row.try_get::<_, DateTime<Utc>>(6).ok()?;
+    let trace_id = row.try_get::<_, &[u8]>(7).ok()?.try_into().ok()?;
+    Some(StoredAnswer {
+        event_id,
+        received_at,
+        trace_id,
+    })
 }
 
 fn key_columns(ops: &[Op]) -> (Vec<&str>, Vec<&str>, Vec<&str>) {

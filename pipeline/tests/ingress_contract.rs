@@ -276,6 +276,43 @@ async fn same_key_replays_other_payload_conflicts_and_tenants_are_separate() {
     let replayed: serde_json::Value = replay.json().await.unwrap();
     assert_eq!(replayed, original, "a replay returns the original body");
 
+    // The claim stores its answer as typed columns, not as a document; a claim stored by an
+    // earlier version, as a `response` document, replays the same body.
+    let legacy_body = event("acme", 7);
+    let legacy_first = post_event(&client, base, &acme, "order-legacy", &legacy_body).await;
+    assert_eq!(legacy_first.status(), 202);
+    let legacy_original: serde_json::Value = legacy_first.json().await.unwrap();
+    let db = env.db().await;
+    let stored = db
+        .query_one(
+            "SELECT response IS NULL, encode(trace_id, 'hex'), received_utc IS NOT NULL \
+             FROM idempotency WHERE tenant_id = 'acme' AND idempotency_key = 'order-legacy'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(stored.get::<_, bool>(0), "no response document is stored");
+    assert_eq!(stored.get::<_, String>(1), legacy_original["traceId"]);
+    assert!(stored.get::<_, bool>(2), "the receive time is stored");
+    let rewritten = db
+        .execute(
+            "UPDATE idempotency SET response = $1::text::jsonb, received_utc = NULL, \
+                trace_id = NULL \
+             WHERE tenant_id = 'acme' AND idempotency_key = 'order-legacy'",
+            &[&legacy_original.to_string()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rewritten, 1);
+    let legacy_replay = post_event(&client, base, &acme, "order-legacy", &legacy_body).await;
+    assert_eq!(legacy_replay.status(), 202);
+    assert_eq!(legacy_replay.headers()["idempotent-replayed"], "true");
+    let legacy_replayed: serde_json::Value = legacy_replay.json().await.unwrap();
+    assert_eq!(
+        legacy_replayed, legacy_original,
+        "a claim stored as a document replays the original body"
+    );
+
     let mut changed = body.clone();
     changed["payload"]["seq"] = serde_json::json!(2);
     let conflict = post_event(&client, base, &acme, "order-1", &changed).await;
@@ -303,12 +340,12 @@ async fn same_key_replays_other_payload_conflicts_and_tenants_are_separate() {
     );
     assert!(other_tenant.headers().get("idempotent-replayed").is_none());
 
-    assert_eq!(env.wait_for_events(2, Duration::from_secs(30)).await, 2);
+    assert_eq!(env.wait_for_events(3, Duration::from_secs(30)).await, 3);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(env.event_count(&env.db().await).await, 2);
+    assert_eq!(env.event_count(&env.db().await).await, 3);
     assert_eq!(
         env.consumed_records(&env.db().await).await,
-        2,
+        3,
         "a replay is never written again"
     );
 }
