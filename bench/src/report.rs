@@ -579,11 +579,7 @@ fn index_cost_section(md: &mut String, results: &Results) {
             100.0 * (all / all_without.max(f64::MIN_POSITIVE) - 1.0),
         );
     } else {
-        let database = |cpu: &[(String, f64)]| {
-            cpu.iter()
-                .find(|(part, _)| part.starts_with("PostgreSQL"))
-                .map_or(0.0, |(_, us)| *us)
-        };
+        let database = |cpu: &[(String, f64)]| part_us(cpu, crate::overhead::POSTGRES_PART);
         let _ = write!(
             md,
             "Without them PostgreSQL spent {:.0} µs per event where it spent {:.0}, but the whole machine spent {:.0} µs more, not less: with one run each, the difference is within this machine's variance from run to run, so this run does not tell what the indexes cost.",
@@ -605,6 +601,11 @@ fn index_cost_section(md: &mut String, results: &Results) {
 /// The sum of CPU costs per event, µs.
 fn cpu_total(parts: &[(String, f64)]) -> f64 {
     parts.iter().map(|(_, us)| us).sum()
+}
+
+/// One part's CPU µs per event in a `cpu_by_process` (indexed as `overhead`'s parts are).
+fn part_us(parts: &[(String, f64)], index: usize) -> f64 {
+    parts.get(index).map_or(0.0, |(_, us)| *us)
 }
 
 /// Gateway latency against the two lingers: single events at half their maximum, as shipped
@@ -632,7 +633,6 @@ fn linger_section(md: &mut String, results: &Results) {
         md,
         "| Sentinel | gateway p50 | p99 | broker ack p99 | claim wait p99 | claims per statement | CPU µs/event: Sentinel | PostgreSQL | tansu | all |\n|---|---|---|---|---|---|---|---|---|---|"
     );
-    let us = |cpu: &[(String, f64)], index: usize| cpu.get(index).map_or(0.0, |(_, us)| *us);
     let row = |md: &mut String, label: &str, report: &Report, cpu: &[(String, f64)]| {
         let _ = writeln!(
             md,
@@ -642,9 +642,9 @@ fn linger_section(md: &mut String, results: &Results) {
             load::bucket_bound(report.server.broker_ack_p99_ms),
             load::bucket_bound(report.server.claim_wait_p99_ms),
             report.idempotency.claims_per_statement,
-            us(cpu, SENTINEL_PART),
-            us(cpu, POSTGRES_PART),
-            us(cpu, BROKER_PART),
+            part_us(cpu, SENTINEL_PART),
+            part_us(cpu, POSTGRES_PART),
+            part_us(cpu, BROKER_PART),
             cpu_total(cpu),
         );
     };
@@ -671,8 +671,8 @@ fn linger_section(md: &mut String, results: &Results) {
             run.run.report.gateway_latency_ms.p99,
             shipped.report.gateway_latency_ms.p99,
             part.0,
-            us(&run.run.cpu_by_process, part.1),
-            us(&shipped.cpu_by_process, part.1),
+            part_us(&run.run.cpu_by_process, part.1),
+            part_us(&shipped.cpu_by_process, part.1),
             all,
             shipped_all,
             (all / shipped_all.max(f64::MIN_POSITIVE) - 1.0) * 100.0,
