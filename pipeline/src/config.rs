@@ -145,14 +145,14 @@ pub struct Settings {
     #[arg(long, env = "SENTINEL_TOPIC_PREFIX", default_value = "", global = true)]
     pub topic_prefix: String,
 
-    /// Partitions of the topics Sentinel creates when they are missing.
-    #[arg(
-        long,
-        env = "SENTINEL_TOPIC_PARTITIONS",
-        default_value_t = 4,
-        global = true
-    )]
-    pub topic_partitions: i32,
+    /// Partitions of the topics Sentinel creates when they are missing. Default: one per timely
+    /// worker of the cluster (SENTINEL_WORKERS × the SENTINEL_TIMELY_HOSTS, at least one), so
+    /// each worker reads one partition and the producer's records gather into the fewest and
+    /// largest batches: every partition a produce request touches is a batch of its own for the
+    /// broker to append. Give more to leave room for workers added later; a worker beyond the
+    /// partition count reads nothing.
+    #[arg(long, env = "SENTINEL_TOPIC_PARTITIONS", global = true, value_parser = clap::value_parser!(i32).range(1..))]
+    pub topic_partitions: Option<i32>,
 
     /// Replication factor of the topics Sentinel creates when they are missing.
     #[arg(
@@ -556,6 +556,18 @@ impl Settings {
         })
     }
 
+    /// The timely workers of the whole cluster: SENTINEL_WORKERS in each of its processes.
+    pub fn cluster_workers(&self) -> usize {
+        self.workers.max(1) * self.timely_hosts.len().max(1)
+    }
+
+    /// Partitions of the topics Sentinel creates: SENTINEL_TOPIC_PARTITIONS, else one per
+    /// worker of the cluster.
+    pub fn topic_partitions(&self) -> i32 {
+        self.topic_partitions
+            .unwrap_or_else(|| i32::try_from(self.cluster_workers()).unwrap_or(i32::MAX))
+    }
+
     /// Threads of the async runtime: SENTINEL_IO_THREADS, else the cores the dataflow's workers
     /// leave when this process runs them, else every core.
     pub fn io_threads(&self, runs_dataflow: bool, cores: usize) -> usize {
@@ -694,6 +706,31 @@ mod tests {
             parse(&["sentinel", "up", "--io-threads", "0"]).io_threads(true, 4),
             1
         );
+    }
+
+    #[test]
+    fn topics_get_one_partition_per_worker_of_the_cluster_unless_told() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).unwrap().settings;
+        assert_eq!(
+            parse(&["sentinel", "up", "--workers", "2"]).topic_partitions(),
+            2
+        );
+        let cluster = parse(&[
+            "sentinel",
+            "up",
+            "--workers",
+            "3",
+            "--timely-hosts",
+            "127.0.0.1:2101,127.0.0.1:2102",
+        ]);
+        assert_eq!(cluster.topic_partitions(), 6);
+        assert_eq!(
+            parse(&["sentinel", "up", "--workers", "0"]).topic_partitions(),
+            1
+        );
+        let chosen = parse(&["sentinel", "up", "--topic-partitions", "12"]);
+        assert_eq!(chosen.topic_partitions(), 12);
+        assert!(Cli::try_parse_from(["sentinel", "up", "--topic-partitions", "0"]).is_err());
     }
 
     #[test]

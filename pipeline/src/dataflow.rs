@@ -91,6 +91,16 @@ pub fn run_worker(worker: &mut Worker, ctx: &DataflowContext) -> anyhow::Result<
     let (index, peers) = (worker.index(), worker.peers());
     let partitions = partition_count(&ctx.kafka, &ctx.raw_topic, Duration::from_secs(60))?;
     let owned = owned_partitions(partitions, index, peers);
+    if owned.is_empty() {
+        tracing::warn!(
+            worker = index,
+            topic = %ctx.raw_topic,
+            partitions,
+            workers = peers,
+            "this worker owns no partition and reads no event: the topic has fewer partitions \
+             than the cluster has workers; add partitions to put every worker to use"
+        );
+    }
     let outcome_partitions =
         partition_count(&ctx.kafka, &ctx.outcomes_topic, Duration::from_secs(60))?;
     let owned_outcomes = owned_partitions(outcome_partitions, index, peers);

@@ -173,7 +173,7 @@ fn run(
         topics::ensure_topics(
             &kafka,
             &topics.all(),
-            settings.topic_partitions,
+            settings.topic_partitions(),
             settings.topic_replication,
         )
         .await

@@ -20,11 +20,13 @@ async fn two_processes_form_one_cluster_and_share_the_partitions() {
             ("SENTINEL_TIMELY_HOSTS", hosts.clone()),
             ("SENTINEL_PROCESS_INDEX", index.to_owned()),
             ("SENTINEL_WORKERS", "1".to_owned()),
+            // More partitions than the cluster's two workers: each owns two.
+            ("SENTINEL_TOPIC_PARTITIONS", "4".to_owned()),
         ]
     };
     let first_env = cluster("0");
     let second_env = cluster("1");
-    let as_refs = |vars: &[(&'static str, String); 3]| -> Vec<(&str, String)> {
+    let as_refs = |vars: &[(&'static str, String); 4]| -> Vec<(&str, String)> {
         vars.iter().map(|(k, v)| (*k, v.clone())).collect()
     };
     let first_vars = as_refs(&first_env);

@@ -45,10 +45,13 @@ async fn read_topic(
         .set("group.id", "dlq-check")
         .create()
         .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
     let mut assignment = rdkafka::TopicPartitionList::new();
-    for partition in 0..4 {
+    for partition in metadata.topics()[0].partitions() {
         assignment
-            .add_partition_offset(topic, partition, rdkafka::Offset::Beginning)
+            .add_partition_offset(topic, partition.id(), rdkafka::Offset::Beginning)
             .unwrap();
     }
     consumer.assign(&assignment).unwrap();

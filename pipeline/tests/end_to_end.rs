@@ -189,6 +189,18 @@ async fn thousand_events_over_twenty_streams_and_three_tenants_arrive_exactly_on
         consumed, EVENTS as i64,
         "stored offsets cover exactly the records produced"
     );
+    let partitions: i64 = db
+        .query_one(
+            "SELECT count(*) FROM source_offsets WHERE topic = $1",
+            &[&format!("{}events.raw.v1", env.topic_prefix)],
+        )
+        .await
+        .expect("reading source offsets")
+        .get(0);
+    assert_eq!(
+        partitions, 2,
+        "the raw topic Sentinel created has one partition per worker (SENTINEL_WORKERS=2)"
+    );
 
     // stream_state agrees with a recomputation over the stored events.
     let (mismatches, streams) = env.stream_state_check(&db).await;
