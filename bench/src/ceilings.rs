@@ -147,7 +147,10 @@ async fn postgres_ceiling(args: &CeilingArgs) -> anyhow::Result<f64> {
     Ok(written as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Raw produce with the gateway's producer settings.
+/// Partitions of the raw topic a Sentinel as shipped creates: one per worker, of its two.
+const SHIPPED_PARTITIONS: i32 = 2;
+
+/// Raw produce with the gateway's producer settings, into a topic of as many partitions.
 async fn broker_ceiling(args: &CeilingArgs) -> anyhow::Result<f64> {
     let producer: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &args.kafka_brokers)
@@ -165,7 +168,7 @@ async fn broker_ceiling(args: &CeilingArgs) -> anyhow::Result<f64> {
         .create_topics(
             &[rdkafka::admin::NewTopic::new(
                 topic,
-                4,
+                SHIPPED_PARTITIONS,
                 rdkafka::admin::TopicReplication::Fixed(1),
             )],
             &rdkafka::admin::AdminOptions::new(),
