@@ -118,7 +118,7 @@ fn forget<K: std::hash::Hash + Eq>(
 }
 
 /// What the operator remembers: fixed-size entries per identity (two hash-map entries and one
-/// arrival, ~170 bytes, 300-520 of resident memory with the tables' spare room as `bench`
+/// arrival, ~170 bytes, 300-660 of resident memory with the tables' spare room as `bench`
 /// measures it: the tables grow in steps), none with a heap allocation of its own.
 ///
 /// Arrivals are forgotten in the order they came, once the oldest is past the retention; an
