@@ -177,26 +177,19 @@ async fn thousand_events_over_twenty_streams_and_three_tenants_arrive_exactly_on
         );
     }
 
-    let consumed: i64 = db
+    let offsets = db
         .query_one(
-            "SELECT coalesce(sum(next_offset), 0)::bigint FROM source_offsets WHERE topic = $1",
+            "SELECT coalesce(sum(next_offset), 0)::bigint, count(*) FROM source_offsets \
+             WHERE topic = $1",
             &[&format!("{}events.raw.v1", env.topic_prefix)],
         )
         .await
-        .expect("reading source offsets")
-        .get(0);
+        .expect("reading source offsets");
+    let (consumed, partitions): (i64, i64) = (offsets.get(0), offsets.get(1));
     assert_eq!(
         consumed, EVENTS as i64,
         "stored offsets cover exactly the records produced"
     );
-    let partitions: i64 = db
-        .query_one(
-            "SELECT count(*) FROM source_offsets WHERE topic = $1",
-            &[&format!("{}events.raw.v1", env.topic_prefix)],
-        )
-        .await
-        .expect("reading source offsets")
-        .get(0);
     assert_eq!(
         partitions, 2,
         "the raw topic Sentinel created has one partition per worker (SENTINEL_WORKERS=2)"
