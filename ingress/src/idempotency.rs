@@ -9,10 +9,10 @@
 //! A claim is `in_flight` until the broker acknowledged the event, then `completed`. It carries
 //! the answer to replay from the start, as typed columns (the answer does not depend on the
 //! broker's), so completing it changes two small columns and, with the room the table's
-//! fillfactor leaves, stays on the row's page without touching an index. A claim whose request failed or crashed
-//! keeps its payload hash but not its lease, so a retry of the same payload takes it over at
-//! once (or after the lease, if the process died) while a different payload is still refused:
-//! one key never yields two events.
+//! fillfactor leaves, stays on the row's page without touching an index. A claim whose request
+//! failed or crashed keeps its payload hash but not its lease, so a retry of the same payload
+//! takes it over at once (or after the lease, if the process died) while a different payload is
+//! still refused: one key never yields two events.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;

@@ -151,7 +151,12 @@ pub struct Settings {
     /// largest batches: every partition a produce request touches is a batch of its own for the
     /// broker to append. Give more to leave room for workers added later; a worker beyond the
     /// partition count reads nothing.
-    #[arg(long, env = "SENTINEL_TOPIC_PARTITIONS", global = true, value_parser = clap::value_parser!(i32).range(1..))]
+    #[arg(
+        long,
+        env = "SENTINEL_TOPIC_PARTITIONS",
+        value_parser = clap::value_parser!(i32).range(1..),
+        global = true
+    )]
     pub topic_partitions: Option<i32>,
 
     /// Replication factor of the topics Sentinel creates when they are missing.
