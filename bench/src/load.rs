@@ -89,6 +89,16 @@ pub enum Mode {
     Batch,
 }
 
+impl Mode {
+    /// The mode as the command line and the report spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Single => "single",
+            Mode::Batch => "batch",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Original,

@@ -54,9 +54,16 @@ const BATCH_TARGET: f64 = 60_000.0;
 /// Most rates tried when holding a maximum, each the one before divided by the step factor.
 const HOLD_ATTEMPTS: usize = 3;
 
+/// Seconds of each overload burst.
+const BURST_SECONDS: u64 = 10;
+
+/// How often the consumer lag is read during and after a burst.
+const LAG_SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// A 2× overload burst and the recovery after it.
 #[derive(Serialize)]
 struct Burst {
+    mode: Mode,
     burst_rate: u64,
     burst_seconds: u64,
     gateway_p99_ms_during_burst: f64,
@@ -64,7 +71,14 @@ struct Burst {
     /// Every connection of the generator was busy: requests queued in it.
     pool_saturated: bool,
     unexpected_by_status: std::collections::BTreeMap<u16, u64>,
+    /// Seconds after the burst's last intended send until its last request was answered: the
+    /// backlog the gateway (and the requests queued for a connection) had to work off.
+    backlog_seconds: f64,
+    /// Received → visible of the burst's events: how far behind the dataflow fell.
+    freshness_ms: load::Percentiles,
     peak_lag_seconds: f64,
+    /// Seconds after the burst's last intended send until `processor_lag_seconds` was back
+    /// under 1 s for good (0 when it never passed 1 s after the burst ended).
     recovery_seconds: Option<f64>,
     rows_exact: bool,
 }
@@ -79,7 +93,25 @@ async fn lag(client: &reqwest::Client, url: &str) -> f64 {
         .fold(0.0, f64::max)
 }
 
-async fn burst(base: &load::LoadArgs, max: Option<f64>) -> anyhow::Result<Option<Burst>> {
+/// Seconds after `burst_end` until the lag stayed at or under 1 s, from `(seconds since the
+/// burst started, lag)` samples in time order; `None` when the last sample is still above it.
+fn lag_recovery(samples: &[(f64, f64)], burst_end: f64) -> Option<f64> {
+    match samples.iter().rposition(|&(_, lag)| lag > 1.0) {
+        None => Some(0.0),
+        Some(last_above) => samples
+            .get(last_above + 1)
+            .map(|&(at, _)| (at - burst_end).max(0.0)),
+    }
+}
+
+/// Twice `max` events/s in `mode` for [`BURST_SECONDS`], with the consumer lag read every
+/// [`LAG_SAMPLE_INTERVAL`] from the burst's start until it is back under 1 s (at most 60 s
+/// after the burst's end).
+async fn burst(
+    base: &load::LoadArgs,
+    mode: Mode,
+    max: Option<f64>,
+) -> anyhow::Result<Option<Burst>> {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
@@ -88,49 +120,66 @@ async fn burst(base: &load::LoadArgs, max: Option<f64>) -> anyhow::Result<Option
     };
     let client = reqwest::Client::new();
     let url = base.url.clone();
-    let peak = Arc::new(Mutex::new(0.0f64));
+    let samples = Arc::new(Mutex::new(Vec::<(f64, f64)>::new()));
     let sampling = Arc::new(AtomicBool::new(true));
+    let started = Instant::now();
     let sampler = {
-        let (client, url, peak, sampling) =
-            (client.clone(), url.clone(), peak.clone(), sampling.clone());
+        let (client, url, samples, sampling) = (
+            client.clone(),
+            url.clone(),
+            samples.clone(),
+            sampling.clone(),
+        );
         tokio::spawn(async move {
             while sampling.load(Ordering::Relaxed) {
                 let now = lag(&client, &url).await;
-                {
-                    let mut peak = peak.lock().expect("peak lock");
-                    *peak = peak.max(now);
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                let at = started.elapsed().as_secs_f64();
+                samples.lock().expect("lag samples").push((at, now));
+                tokio::time::sleep(LAG_SAMPLE_INTERVAL).await;
             }
         })
     };
     let mut load = base.clone();
-    load.mode = Mode::Single;
+    load.mode = mode;
     load.rate = (2.0 * max).round() as u64;
-    load.duration = 10;
-    eprintln!("report: 2x burst at {} events/s", load.rate);
+    load.duration = BURST_SECONDS;
+    eprintln!(
+        "report: 2x burst of {} at {} events/s",
+        mode.name(),
+        load.rate
+    );
     let during = load::run(&load, true).await?;
-    let burst_end = Instant::now();
-    let mut recovery = None;
-    while burst_end.elapsed() < Duration::from_secs(60) {
-        if lag(&client, &url).await <= 1.0 {
-            recovery = Some(burst_end.elapsed().as_secs_f64());
+    let burst_end = BURST_SECONDS as f64;
+    let sending = during.events_sent as f64 / during.achieved_events_per_second;
+    // The row check has waited for every event to be stored; the lag may still read high until
+    // the next commit of each partition sets it again.
+    let deadline = started + Duration::from_secs(BURST_SECONDS + 60);
+    while Instant::now() < deadline {
+        let settled = samples
+            .lock()
+            .expect("lag samples")
+            .last()
+            .is_some_and(|&(at, lag)| at > sending && lag <= 1.0);
+        if settled {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(LAG_SAMPLE_INTERVAL).await;
     }
     sampling.store(false, Ordering::Relaxed);
     let _ = sampler.await;
-    let peak_lag_seconds = *peak.lock().expect("peak lock");
+    let samples = samples.lock().expect("lag samples").clone();
     Ok(Some(Burst {
+        mode,
         burst_rate: load.rate,
         burst_seconds: load.duration,
         gateway_p99_ms_during_burst: during.gateway_latency_ms.p99,
         achieved_events_per_second: during.achieved_events_per_second,
         pool_saturated: during.pool_saturated(),
         unexpected_by_status: during.unexpected_by_status.clone(),
-        peak_lag_seconds,
-        recovery_seconds: recovery,
+        backlog_seconds: (sending - burst_end).max(0.0),
+        freshness_ms: during.freshness_ms.clone(),
+        peak_lag_seconds: samples.iter().map(|&(_, lag)| lag).fold(0.0, f64::max),
+        recovery_seconds: lag_recovery(&samples, burst_end),
         rows_exact: during.rows_exact,
     }))
 }
@@ -144,7 +193,7 @@ struct Results {
     batch_at_half: Option<Report>,
     single_hold: Option<find_max::Holding>,
     batch_hold: Option<find_max::Holding>,
-    burst: Option<Burst>,
+    bursts: Vec<Burst>,
     ceilings: Ceilings,
     overhead: Vec<crate::overhead::Variant>,
     batch_profile: Option<crate::overhead::Profile>,
@@ -827,6 +876,56 @@ fn hold_section(md: &mut String, args: &ReportArgs, results: &Results) {
     );
 }
 
+/// The commands that reproduce the report, and each of its runs on its own.
+fn reproduce_section(md: &mut String, args: &ReportArgs, results: &Results) {
+    let bench = "cargo run -p bench --release --";
+    let _ = writeln!(md, "## Reproducing it\n");
+    let _ = writeln!(
+        md,
+        "`{}` builds the release binaries, starts a database{} of its own and runs `target/release/bench report --sentinel-bin target/release/sentinel{}` against them. Each run on its own, against one Sentinel as shipped started by `infra/dev run` in another shell, from the clone's root after `. .dev/env` (on one long-lived Sentinel and broker a run also measures what the runs before it left behind; the report's runs each start fresh):\n",
+        args.command_line,
+        if args.broker_command.is_some() { " and a fresh tansu" } else { "" },
+        if args.broker_command.is_some() { " --broker-command '…'" } else { "" },
+    );
+    let search = &args.ceilings.search;
+    let _ = writeln!(
+        md,
+        "- the searches: `{bench} find-max --mode single --start-rate {}` and `{bench} find-max --mode batch --start-rate {}`",
+        search.start_rate,
+        4 * search.start_rate
+    );
+    for (mode, max) in [
+        (Mode::Single, results.single.max_sustained),
+        (Mode::Batch, results.batch.max_sustained),
+    ] {
+        if let Some(max) = max {
+            let _ = writeln!(
+                md,
+                "- {} at half their maximum: `{bench} load --mode {} --rate {} --duration {}`",
+                if mode == Mode::Single {
+                    "single events"
+                } else {
+                    "batches"
+                },
+                mode.name(),
+                (max / 2.0).round() as u64,
+                args.half_rate_seconds
+            );
+        }
+    }
+    if let Some(max) = results.batch.max_sustained {
+        let _ = writeln!(
+            md,
+            "- the code profile: `{bench} profile --sentinel-bin target/release/sentinel --mode batch --rate {}` (needs Linux `perf`; it starts a Sentinel of its own)",
+            max.round() as u64
+        );
+    }
+    let _ = writeln!(
+        md,
+        "- the ceilings: `{bench} ceilings` (HTTP against a trivial handler, COPY into a copy of `events`, raw produce to `KAFKA_BROKERS`)\n"
+    );
+}
+
 fn markdown(args: &ReportArgs, results: &Results) -> String {
     let mut md = String::new();
     let rate = |value: Option<f64>| value.map_or("—".into(), |v| format!("{v:.0}"));
@@ -858,6 +957,7 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
             String::new()
         }
     );
+    reproduce_section(&mut md, args, results);
     let _ = writeln!(md, "## Maximum sustained rate\n");
     let held_for = results
         .single_hold
@@ -1014,21 +1114,35 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
         let _ = writeln!(md);
     }
     hold_section(&mut md, args, results);
-    if let Some(b) = &results.burst {
+    if !results.bursts.is_empty() {
         let _ = writeln!(md, "## A 2× overload burst\n");
         let _ = writeln!(
             md,
-            "{} s at {} events/s (single events), {:.0} events/s sent{}: gateway p99 {:.1} ms during the burst{}; peak consumer lag {:.0} s (`processor_lag_seconds`); {}; rows {}.\n",
-            b.burst_seconds,
-            b.burst_rate,
-            b.achieved_events_per_second,
-            if b.pool_saturated { " (every connection busy: requests queued in the generator, and their latency counts from when they were due)" } else { "" },
-            b.gateway_p99_ms_during_burst,
-            if b.unexpected_by_status.is_empty() { String::new() } else { format!("; events refused{}", load::statuses(&b.unexpected_by_status)) },
-            b.peak_lag_seconds,
-            b.recovery_seconds.map_or("lag not back under 1 s within 60 s".into(), |s| format!("lag back under 1 s {s:.1} s after the burst")),
-            if b.rows_exact { "exact" } else { "MISMATCH" }
+            "Twice each maximum for {BURST_SECONDS} s against a fresh Sentinel, open loop: a request's gateway latency counts from when it was due, so requests queued for one of the generator's connections count their wait. The backlog is the time after the burst's last intended send until its last request was answered; freshness is received → visible of the burst's events, that is how far behind the dataflow fell; the consumer lag is Sentinel's own `processor_lag_seconds` (whole seconds, per partition, the highest), read every {} ms, and its recovery the time after the burst's end until it stayed under 1 s.\n",
+            LAG_SAMPLE_INTERVAL.as_millis()
         );
+        let _ = writeln!(md, "| mode | rate | events/s sent | gateway p99 ms | refused | backlog s | freshness p50 ms | p99 | max | peak consumer lag s | lag back under 1 s after | rows |");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for b in &results.bursts {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.0}{} | {:.1} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {} | {} |",
+                b.mode.name(),
+                b.burst_rate,
+                b.achieved_events_per_second,
+                if b.pool_saturated { " (every connection busy)" } else { "" },
+                b.gateway_p99_ms_during_burst,
+                if b.unexpected_by_status.is_empty() { "none".into() } else { load::statuses(&b.unexpected_by_status).trim().trim_start_matches('(').trim_end_matches(')').to_owned() },
+                b.backlog_seconds,
+                b.freshness_ms.p50,
+                b.freshness_ms.p99,
+                b.freshness_ms.max,
+                b.peak_lag_seconds,
+                b.recovery_seconds.map_or("not within 60 s".into(), |s| format!("{s:.1} s")),
+                if b.rows_exact { "exact" } else { "MISMATCH" }
+            );
+        }
+        let _ = writeln!(md);
     }
     let _ = writeln!(md, "## Observability overhead\n");
     match results.overhead.first() {
@@ -1150,10 +1264,14 @@ pub async fn command(args: &ReportArgs) -> anyhow::Result<()> {
     let fresh = start_fresh(sentinels, &mut base).await?;
     let batch_at_half = half_rate(args, &base, Mode::Batch, batch_max).await;
     stop_fresh(sentinels, fresh).await;
-    let fresh = start_fresh(sentinels, &mut base).await?;
-    let burst = burst(&base, single_max).await;
-    stop_fresh(sentinels, fresh).await;
-    let (single_at_half, batch_at_half, burst) = (single_at_half?, batch_at_half?, burst?);
+    let mut bursts = Vec::new();
+    for (mode, max) in [(Mode::Single, single_max), (Mode::Batch, batch_max)] {
+        let fresh = start_fresh(sentinels, &mut base).await?;
+        let burst = burst(&base, mode, max).await;
+        stop_fresh(sentinels, fresh).await;
+        bursts.extend(burst?);
+    }
+    let (single_at_half, batch_at_half) = (single_at_half?, batch_at_half?);
     if let Some(sentinels) = sentinels {
         // The COPY ceiling copies into a table shaped like `events`.
         sentinels.migrate_base()?;
@@ -1236,7 +1354,7 @@ pub async fn command(args: &ReportArgs) -> anyhow::Result<()> {
         batch_profile,
         code_profile,
         code_profile_missing,
-        burst,
+        bursts,
         machine: machine(),
         single,
         batch,
@@ -1297,5 +1415,24 @@ mod tests {
         let mut md = String::new();
         connection_section(&mut md, &[], &[]);
         assert!(md.is_empty());
+    }
+
+    #[test]
+    fn lag_recovers_at_the_first_sample_after_its_last_high_one() {
+        let samples = [
+            (5.0, 0.0),
+            (9.0, 3.0),
+            (11.0, 2.0),
+            (12.5, 1.0),
+            (13.0, 0.0),
+        ];
+        assert_eq!(lag_recovery(&samples, 10.0), Some(2.5));
+        // A lag that dips under 1 s and rises again has not recovered at the dip.
+        let samples = [(9.0, 3.0), (10.5, 0.0), (11.0, 4.0), (14.0, 0.0)];
+        assert_eq!(lag_recovery(&samples, 10.0), Some(4.0));
+        // Back under it before the burst's end: no time to recover after it.
+        assert_eq!(lag_recovery(&[(4.0, 2.0), (6.0, 0.0)], 10.0), Some(0.0));
+        assert_eq!(lag_recovery(&[(4.0, 0.0), (12.0, 1.0)], 10.0), Some(0.0));
+        assert_eq!(lag_recovery(&[(9.0, 0.0), (12.0, 5.0)], 10.0), None);
     }
 }
