@@ -1,7 +1,8 @@
 //! The open-loop load generator: requests leave at a constant arrival rate and latency is
 //! measured from each request's *intended* send time, so a slow server cannot hide its queueing
-//! (no coordinated omission). At the end it reads PostgreSQL to check that exactly the expected
-//! rows arrived and to measure freshness.
+//! (no coordinated omission). Freshness is each event's arrival on the live feed, which the run
+//! subscribes to for each of its tenants before it sends (its rows' `processed_utc` when there is
+//! no feed). At the end it reads PostgreSQL to check that exactly the expected rows arrived.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -18,6 +19,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::feed::FeedWatch;
 use crate::http::HttpPool;
 
 /// Open-loop load against `POST /v1/events` or `POST /v1/events:batch`.
@@ -395,12 +397,40 @@ pub struct Report {
     pub transport_errors: u64,
     pub gateway_latency_ms: Percentiles,
     pub freshness_ms: Percentiles,
+    /// Where the freshness comes from.
+    pub freshness_source: FreshnessSource,
+    /// Events the live feed delivered to the run's subscriptions (none without a feed).
+    pub feed_events_seen: Option<u64>,
     /// New events the gateway accepted, each of which must be stored once.
     pub expected_rows: u64,
     pub stored_rows: u64,
     pub rows_exact: bool,
     pub idempotency: ClaimCost,
     pub server: ServerTails,
+}
+
+/// How a run observed each event become visible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FreshnessSource {
+    /// Its arrival on the live feed (`GET /v1/stream`), as a reader sees it.
+    Feed,
+    /// Its row's `processed_utc`: the server has no feed, or the feed did not deliver every
+    /// stored event.
+    ProcessedUtc,
+    /// Not measured (`--no-check`).
+    None,
+}
+
+impl FreshnessSource {
+    /// What the freshness measures, as the markdown says it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            FreshnessSource::Feed => "received → seen on the live feed",
+            FreshnessSource::ProcessedUtc => "received → processed_utc",
+            FreshnessSource::None => "not measured",
+        }
+    }
 }
 
 impl Report {
@@ -439,6 +469,25 @@ pub async fn run(args: &LoadArgs, quiet: bool) -> anyhow::Result<Report> {
         .collect::<Result<_, _>>()
         .context("minting tokens")?;
     let client = reqwest::Client::new();
+    // Subscribed before the first event is sent, so that the feed delivers every one of them.
+    let feed = if args.no_check {
+        None
+    } else {
+        let read_tokens: Vec<String> = (0..args.tenants)
+            .map(|t| {
+                ingress::auth::mint_hs256(
+                    &args.jwt_secret,
+                    &format!("bench-{run}-{t}"),
+                    &[ingress::Role::Read],
+                    Duration::from_secs(3600),
+                    None,
+                    None,
+                )
+            })
+            .collect::<Result<_, _>>()
+            .context("minting read tokens")?;
+        FeedWatch::open(&client, &args.url, &read_tokens).await?
+    };
     let pool = Arc::new(HttpPool::new(&args.url)?);
     let bearers: Vec<HeaderValue> = tokens
         .iter()
@@ -544,10 +593,23 @@ pub async fn run(args: &LoadArgs, quiet: bool) -> anyhow::Result<Report> {
     let events_sent = requests * per_request as u64;
     let metrics_after = scrape(&client, &args.url).await;
     let expected_rows = tally.accepted.load(Ordering::Relaxed);
-    let (stored_rows, freshness) = if args.no_check {
+    let feed_complete = match &feed {
+        Some(feed) => {
+            feed.wait_for(expected_rows, Duration::from_secs(args.drain_timeout))
+                .await
+        }
+        None => false,
+    };
+    let (stored_rows, stored_freshness) = if args.no_check {
         (expected_rows, Histogram::<u64>::new(3)?)
     } else {
         check_rows(args, &run, expected_rows).await?
+    };
+    let feed_events_seen = feed.as_ref().map(FeedWatch::events_seen);
+    let (freshness, freshness_source) = match feed.map(FeedWatch::finish) {
+        Some(seen_on_feed) if feed_complete => (seen_on_feed, FreshnessSource::Feed),
+        _ if args.no_check => (stored_freshness, FreshnessSource::None),
+        _ => (stored_freshness, FreshnessSource::ProcessedUtc),
     };
     let report = Report {
         run: run.clone(),
@@ -564,6 +626,8 @@ pub async fn run(args: &LoadArgs, quiet: bool) -> anyhow::Result<Report> {
         transport_errors: tally.errors.load(Ordering::Relaxed),
         gateway_latency_ms: percentiles(&latency.lock().expect("histogram"), 1000.0),
         freshness_ms: percentiles(&freshness, 1000.0),
+        freshness_source,
+        feed_events_seen,
         expected_rows,
         stored_rows,
         rows_exact: stored_rows == expected_rows,
@@ -793,7 +857,7 @@ pub fn markdown(report: &Report) -> String {
         ack = bucket_bound(report.server.broker_ack_p99_ms),
         claim = bucket_bound(report.server.claim_wait_p99_ms),
         latency = row("gateway latency", &report.gateway_latency_ms),
-        freshness = row("freshness (received → stored)", &report.freshness_ms),
+        freshness = row(&format!("freshness ({})", report.freshness_source.describe()), &report.freshness_ms),
     )
 }
 

@@ -4,6 +4,7 @@
 //! report that runs them all (`report`).
 
 mod ceilings;
+mod feed;
 mod find_max;
 mod http;
 mod io_meter;

@@ -76,6 +76,7 @@ struct Burst {
     backlog_seconds: f64,
     /// Received → visible of the burst's events: how far behind the dataflow fell.
     freshness_ms: load::Percentiles,
+    freshness_source: load::FreshnessSource,
     peak_lag_seconds: f64,
     /// Seconds after the burst's last intended send until `processor_lag_seconds` was back
     /// under 1 s for good (0 when it never passed 1 s after the burst ended).
@@ -178,6 +179,7 @@ async fn burst(
         unexpected_by_status: during.unexpected_by_status.clone(),
         backlog_seconds: (sending - burst_end).max(0.0),
         freshness_ms: during.freshness_ms.clone(),
+        freshness_source: during.freshness_source,
         peak_lag_seconds: samples.iter().map(|&(_, lag)| lag).fold(0.0, f64::max),
         recovery_seconds: lag_recovery(&samples, burst_end),
         rows_exact: during.rows_exact,
@@ -876,6 +878,71 @@ fn hold_section(md: &mut String, args: &ReportArgs, results: &Results) {
     );
 }
 
+/// How the report's freshness was observed, and which runs had to fall back.
+fn freshness_note(md: &mut String, results: &Results) {
+    let mut sources: Vec<(String, load::FreshnessSource)> = Vec::new();
+    for (mode, search) in [("single", &results.single), ("batch", &results.batch)] {
+        for step in &search.steps {
+            let name = format!(
+                "the {mode} search's step at {}",
+                step.report.target_events_per_second
+            );
+            sources.push((name, step.report.freshness_source));
+        }
+    }
+    for (mode, hold) in [
+        ("single", &results.single_hold),
+        ("batch", &results.batch_hold),
+    ] {
+        for attempt in hold.iter().flat_map(|hold| &hold.attempts) {
+            for (window, run) in attempt.windows.iter().enumerate() {
+                let name = format!(
+                    "window {} of the {mode} hold at {}",
+                    window + 1,
+                    attempt.rate
+                );
+                sources.push((name, run.report.freshness_source));
+            }
+        }
+    }
+    for (name, run) in [
+        ("single", &results.single_at_half),
+        ("batch", &results.batch_at_half),
+    ] {
+        if let Some(run) = run {
+            sources.push((
+                format!("the {name} run at half the maximum"),
+                run.freshness_source,
+            ));
+        }
+    }
+    for burst in &results.bursts {
+        sources.push((
+            format!("the {} burst", burst.mode.name()),
+            burst.freshness_source,
+        ));
+    }
+    let fell_back: Vec<&str> = sources
+        .iter()
+        .filter(|(_, source)| *source != load::FreshnessSource::Feed)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let _ = writeln!(
+        md,
+        "- Freshness: received → seen on the live feed, as a reader sees it. Each run subscribes to `GET /v1/stream` for each of its tenants before it sends, and times each event's arrival against its `receivedUtc` (the generator and Sentinel share the machine's clock). {}\n",
+        if fell_back.is_empty() {
+            format!("All {} runs below saw every stored event on the feed.", sources.len())
+        } else {
+            format!(
+                "The feed did not deliver every stored event in {} of {} runs, whose freshness is received → `processed_utc` instead: {}.",
+                fell_back.len(),
+                sources.len(),
+                fell_back.join(", ")
+            )
+        }
+    );
+}
+
 /// The commands that reproduce the report, and each of its runs on its own.
 fn reproduce_section(md: &mut String, args: &ReportArgs, results: &Results) {
     let bench = "cargo run -p bench --release --";
@@ -957,6 +1024,7 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
             String::new()
         }
     );
+    freshness_note(&mut md, results);
     reproduce_section(&mut md, args, results);
     let _ = writeln!(md, "## Maximum sustained rate\n");
     let held_for = results
