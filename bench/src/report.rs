@@ -460,7 +460,7 @@ fn what_limits(md: &mut String, results: &Results) {
     index_cost_section(md, results);
     let _ = writeln!(
         md,
-        "Sentinel's part is the gateway (HTTP, validation, canonical hashing, the idempotency claim, the producer) and the dataflow (consumer, operators, writer); PostgreSQL's is the idempotency claims and completions (one pipelined transaction per group, a group forming while the previous one is written) and the writer's COPY into `events` with its seven B-tree indexes and one block-range index. Most of the cost is per request and per round trip, not per byte: a batch shares one HTTP exchange, one claim statement and one produce request among its events, which is why a batched event costs a fraction of a single one. Costs per unit of time (timers, the consumer's fetches, PostgreSQL's background work) are spread over fewer events at lower rates, so the single-event column overstates the cost at the single-event maximum. The broker's part falls as records share produce requests: `SENTINEL_PRODUCE_LINGER_MS` (default 5) trades gateway latency for broker CPU. Freshness is bounded below by the consumer's `fetch.wait.max.ms` (100 ms, which tansu waits out even when records are ready; tunable with `SENTINEL_KAFKA_OPTIONS`)."
+        "Sentinel's part is the gateway (HTTP, validation, canonical hashing, the idempotency claim, the producer) and the dataflow (consumer, operators, writer); PostgreSQL's is the idempotency claims and completions (one pipelined transaction per group, a group forming while the previous one is written) and the writer's COPY into `events` with its seven B-tree indexes and one block-range index. Most of the cost is per request and per round trip, not per byte: a batch shares one HTTP exchange, one claim statement and one produce request among its events, which is why a batched event costs a fraction of a single one. Costs per unit of time (timers, the consumer's fetches, PostgreSQL's background work) are spread over fewer events at lower rates, so the single-event column overstates the cost at the single-event maximum. The broker's part falls as records share produce requests: `SENTINEL_PRODUCE_LINGER_MS` (default 5) trades gateway latency for broker CPU. Freshness is bounded below by the consumer's `fetch.wait.max.ms` (100 ms, which tansu waits out even when records are ready; tunable with `SENTINEL_KAFKA_OPTIONS`) and includes the live feed's read of each commit."
     );
     let c = &results.ceilings;
     let mut beyond = Vec::new();
@@ -1155,6 +1155,10 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
             );
         }
     }
+    let _ = writeln!(
+        md,
+        "\nWhat limits each, from the sections above: the rates are the machine's CPU, shared by the generator, Sentinel, the broker and PostgreSQL, and what each spends per event ([What limits Sentinel here](#what-limits-sentinel-here)); the gateway's latency is a request's two waits, the idempotency claim's durable commit and the broker's acknowledgement, each behind a linger that trades latency for CPU ([Gateway latency and the two lingers](#gateway-latency-and-the-two-lingers)); freshness is the consumer's fetch wait, which tansu waits out before it answers (`fetch.wait.max.ms`, 100 ms: a record produced while a fetch waits is read by the next one, so it waits 1.5 fetch waits on average), then the writer's commit and the feed's read of the committed rows. A broker that answers a fetch as soon as records are ready (Apache Kafka, Redpanda) takes the fetch wait out of freshness; on tansu a shorter wait (`SENTINEL_KAFKA_OPTIONS=fetch.wait.max.ms=…`) buys freshness with more, smaller fetches and commits, which is CPU the rates above would lose."
+    );
     let _ = writeln!(md, "\n## Steps of the searches\n");
     let _ = writeln!(
         md,
