@@ -34,7 +34,7 @@ impl ReadError {
 }
 
 /// The `application_name` of the read pool's connections.
-const READ_APPLICATION: &str = "sentinel-read";
+pub const READ_APPLICATION: &str = "sentinel-read";
 
 /// A pool of read connections; cheap to clone.
 pub type ReadPool = Pool;
