@@ -450,42 +450,36 @@ fn expected_status(kind: Kind) -> u16 {
 }
 
 /// Runs one load; prints progress unless `quiet`. Fails only when the load could not run.
-pub async fn run(args: &LoadArgs, quiet: bool) -> anyhow::Result<Report> {
-    if args.rate == 0 || args.duration == 0 {
-        bail!("--rate and --duration must be positive");
-    }
-    let run = Uuid::new_v4().simple().to_string()[..8].to_owned();
-    let tokens: Vec<String> = (0..args.tenants)
+/// One token with `role` for each tenant of `run` (`bench-{run}-{index}`), valid for an hour.
+fn tenant_tokens(args: &LoadArgs, run: &str, role: ingress::Role) -> anyhow::Result<Vec<String>> {
+    let tokens = (0..args.tenants)
         .map(|t| {
             ingress::auth::mint_hs256(
                 &args.jwt_secret,
                 &format!("bench-{run}-{t}"),
-                &[ingress::Role::Ingest],
+                &[role],
                 Duration::from_secs(3600),
                 None,
                 None,
             )
         })
-        .collect::<Result<_, _>>()
-        .context("minting tokens")?;
+        .collect::<Result<_, _>>()?;
+    Ok(tokens)
+}
+
+pub async fn run(args: &LoadArgs, quiet: bool) -> anyhow::Result<Report> {
+    if args.rate == 0 || args.duration == 0 {
+        bail!("--rate and --duration must be positive");
+    }
+    let run = Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let tokens = tenant_tokens(args, &run, ingress::Role::Ingest).context("minting tokens")?;
     let client = reqwest::Client::new();
     // Subscribed before the first event is sent, so that the feed delivers every one of them.
     let feed = if args.no_check {
         None
     } else {
-        let read_tokens: Vec<String> = (0..args.tenants)
-            .map(|t| {
-                ingress::auth::mint_hs256(
-                    &args.jwt_secret,
-                    &format!("bench-{run}-{t}"),
-                    &[ingress::Role::Read],
-                    Duration::from_secs(3600),
-                    None,
-                    None,
-                )
-            })
-            .collect::<Result<_, _>>()
-            .context("minting read tokens")?;
+        let read_tokens =
+            tenant_tokens(args, &run, ingress::Role::Read).context("minting read tokens")?;
         FeedWatch::open(&client, &args.url, &read_tokens).await?
     };
     let pool = Arc::new(HttpPool::new(&args.url)?);
