@@ -449,7 +449,6 @@ fn expected_status(kind: Kind) -> u16 {
     }
 }
 
-/// Runs one load; prints progress unless `quiet`. Fails only when the load could not run.
 /// One token with `role` for each tenant of `run` (`bench-{run}-{index}`), valid for an hour.
 fn tenant_tokens(args: &LoadArgs, run: &str, role: ingress::Role) -> anyhow::Result<Vec<String>> {
     let tokens = (0..args.tenants)
@@ -467,6 +466,7 @@ fn tenant_tokens(args: &LoadArgs, run: &str, role: ingress::Role) -> anyhow::Res
     Ok(tokens)
 }
 
+/// Runs one load; prints progress unless `quiet`. Fails only when the load could not run.
 pub async fn run(args: &LoadArgs, quiet: bool) -> anyhow::Result<Report> {
     if args.rate == 0 || args.duration == 0 {
         bail!("--rate and --duration must be positive");
