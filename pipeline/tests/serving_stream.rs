@@ -236,6 +236,11 @@ async fn filters_and_backfill_from_the_beginning() {
             ),
             (Some("order.created"), Some("s-1"), Some("service-2"))
         );
+        assert_eq!(
+            data,
+            rendered_by_postgres(&env, data["eventId"].as_str().unwrap()).await,
+            "the message is the stored row, every field as PostgreSQL renders it in JSON"
+        );
         assert!(
             got.insert(data["eventId"].as_str().unwrap().to_owned()),
             "no duplicate"
@@ -275,6 +280,11 @@ async fn filters_and_backfill_from_the_beginning() {
         .expect("live message");
     assert_eq!(message.event, "event");
     assert_eq!(message.json()["eventId"], wanted["eventId"]);
+    assert_eq!(
+        message.json(),
+        rendered_by_postgres(&env, wanted["eventId"].as_str().unwrap()).await,
+        "a live message is the stored row too"
+    );
 
     // Errors are problems.
     let response = client
@@ -294,6 +304,26 @@ async fn filters_and_backfill_from_the_beginning() {
         .await
         .unwrap();
     assert_eq!(response.status(), 403, "the read role is needed");
+}
+
+/// The stored event `id` as a feed message, rendered by PostgreSQL's own `json_build_object`
+/// (in UTC): the reference the feed's messages, rendered in Sentinel, must equal field by field.
+async fn rendered_by_postgres(env: &TestEnv, id: &str) -> serde_json::Value {
+    let db = env.db().await;
+    db.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
+    let text: String = db
+        .query_one(
+            "SELECT json_build_object('eventId', id, 'tenantId', tenant_id, 'source', source, \
+               'type', type, 'streamKey', stream_key, 'timestampUtc', timestamp_utc, \
+               'schemaVersion', schema_version, 'payload', payload_jsonb, \
+               'receivedUtc', received_utc, 'processedUtc', processed_utc, \
+               'traceId', trace_id)::text FROM events WHERE id = $1::text::uuid",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    serde_json::from_str(&text).unwrap()
 }
 
 /// Big events, so that a client that does not read fills the socket buffers quickly.

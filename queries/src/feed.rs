@@ -134,46 +134,149 @@ impl std::fmt::Display for FeedPosition {
     }
 }
 
-/// An event row as a feed message: partition, offset, tenant, source, type, stream key, data.
+/// An event row as a feed message: partition, offset, tenant, source, type, stream key, then
+/// the columns its JSON is rendered from in Rust ([`event_message`]: PostgreSQL only sends them
+/// in binary, where `json_build_object` spent its CPU formatting every field), the trace, and a
+/// NULL in place of a dead letter's rendered JSON.
 pub(crate) const EVENT_MESSAGE: &str = "e.source_partition, e.source_offset, e.tenant_id, \
-    e.source, e.type, e.stream_key, json_build_object('eventId', e.id, 'tenantId', e.tenant_id, \
-    'source', e.source, 'type', e.type, 'streamKey', e.stream_key, 'timestampUtc', e.timestamp_utc, \
-    'schemaVersion', e.schema_version, 'payload', e.payload_jsonb, 'receivedUtc', e.received_utc, \
-    'processedUtc', e.processed_utc, 'traceId', e.trace_id)::text, e.trace_id, e.trace_span_id";
+    e.source, e.type, e.stream_key, e.id, e.timestamp_utc, e.schema_version, e.payload_jsonb, \
+    e.received_utc, e.processed_utc, e.trace_id, e.trace_span_id, NULL::text";
 
-/// A dead-letter row as a feed message, in the columns of [`EVENT_MESSAGE`].
+/// A dead-letter row as a feed message, in the columns of [`EVENT_MESSAGE`]: its JSON (rare
+/// messages) rendered by PostgreSQL in the last column.
 pub(crate) const DEAD_LETTER_MESSAGE: &str = "d.source_partition, d.source_offset, d.tenant_id, \
-    d.source, d.event_type, d.stream_key, json_build_object('id', d.id, 'reason', d.reason_code, \
-    'message', d.message, 'eventId', d.event_id, 'type', d.event_type, 'source', d.source, \
-    'streamKey', d.stream_key, 'receivedUtc', d.received_utc, \
-    'deadLetteredUtc', d.dead_lettered_utc, 'traceId', d.trace_id)::text, NULL::text, \
-    NULL::text";
+    d.source, d.event_type, d.stream_key, NULL::uuid, NULL::timestamptz, NULL::int4, NULL::jsonb, \
+    NULL::timestamptz, NULL::timestamptz, NULL::text, NULL::text, json_build_object('id', d.id, \
+    'reason', d.reason_code, 'message', d.message, 'eventId', d.event_id, 'type', d.event_type, \
+    'source', d.source, 'streamKey', d.stream_key, 'receivedUtc', d.received_utc, \
+    'deadLetteredUtc', d.dead_lettered_utc, 'traceId', d.trace_id)::text";
 
 /// Reads a row of `kind, EVENT_MESSAGE columns…` into a feed item.
 pub(crate) fn feed_item(row: &tokio_postgres::Row) -> FeedItem {
     let kind: i32 = row.get(0);
+    let (kind, data) = if kind == 0 {
+        (FeedKind::Event, event_message(row))
+    } else {
+        (FeedKind::DeadLetter, row.get::<_, String>(15))
+    };
     FeedItem {
-        kind: if kind == 0 {
-            FeedKind::Event
-        } else {
-            FeedKind::DeadLetter
-        },
+        kind,
         partition: row.get(1),
         offset: row.get(2),
         tenant_id: row.get(3),
         source: row.get(4),
         event_type: row.get(5),
         stream_key: row.get(6),
-        data: Arc::from(row.get::<_, String>(7)),
+        data: Arc::from(data),
         trace: match (
-            row.get::<_, Option<String>>(8),
-            row.get::<_, Option<String>>(9),
+            row.get::<_, Option<&str>>(13),
+            row.get::<_, Option<&str>>(14),
         ) {
             (Some(trace_id), Some(span_id)) => {
                 TraceContext::parse(&format!("00-{trace_id}-{span_id}-01"))
             }
             _ => None,
         },
+    }
+}
+
+/// An event's `data:` from the columns of [`EVENT_MESSAGE`]: the fields of the event contract
+/// in camelCase, timestamps as PostgreSQL writes them in JSON (UTC, trailing zeros of the
+/// microseconds dropped), the payload as stored.
+fn event_message(row: &tokio_postgres::Row) -> String {
+    let payload: JsonText<'_> = row.get(10);
+    let mut out = Vec::with_capacity(320 + payload.0.len());
+    out.extend_from_slice(b"{\"eventId\":\"");
+    out.extend_from_slice(
+        row.get::<_, uuid::Uuid>(7)
+            .hyphenated()
+            .encode_lower(&mut uuid::Uuid::encode_buffer())
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\",\"tenantId\":");
+    push_json_string(&mut out, row.get(3));
+    out.extend_from_slice(b",\"source\":");
+    push_json_string(&mut out, row.get(4));
+    out.extend_from_slice(b",\"type\":");
+    push_json_string(&mut out, row.get(5));
+    out.extend_from_slice(b",\"streamKey\":");
+    push_json_string(&mut out, row.get(6));
+    out.extend_from_slice(b",\"timestampUtc\":");
+    push_json_timestamp(&mut out, row.get(8));
+    out.extend_from_slice(b",\"schemaVersion\":");
+    out.extend_from_slice(row.get::<_, i32>(9).to_string().as_bytes());
+    out.extend_from_slice(b",\"payload\":");
+    out.extend_from_slice(payload.0.as_bytes());
+    out.extend_from_slice(b",\"receivedUtc\":");
+    push_json_timestamp(&mut out, row.get(11));
+    out.extend_from_slice(b",\"processedUtc\":");
+    push_json_timestamp(&mut out, row.get(12));
+    out.extend_from_slice(b",\"traceId\":");
+    match row.get::<_, Option<&str>>(13) {
+        Some(trace_id) => push_json_string(&mut out, trace_id),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.push(b'}');
+    String::from_utf8(out)
+        .expect("every piece is UTF-8: ASCII, serde_json's strings and the payload's checked text")
+}
+
+/// Appends `text` as a JSON string, quoted and escaped.
+fn push_json_string(out: &mut Vec<u8>, text: &str) {
+    // A string serializes into memory without fail: neither the value nor the writer can fail.
+    serde_json::to_writer(out, text).expect("a string serializes into a Vec");
+}
+
+/// Appends `at` as PostgreSQL renders a `timestamptz` in JSON in a UTC session:
+/// `"2026-01-01T10:00:00.1234+00:00"`, the fraction of a second only where it is not zero.
+fn push_json_timestamp(out: &mut Vec<u8>, at: DateTime<Utc>) {
+    use chrono::{Datelike as _, Timelike as _};
+    use std::io::Write as _;
+    let micros = at.timestamp_subsec_micros();
+    write!(
+        out,
+        "\"{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        at.year(),
+        at.month(),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second()
+    )
+    .expect("writing into a Vec cannot fail");
+    if micros != 0 {
+        let fraction = format!("{micros:06}");
+        out.push(b'.');
+        out.extend_from_slice(fraction.trim_end_matches('0').as_bytes());
+    }
+    out.extend_from_slice(b"+00:00\"");
+}
+
+/// A `json` or `jsonb` value's text, borrowed from the row as PostgreSQL sent it in binary
+/// (`jsonb`'s binary form is a version byte, 1, before the text).
+struct JsonText<'a>(&'a str);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for JsonText<'a> {
+    fn from_sql(
+        ty: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let text = if *ty == tokio_postgres::types::Type::JSONB {
+            match raw.split_first() {
+                Some((1, text)) => text,
+                _ => return Err("unsupported jsonb binary format version".into()),
+            }
+        } else {
+            raw
+        };
+        Ok(Self(std::str::from_utf8(text)?))
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        matches!(
+            *ty,
+            tokio_postgres::types::Type::JSON | tokio_postgres::types::Type::JSONB
+        )
     }
 }
 
@@ -517,6 +620,45 @@ mod tests {
         for bad in ["0=12", "v1:0=x", "v1:0", "v1:-1=3", "v1:0=-3", "v2:0=1"] {
             assert!(FeedPosition::parse(bad).is_err(), "{bad} must not parse");
         }
+    }
+
+    #[test]
+    fn timestamps_are_written_as_postgresql_writes_them_in_json() {
+        let render = |text: &str| {
+            let mut out = Vec::new();
+            push_json_timestamp(&mut out, text.parse().unwrap());
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            render("2026-01-01T10:00:00Z"),
+            "\"2026-01-01T10:00:00+00:00\""
+        );
+        assert_eq!(
+            render("2026-01-01T10:00:00.1234Z"),
+            "\"2026-01-01T10:00:00.1234+00:00\""
+        );
+        assert_eq!(
+            render("0999-12-31T23:59:59.000001+02:00"),
+            "\"0999-12-31T21:59:59.000001+00:00\""
+        );
+    }
+
+    #[test]
+    fn strings_are_escaped_and_jsonb_text_is_read_past_its_version_byte() {
+        use tokio_postgres::types::{FromSql, Type};
+        let mut out = Vec::new();
+        push_json_string(&mut out, "a \"quoted\"\\ line\n");
+        assert_eq!(out, br#""a \"quoted\"\\ line\n""#);
+        let raw = b"\x01{\"a\": 1}";
+        assert_eq!(
+            JsonText::from_sql(&Type::JSONB, raw).unwrap().0,
+            r#"{"a": 1}"#
+        );
+        assert_eq!(
+            JsonText::from_sql(&Type::JSON, &raw[1..]).unwrap().0,
+            r#"{"a": 1}"#
+        );
+        assert!(JsonText::from_sql(&Type::JSONB, b"\x02{}").is_err());
     }
 
     #[test]
