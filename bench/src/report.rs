@@ -561,7 +561,7 @@ fn connection_section(md: &mut String, single: &[(String, f64)], batch: &[(Strin
     if cost(single, reads).is_some() || cost(batch, reads).is_some() {
         let _ = writeln!(
             md,
-            "`{reads}` is the readers' pool: here the live feed reading each commit's rows once and building their JSON messages for the run's own subscriptions, which is what a reader watching the feed costs."
+            "`{reads}` is the readers' pool: here the live feed reading each commit's rows once for the run's own subscriptions (Sentinel renders their JSON messages), which is what a reader watching the feed costs PostgreSQL."
         );
     }
     let _ = writeln!(md);
