@@ -1239,8 +1239,10 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
         Some(shipped) => {
             let _ = writeln!(
                 md,
-                "The same single-event load ({} events/s, {} s) against three fresh Sentinels, one after the other. CPU is Sentinel's own (all its threads, from `/proc/<pid>/task/*/schedstat`) over the run and its drain, per event sent; the broker and PostgreSQL are not counted.\n",
-                shipped.report.target_events_per_second, shipped.report.duration_seconds
+                "The same single-event load ({} events/s, {} s) against {} fresh Sentinels, one after the other. CPU is Sentinel's own (all its threads, from `/proc/<pid>/task/*/schedstat`) over the run and its drain, per event sent; the broker and PostgreSQL are not counted.\n",
+                shipped.report.target_events_per_second,
+                shipped.report.duration_seconds,
+                results.overhead.len()
             );
             let _ = writeln!(
                 md,
@@ -1264,9 +1266,46 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
                 );
             }
             let _ = writeln!(md);
+            if let Some(again) = results
+                .overhead
+                .iter()
+                .find(|variant| variant.name == crate::overhead::AS_SHIPPED_AGAIN)
+            {
+                let _ = writeln!(
+                    md,
+                    "{}\n",
+                    run_to_run_variation(
+                        (shipped.cpu_us_per_event, again.cpu_us_per_event),
+                        (
+                            shipped.report.gateway_latency_ms.p99,
+                            again.report.gateway_latency_ms.p99
+                        ),
+                        (
+                            shipped.report.freshness_ms.p99,
+                            again.report.freshness_ms.p99
+                        ),
+                    )
+                );
+            }
         }
     }
     md
+}
+
+/// What the two runs as shipped tell of the machine's run-to-run variation, from their (first,
+/// again) CPU µs per event, gateway p99 and freshness p99.
+fn run_to_run_variation(
+    (cpu_first, cpu_again): (f64, f64),
+    (p99_first, p99_again): (f64, f64),
+    (freshness_first, freshness_again): (f64, f64),
+) -> String {
+    let cpu = 100.0 * (cpu_again / cpu_first.max(f64::MIN_POSITIVE) - 1.0);
+    let p99 = (p99_again - p99_first).abs();
+    let freshness = (freshness_again - freshness_first).abs();
+    format!(
+        "The first and the last run are the same Sentinel as shipped under the same load: they differ by {:.0}% in CPU per event, {p99:.2} ms in gateway p99 and {freshness:.1} ms in freshness p99. A difference between the rows no larger than that is within this machine's run-to-run variation, not an effect of what was switched on or off.",
+        cpu.abs()
+    )
 }
 
 /// A fresh Sentinel for the next run, with `load` aimed at it, when there are `sentinels` to
@@ -1493,6 +1532,17 @@ mod tests {
         );
         assert!(md.contains("cost PostgreSQL 6.0 µs (30%"), "{md}");
         assert!(md.contains("`sentinel-read` is the readers' pool"), "{md}");
+    }
+
+    #[test]
+    fn the_repeated_run_gives_the_variation_both_ways() {
+        let lower = run_to_run_variation((60.0, 54.0), (18.8, 21.3), (247.2, 251.0));
+        assert!(lower.contains("differ by 10% in CPU per event, 2.50 ms in gateway p99 and 3.8 ms in freshness p99"), "{lower}");
+        let higher = run_to_run_variation((50.0, 55.0), (21.3, 18.8), (251.0, 247.2));
+        assert!(
+            higher.contains("differ by 10% in CPU per event, 2.50 ms"),
+            "{higher}"
+        );
     }
 
     #[test]
