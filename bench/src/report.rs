@@ -1303,7 +1303,7 @@ fn run_to_run_variation(
     let p99 = (p99_again - p99_first).abs();
     let freshness = (freshness_again - freshness_first).abs();
     format!(
-        "The first and the last run are the same Sentinel as shipped under the same load: they differ by {:.0}% in CPU per event, {p99:.2} ms in gateway p99 and {freshness:.1} ms in freshness p99. A difference between the rows no larger than that is within this machine's run-to-run variation, not an effect of what was switched on or off.",
+        "The first and the last run are the same Sentinel as shipped under the same load: they differ by {:.0}% in CPU per event, {p99:.2} ms in gateway p99 and {freshness:.1} ms in freshness p99. A difference between the rows no larger than that is within this machine's run-to-run variation, not an effect of what was switched on or off; one repeated run shows only part of that variation, so a larger difference (one stall moves a p99) is not yet an effect either.",
         cpu.abs()
     )
 }
