@@ -184,6 +184,7 @@ pub(crate) fn feed_item(row: &tokio_postgres::Row) -> FeedItem {
 /// in camelCase, timestamps as PostgreSQL writes them in JSON (UTC, trailing zeros of the
 /// microseconds dropped), the payload as stored.
 fn event_message(row: &tokio_postgres::Row) -> String {
+    use std::io::Write as _;
     let payload: JsonText<'_> = row.get(10);
     let mut out = Vec::with_capacity(320 + payload.0.len());
     out.extend_from_slice(b"{\"eventId\":\"");
@@ -204,7 +205,7 @@ fn event_message(row: &tokio_postgres::Row) -> String {
     out.extend_from_slice(b",\"timestampUtc\":");
     push_json_timestamp(&mut out, row.get(8));
     out.extend_from_slice(b",\"schemaVersion\":");
-    out.extend_from_slice(row.get::<_, i32>(9).to_string().as_bytes());
+    write!(out, "{}", row.get::<_, i32>(9)).expect("writing into a Vec cannot fail");
     out.extend_from_slice(b",\"payload\":");
     out.extend_from_slice(payload.0.as_bytes());
     out.extend_from_slice(b",\"receivedUtc\":");
@@ -245,9 +246,10 @@ fn push_json_timestamp(out: &mut Vec<u8>, at: DateTime<Utc>) {
     )
     .expect("writing into a Vec cannot fail");
     if micros != 0 {
-        let fraction = format!("{micros:06}");
-        out.push(b'.');
-        out.extend_from_slice(fraction.trim_end_matches('0').as_bytes());
+        write!(out, ".{micros:06}").expect("writing into a Vec cannot fail");
+        while out.last() == Some(&b'0') {
+            out.pop();
+        }
     }
     out.extend_from_slice(b"+00:00\"");
 }
