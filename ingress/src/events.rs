@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -31,6 +31,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::auth::{Principal, Role};
+use crate::body::{read_limited, BodyError};
 use crate::idempotency::{ClaimKey, ClaimOutcome, StoreUnavailable, StoredAnswer};
 use crate::kafka::PublishError;
 use crate::problem::ApiError;
@@ -151,23 +152,20 @@ fn check_content_type(
     }
 }
 
-fn body_or_problem(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
-    body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body-too-large",
-                "Request body too large",
-                format!("request body exceeds the limit of {limit} bytes"),
-            )
-        } else {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "unreadable-body",
-                "Request body could not be read",
-                rejection.body_text(),
-            )
-        }
+fn body_or_problem(body: Result<Bytes, BodyError>) -> Result<Bytes, ApiError> {
+    body.map_err(|err| match err {
+        BodyError::TooLarge { .. } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "Request body too large",
+            err.to_string(),
+        ),
+        BodyError::Unreadable(_) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unreadable-body",
+            "Request body could not be read",
+            err.to_string(),
+        ),
     })
 }
 
@@ -723,8 +721,9 @@ fn authorize(state: &IngressState, headers: &HeaderMap) -> Result<Principal, Res
 pub async fn post_event(
     State(state): State<IngressState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
+    let body = read_limited(&headers, body, state.inner.settings.max_body_bytes).await;
     let received_at = Utc::now();
     let principal = match authorize(&state, &headers) {
         Ok(principal) => principal,
@@ -733,7 +732,7 @@ pub async fn post_event(
     let prepared = (|| {
         check_content_type(&headers, &["application/json"], true)?;
         let key = idempotency_key(&headers)?;
-        let body = body_or_problem(body, state.inner.settings.max_body_bytes)?;
+        let body = body_or_problem(body)?;
         let (trace, tracestate) = request_trace(&headers);
         submission(
             &state,
@@ -871,8 +870,9 @@ fn line_result(line: usize, outcome: Result<Ingested, ApiError>) -> LineResult {
 pub async fn post_batch(
     State(state): State<IngressState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
+    let body = read_limited(&headers, body, state.inner.settings.max_batch_bytes).await;
     let received_at = Utc::now();
     let principal = match authorize(&state, &headers) {
         Ok(principal) => principal,
@@ -885,7 +885,7 @@ pub async fn post_batch(
             &["application/x-ndjson", "application/jsonl"],
             false,
         )?;
-        body_or_problem(body, settings.max_batch_bytes)
+        body_or_problem(body)
     })();
     let body = match prepared {
         Ok(body) => body,

@@ -3,6 +3,7 @@
 //! | module | owns |
 //! | --- | --- |
 //! | [`auth`] | bearer JWTs (HS256, RS256/ES256 from a JWKS file), tenants and roles |
+//! | [`body`] | request bodies read under a byte limit, drained before a 413 |
 //! | [`idempotency`] | group-committed idempotency claims in PostgreSQL, purged after retention |
 //! | [`kafka`] | broker connection settings and the acknowledged event producer |
 //! | [`problem`] | RFC 9457 problem+json errors with stable problem types |
@@ -14,6 +15,7 @@
 //! [`router`] builds the gateway's routes; the `sentinel` binary mounts them on its one listener.
 
 pub mod auth;
+pub mod body;
 pub mod events;
 pub mod idempotency;
 pub mod kafka;
@@ -25,7 +27,6 @@ pub mod telemetry;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
 use axum::routing::post;
 use axum::Router;
 use tokio::sync::Semaphore;
@@ -101,17 +102,9 @@ impl IngressState {
 
 /// The gateway's routes.
 pub fn router(state: IngressState) -> Router {
-    let body_limit = state.inner.settings.max_body_bytes;
-    let batch_limit = state.inner.settings.max_batch_bytes;
     Router::new()
-        .route(
-            "/v1/events",
-            post(events::post_event).layer(DefaultBodyLimit::max(body_limit)),
-        )
-        .route(
-            "/v1/events:batch",
-            post(events::post_batch).layer(DefaultBodyLimit::max(batch_limit)),
-        )
+        .route("/v1/events", post(events::post_event))
+        .route("/v1/events:batch", post(events::post_batch))
         .with_state(state.clone())
         .layer(axum::middleware::from_fn_with_state(state, record_request))
 }

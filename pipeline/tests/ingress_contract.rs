@@ -157,6 +157,39 @@ async fn every_refusal_has_its_status_and_problem_type() {
         .await
         .unwrap();
     problem_of(response, 413, "/problems/body-too-large", "2 MiB body").await;
+    // An over-limit body the client is still writing when the gateway has decided: the gateway
+    // reads it to its end before answering, so the client reads the 413 (not a reset), with
+    // the length declared up front and in chunks without one.
+    for attempt in 0..3 {
+        let response = client
+            .post(&url)
+            .bearer_auth(&good)
+            .header("idempotency-key", "k")
+            .header("content-type", "application/json")
+            .body(vec![b' '; 16 * 1024 * 1024])
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("16 MiB body, attempt {attempt}: {e:?}"));
+        problem_of(response, 413, "/problems/body-too-large", "16 MiB body").await;
+    }
+    let chunks = (0..48).map(|_| Ok::<_, std::io::Error>(vec![b' '; 64 * 1024]));
+    let response = client
+        .post(&url)
+        .bearer_auth(&good)
+        .header("idempotency-key", "k")
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .expect("3 MiB chunked body");
+    let problem = problem_of(response, 413, "/problems/body-too-large", "3 MiB chunked").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("1048576 bytes"),
+        "{problem}"
+    );
     let response = client
         .post(&url)
         .bearer_auth(&good)
