@@ -7,7 +7,9 @@
 //! a reset, and a client that had not finished writing gets `EPIPE` or `ECONNRESET` and never
 //! sees the answer. Reading the rest first (a lingering close, as web servers do) keeps the
 //! answer deliverable and the connection reusable. The bounds keep a client from holding the
-//! connection open with an endless body: past them the answer is sent anyway.
+//! connection open with an endless body: past them the answer is sent anyway. A client that
+//! declared an over-limit length and waits for `100 Continue` has sent nothing: it is refused
+//! at once, and never asked for the body.
 
 use std::time::Duration;
 
@@ -15,6 +17,8 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
+
+use crate::problem::ApiError;
 
 /// Most bytes of an over-limit body read and dropped before the 413 is sent.
 pub const DRAIN_MAX_BYTES: u64 = 64 * 1024 * 1024;
@@ -44,6 +48,25 @@ impl BodyError {
     }
 }
 
+impl From<BodyError> for ApiError {
+    fn from(err: BodyError) -> Self {
+        match err {
+            BodyError::TooLarge { .. } => ApiError::new(
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                "Request body too large",
+                err.to_string(),
+            ),
+            BodyError::Unreadable(_) => ApiError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "unreadable-body",
+                "Request body could not be read",
+                err.to_string(),
+            ),
+        }
+    }
+}
+
 /// Reads `body` whole when it is at most `limit` bytes. A longer body is drained (see the
 /// module doc) and refused with [`BodyError::TooLarge`].
 pub async fn read_limited(
@@ -56,7 +79,11 @@ pub async fn read_limited(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limit as u64) {
-        drain(body).await;
+        // A client that asked to be told before it sends (`Expect: 100-continue`) has sent
+        // nothing yet: refuse at once, so that it never sends the body at all.
+        if !expects_continue(headers) {
+            drain(body).await;
+        }
         return Err(BodyError::TooLarge { limit });
     }
     let mut body = body;
@@ -73,6 +100,13 @@ pub async fn read_limited(
         buffer.extend_from_slice(&data);
     }
     Ok(buffer.freeze())
+}
+
+fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::EXPECT)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim().eq_ignore_ascii_case("100-continue"))
 }
 
 /// Reads and drops what is left of `body`, up to [`DRAIN_MAX_BYTES`] or [`DRAIN_MAX_TIME`],
@@ -167,6 +201,20 @@ mod tests {
             4096,
             "the whole body was read"
         );
+    }
+
+    #[tokio::test]
+    async fn a_client_waiting_for_100_continue_is_refused_before_it_sends() {
+        let (body, produced) = counted(Some(4), 1024);
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("4096"));
+        headers.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
+        let err = read_limited(&headers, body, 1000).await.unwrap_err();
+        assert!(
+            matches!(err, BodyError::TooLarge { limit: 1000 }),
+            "{err:?}"
+        );
+        assert_eq!(produced.load(Ordering::SeqCst), 0, "nothing was asked for");
     }
 
     #[tokio::test]

@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::auth::{Principal, Role};
-use crate::body::{read_limited, BodyError};
+use crate::body::read_limited;
 use crate::idempotency::{ClaimKey, ClaimOutcome, StoreUnavailable, StoredAnswer};
 use crate::kafka::PublishError;
 use crate::problem::ApiError;
@@ -150,23 +150,6 @@ fn check_content_type(
             ),
         )),
     }
-}
-
-fn body_or_problem(body: Result<Bytes, BodyError>) -> Result<Bytes, ApiError> {
-    body.map_err(|err| match err {
-        BodyError::TooLarge { .. } => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body-too-large",
-            "Request body too large",
-            err.to_string(),
-        ),
-        BodyError::Unreadable(_) => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "unreadable-body",
-            "Request body could not be read",
-            err.to_string(),
-        ),
-    })
 }
 
 fn envelope_problem(err: EnvelopeError) -> ApiError {
@@ -732,7 +715,7 @@ pub async fn post_event(
     let prepared = (|| {
         check_content_type(&headers, &["application/json"], true)?;
         let key = idempotency_key(&headers)?;
-        let body = body_or_problem(body)?;
+        let body = body?;
         let (trace, tracestate) = request_trace(&headers);
         submission(
             &state,
@@ -885,7 +868,7 @@ pub async fn post_batch(
             &["application/x-ndjson", "application/jsonl"],
             false,
         )?;
-        body_or_problem(body)
+        Ok::<_, ApiError>(body?)
     })();
     let body = match prepared {
         Ok(body) => body,

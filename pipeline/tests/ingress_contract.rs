@@ -190,6 +190,30 @@ async fn every_refusal_has_its_status_and_problem_type() {
             .contains("1048576 bytes"),
         "{problem}"
     );
+    // A client waiting for `100 Continue` before it sends an over-limit body is refused at
+    // once: the answer comes though no byte of the body was sent.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let address = base.trim_start_matches("http://");
+        let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+        let head = format!(
+            "POST /v1/events HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {good}\r\n\
+             idempotency-key: k\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nexpect: 100-continue\r\n\r\n",
+            16 * 1024 * 1024
+        );
+        socket.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = vec![0u8; 4096];
+        let read = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut answer))
+            .await
+            .expect("an answer without sending the body")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..read]);
+        assert!(
+            answer.starts_with("HTTP/1.1 413"),
+            "expected 413 before the body: {answer}"
+        );
+    }
     let response = client
         .post(&url)
         .bearer_auth(&good)

@@ -367,6 +367,43 @@ async fn formats_limits_and_errors() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
+    let problem: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(problem["type"], "/problems/invalid-request");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `query`, expected `sql`"),
+        "{problem}"
+    );
+    let response = client
+        .post(format!("{base}/v1/query"))
+        .bearer_auth(token("acme", &[Role::Read]))
+        .header("content-type", "text/plain")
+        .body(r#"{"sql": "SELECT id FROM events"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let problem: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("Content-Type"),
+        "{problem}"
+    );
+    // A body over the read side's 2 MiB is refused with 413 once the client has sent it all
+    // (without a token too: the body is read before anything refuses the request).
+    for bearer in [Some(token("acme", &[Role::Read])), None] {
+        let mut request = client
+            .post(format!("{base}/v1/query"))
+            .header("content-type", "application/json")
+            .body(vec![b' '; 16 * 1024 * 1024]);
+        if let Some(bearer) = &bearer {
+            request = request.bearer_auth(bearer);
+        }
+        let response = request.send().await.expect("the answer, not a reset");
+        let expected = if bearer.is_some() { 413 } else { 401 };
+        assert_eq!(response.status(), expected);
+    }
     let response = client
         .post(format!("{base}/v1/query"))
         .bearer_auth(token("acme", &[Role::Ingest]))

@@ -419,21 +419,24 @@ pub struct ReplayReport {
         (status = 400, description = "Neither or both of ids and filter, or more than 1000", body = ApiError, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid bearer token", body = ApiError, content_type = "application/problem+json"),
         (status = 403, description = "The token lacks the admin role", body = ApiError, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 2 MiB", body = ApiError, content_type = "application/problem+json"),
         (status = 503, description = "PostgreSQL unavailable", body = ApiError, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub async fn replay_dead_letters(
     State(state): State<ServingState>,
     headers: HeaderMap,
-    body: Result<Json<ReplayRequest>, axum::extract::rejection::JsonRejection>,
+    body: axum::body::Body,
 ) -> Response {
+    let body = crate::json_body::<ReplayRequest>(&headers, body).await;
     let principal = match crate::authorize(&state.auth, &headers, Role::Admin) {
         Ok(principal) => principal,
         Err(response) => return response,
     };
     let request = match body {
-        Ok(Json(request)) => request,
-        Err(err) => return bad_request(err.body_text()),
+        Ok(request) => request,
+        Err(crate::JsonBodyError::Body(problem)) => return problem.into_response(),
+        Err(crate::JsonBodyError::Invalid(detail)) => return bad_request(detail),
     };
     let (mut sql, mut params) = match (&request.ids, &request.filter) {
         (Some(_), Some(_)) | (None, None) => {

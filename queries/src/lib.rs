@@ -46,6 +46,49 @@ pub(crate) fn authorize(
     Ok(principal)
 }
 
+/// Largest body of a read-side request (`POST /v1/query`, `POST /v1/dead-letters/replay`).
+pub const MAX_REQUEST_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+/// Why a read-side request's JSON body was refused.
+pub(crate) enum JsonBodyError {
+    /// The body was too large or could not be read: answer this problem (413 or 400).
+    Body(ingress::ApiError),
+    /// The body is not JSON of the expected shape, or not sent as JSON: the detail of a 400.
+    Invalid(String),
+}
+
+/// A read-side request's JSON body (`application/json` or `application/*+json`), read under
+/// [`MAX_REQUEST_BODY_BYTES`]; an over-limit body is drained before the 413 (see
+/// [`ingress::body`]). Read it before anything else can refuse the request, so that every
+/// answer goes to a client that has finished sending.
+pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
+    headers: &axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<T, JsonBodyError> {
+    let bytes = ingress::body::read_limited(headers, body, MAX_REQUEST_BODY_BYTES)
+        .await
+        .map_err(|err| JsonBodyError::Body(err.into()))?;
+    let is_json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .map(|essence| essence.trim().to_ascii_lowercase())
+        .is_some_and(|essence| {
+            essence == "application/json"
+                || (essence.starts_with("application/") && essence.ends_with("+json"))
+        });
+    if !is_json {
+        return Err(JsonBodyError::Invalid(
+            "Expected request with `Content-Type: application/json`".to_owned(),
+        ));
+    }
+    serde_json::from_slice(&bytes).map_err(|err| {
+        JsonBodyError::Invalid(format!(
+            "Failed to deserialize the JSON body into the target type: {err}"
+        ))
+    })
+}
+
 /// 503 for a read that PostgreSQL could not serve (`detail` says which), retriable after 1 s.
 pub(crate) fn database_unavailable(detail: &str) -> ingress::ApiError {
     ingress::ApiError::new(

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::plan::{plan, PlanError};
 use crate::pool::ReadError;
 use crate::telemetry::{QueryAnswered, QueryOutcome};
-use crate::ServingState;
+use crate::{JsonBodyError, ServingState};
 
 /// Limits of the query endpoint.
 #[derive(Debug, Clone)]
@@ -180,21 +181,29 @@ fn negotiate(headers: &HeaderMap) -> Option<Format> {
         (status = 403, description = "The token lacks the read role", body = ApiError, content_type = "application/problem+json"),
         (status = 406, description = "Accept allows none of JSON, CSV, NDJSON", body = ApiError, content_type = "application/problem+json"),
         (status = 408, description = "The query ran past the statement timeout", body = ApiError, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 2 MiB", body = ApiError, content_type = "application/problem+json"),
         (status = 503, description = "PostgreSQL unavailable", body = ApiError, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub async fn post_query(
     State(state): State<ServingState>,
     headers: HeaderMap,
-    body: Result<Json<QueryRequest>, axum::extract::rejection::JsonRejection>,
+    body: Body,
 ) -> Response {
+    let body = crate::json_body::<QueryRequest>(&headers, body).await;
+    if body.is_err() {
+        if let Err(response) = crate::authorize(&state.auth, &headers, Role::Read) {
+            return response;
+        }
+    }
     match body {
-        Ok(Json(request)) => answer(&state, &headers, &request.sql).await,
-        Err(err) => ApiError::new(
+        Ok(request) => answer(&state, &headers, &request.sql).await,
+        Err(JsonBodyError::Body(problem)) => problem.into_response(),
+        Err(JsonBodyError::Invalid(detail)) => ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid-request",
             "Invalid request",
-            format!("the body must be {{\"sql\": \"…\"}}: {}", err.body_text()),
+            format!("the body must be {{\"sql\": \"…\"}}: {detail}"),
         )
         .into_response(),
     }
