@@ -382,3 +382,98 @@ async fn a_mixed_load_yields_exact_rows_in_every_table() {
         .get(0);
     assert!(windows >= 1);
 }
+
+/// A batch that PostgreSQL refuses for one row is written row by row; in that path too, an id
+/// stored before with another payload is a conflict dead letter, never a skipped copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_postgres_rejects_is_isolated_and_its_neighbours_keep_their_verdicts() {
+    use rdkafka::message::{Header, OwnedHeaders};
+
+    let env = TestEnv::new("isolate").await;
+    let topic = env.raw_topic();
+    let sentinel = env.start("process", "process-1").await;
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", support::kafka_brokers())
+        .set("linger.ms", "50")
+        .create()
+        .unwrap();
+
+    let stored = envelope(Uuid::new_v4(), "acme", "s-1", 1, "2025-06-15T10:00:00Z");
+    produce(&producer, &topic, 0, &serde_json::to_vec(&stored).unwrap()).await;
+    env.wait_for_consumed(1).await;
+
+    // On the other partition (the other worker, which has not seen the stored id), in one
+    // produce request and so one fetch and one batch: the stored id with another payload,
+    // an event whose idempotency key PostgreSQL cannot store (a NUL byte), and a good event.
+    let mut conflicting = stored.clone();
+    conflicting["payload"]["seq"] = serde_json::json!(999);
+    let conflicting_bytes = serde_json::to_vec(&conflicting).unwrap();
+    let rejected = envelope(Uuid::new_v4(), "acme", "s-2", 1, "2025-06-15T10:00:00Z");
+    let rejected_bytes = serde_json::to_vec(&rejected).unwrap();
+    let good = envelope(Uuid::new_v4(), "acme", "s-3", 1, "2025-06-15T10:00:00Z");
+    let good_bytes = serde_json::to_vec(&good).unwrap();
+    let nul_key = OwnedHeaders::new().insert(Header {
+        key: operators::headers::IDEMPOTENCY_KEY,
+        value: Some("key-with-\0-inside"),
+    });
+    let sends = [
+        producer.send_result(
+            FutureRecord::<(), [u8]>::to(&topic)
+                .partition(1)
+                .payload(&conflicting_bytes[..]),
+        ),
+        producer.send_result(
+            FutureRecord::<(), [u8]>::to(&topic)
+                .partition(1)
+                .payload(&rejected_bytes[..])
+                .headers(nul_key),
+        ),
+        producer.send_result(
+            FutureRecord::<(), [u8]>::to(&topic)
+                .partition(1)
+                .payload(&good_bytes[..]),
+        ),
+    ];
+    for send in sends {
+        send.map_err(|(e, _)| e)
+            .expect("enqueue")
+            .await
+            .expect("delivery")
+            .expect("acknowledged");
+    }
+    env.wait_for_consumed(4).await;
+
+    let db = env.db().await;
+    assert_eq!(
+        sentinel
+            .metric(r#"dlq_events_total{reason="database_rejected"}"#)
+            .await,
+        1.0,
+        "the NUL key made PostgreSQL refuse its row, so the batch was written row by row"
+    );
+    let ids: Vec<Uuid> = db
+        .query("SELECT id FROM events ORDER BY received_utc", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let stored_id: Uuid = stored["eventId"].as_str().unwrap().parse().unwrap();
+    let good_id: Uuid = good["eventId"].as_str().unwrap().parse().unwrap();
+    assert_eq!(ids.len(), 2, "the first event and the good one: {ids:?}");
+    assert!(
+        ids.contains(&stored_id) && ids.contains(&good_id),
+        "{ids:?}"
+    );
+    let mut dead = dead_letters(&env).await;
+    dead.sort();
+    let mut expected = vec![
+        ("database_rejected".to_owned(), rejected_bytes),
+        ("duplicate_event_id_conflict".to_owned(), conflicting_bytes),
+    ];
+    expected.sort();
+    assert_eq!(
+        dead, expected,
+        "the conflict is dead-lettered with its original bytes, not skipped as a copy"
+    );
+}

@@ -322,15 +322,7 @@ async fn merge_staged(
     let conflicts: Vec<DeadLetter> = events
         .iter()
         .filter(|event| conflicting.contains(&event.event_id))
-        .map(|event| {
-            event.clone().into_dead_letter(
-                DeadLetterReason::DuplicateEventIdConflict,
-                format!(
-                    "event id {} is already stored with another payload",
-                    event.event_id
-                ),
-            )
-        })
+        .map(id_conflict)
         .collect();
     let inserted = tx
         .execute(
@@ -344,6 +336,37 @@ async fn merge_staged(
         .map_err(SinkError::statement("inserting staged events"))?;
     let skipped = staged - conflicting.len() as u64 - inserted;
     Ok((inserted, skipped, conflicts))
+}
+
+/// The dead letter of an event whose id is stored with another payload.
+fn id_conflict(event: &operators::record::EventRow) -> DeadLetter {
+    event.clone().into_dead_letter(
+        DeadLetterReason::DuplicateEventIdConflict,
+        format!(
+            "event id {} is already stored with another payload",
+            event.event_id
+        ),
+    )
+}
+
+/// Whether `event`'s id, which an insert just found taken, is stored with another payload.
+async fn stored_with_other_payload(
+    tx: &Transaction<'_>,
+    event: &operators::record::EventRow,
+) -> Result<bool, SinkError> {
+    let row = tx
+        .query_opt(
+            "SELECT payload_hash FROM events WHERE id = $1",
+            &[&event.event_id],
+        )
+        .await
+        .map_err(SinkError::statement(
+            "reading a stored event's payload hash",
+        ))?;
+    // A row stored before payload hashes were kept has none: a copy, as `merge_staged` sees it.
+    Ok(row
+        .and_then(|row| row.get::<_, Option<String>>(0))
+        .is_some_and(|stored| stored != event.payload_hash))
 }
 
 async fn commit_isolating(
@@ -391,7 +414,16 @@ async fn commit_isolating(
                     .await
                     .map_err(SinkError::statement("releasing a savepoint"))?;
                 report.events_written += inserted;
-                report.duplicates_skipped += 1 - inserted;
+                if inserted == 0 {
+                    // The id is stored already: a copy of it is skipped, another payload under
+                    // it is a conflict, as in `merge_staged`.
+                    if stored_with_other_payload(&tx, event).await? {
+                        dead_letters.push(id_conflict(event));
+                        report.id_conflicts += 1;
+                    } else {
+                        report.duplicates_skipped += 1;
+                    }
+                }
             }
             Err(err) if err.is_data_error() => {
                 savepoint
