@@ -707,7 +707,7 @@ pub async fn post_event(
     body: Body,
 ) -> Response {
     let body = read_limited(&headers, body, state.inner.settings.max_body_bytes).await;
-    let received_at = Utc::now();
+    let received_at = operators::headers::received_now();
     let principal = match authorize(&state, &headers) {
         Ok(principal) => principal,
         Err(response) => return response,
@@ -856,7 +856,7 @@ pub async fn post_batch(
     body: Body,
 ) -> Response {
     let body = read_limited(&headers, body, state.inner.settings.max_batch_bytes).await;
-    let received_at = Utc::now();
+    let received_at = operators::headers::received_now();
     let principal = match authorize(&state, &headers) {
         Ok(principal) => principal,
         Err(response) => return response,

@@ -80,6 +80,14 @@ impl RecordHeaders {
     }
 }
 
+/// The time now, at the precision the `sentinel-received-at` header carries (microseconds): the
+/// gateway stamps an event with it, so that the gateway and the dataflow, which reads the
+/// header, judge the event against the same instant.
+pub fn received_now() -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    Utc::now().trunc_subsecs(6)
+}
+
 /// Formats a received time the way the `sentinel-received-at` header and the API carry it.
 pub fn format_received_at(at: &DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
@@ -106,6 +114,19 @@ mod tests {
         let decoded =
             RecordHeaders::from_pairs(pairs.iter().map(|(k, v)| (*k, Some(v.as_bytes()))));
         assert_eq!(decoded, headers);
+    }
+
+    #[test]
+    fn a_received_time_survives_its_header_unchanged() {
+        let now = received_now();
+        let pairs = RecordHeaders {
+            received_at: Some(now),
+            ..RecordHeaders::default()
+        }
+        .to_pairs();
+        let decoded =
+            RecordHeaders::from_pairs(pairs.iter().map(|(k, v)| (*k, Some(v.as_bytes()))));
+        assert_eq!(decoded.received_at, Some(now));
     }
 
     #[test]
