@@ -118,6 +118,10 @@ pub struct EventSink {
     topic: String,
     client: Option<Client>,
     publisher: Option<std::sync::Arc<dyn DeadLetterPublisher>>,
+    /// The last commit failed in a way that may have committed on the server (the answer to
+    /// COMMIT lost with the connection): the next batch is checked against the stored offsets
+    /// before it is written.
+    maybe_committed: bool,
 }
 
 impl EventSink {
@@ -128,6 +132,7 @@ impl EventSink {
             topic: topic.into(),
             client: None,
             publisher: None,
+            maybe_committed: false,
         }
     }
 
@@ -160,6 +165,29 @@ impl EventSink {
     pub async fn commit(&mut self, batch: &CommitBatch) -> Result<CommitReport, SinkError> {
         let topic = self.topic.clone();
         let publisher = self.publisher.clone();
+        if self.maybe_committed {
+            let client = self.client().await?;
+            let durable = match already_committed(client, batch).await {
+                Ok(durable) => durable,
+                Err(err) => {
+                    if err.is_retriable() {
+                        self.client = None;
+                    }
+                    return Err(err);
+                }
+            };
+            self.maybe_committed = false;
+            if durable {
+                tracing::info!(
+                    progress = ?batch.progress,
+                    "the batch committed before its answer was lost; not applied again"
+                );
+                return Ok(CommitReport {
+                    processed_utc: Utc::now(),
+                    ..CommitReport::default()
+                });
+            }
+        }
         let mut outcome = {
             let client = self.client().await?;
             commit_bulk(
@@ -194,12 +222,41 @@ impl EventSink {
             Err(err) => {
                 if err.is_retriable() {
                     self.client = None;
+                    self.maybe_committed = true;
                 }
                 Err(err)
             }
             ok => ok,
         }
     }
+}
+
+/// Whether `batch` is durable already: its transaction stored its offsets, so stored offsets
+/// at or past every position the batch reaches mean it committed (batches commit in order, and
+/// a restarted pipeline resumes from the stored offsets, never before them). Retrying such a
+/// batch would skip its events but add its SLO counts a second time.
+async fn already_committed(client: &Client, batch: &CommitBatch) -> Result<bool, SinkError> {
+    if batch.progress.is_empty() {
+        return Ok(false);
+    }
+    let topics: Vec<&str> = batch.progress.iter().map(|p| p.topic.as_str()).collect();
+    let partitions: Vec<i32> = batch.progress.iter().map(|p| p.partition).collect();
+    let stored: std::collections::HashMap<(String, i32), i64> = client
+        .query(
+            "SELECT o.topic, o.partition, o.next_offset FROM source_offsets o \
+             JOIN UNNEST($1::text[], $2::int4[]) AS u(t, p) ON o.topic = u.t AND o.partition = u.p",
+            &[&topics, &partitions],
+        )
+        .await
+        .map_err(SinkError::statement("reading the stored offsets"))?
+        .iter()
+        .map(|row| ((row.get(0), row.get(1)), row.get(2)))
+        .collect();
+    Ok(batch.progress.iter().all(|p| {
+        stored
+            .get(&(p.topic.clone(), p.partition))
+            .is_some_and(|&next| next >= p.next_offset)
+    }))
 }
 
 async fn publish_dead_letters(
@@ -850,4 +907,112 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::postgres::connect;
+    use operators::record::PartitionProgress;
+    use operators::slo_window::{SloCounts, SloSample};
+
+    /// A fresh, migrated database on the PostgreSQL of `DATABASE_URL` (the one `infra/dev`
+    /// starts), dropped by the test when it passes.
+    async fn fresh_database(name: &str) -> String {
+        let base = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/sentinel".to_owned());
+        let server = &base[..base.rfind('/').expect("a database URL")];
+        let database = format!("sinks_{name}_{}", std::process::id());
+        let admin = connect(&format!("{server}/postgres")).await.unwrap();
+        for statement in [
+            format!("DROP DATABASE IF EXISTS {database}"),
+            format!("CREATE DATABASE {database}"),
+        ] {
+            admin.batch_execute(&statement).await.unwrap();
+        }
+        let url = format!("{server}/{database}");
+        crate::postgres::migrate(&mut connect(&url).await.unwrap())
+            .await
+            .unwrap();
+        url
+    }
+
+    /// Drops the database of `url` once nothing uses it.
+    async fn drop_database(url: &str) {
+        let (server, database) = url.rsplit_once('/').expect("a database URL");
+        let admin = connect(&format!("{server}/postgres")).await.unwrap();
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+            .await
+            .unwrap();
+    }
+
+    fn batch(next_offset: i64) -> CommitBatch {
+        CommitBatch {
+            progress: vec![PartitionProgress {
+                topic: "raw".into(),
+                partition: 0,
+                next_offset,
+            }],
+            slo_samples: vec![SloSample {
+                window_start: "2026-12-03T10:00:00Z".parse().unwrap(),
+                counts: SloCounts {
+                    ingestion_good: 1,
+                    ingestion_total: 1,
+                    freshness_good: 1,
+                    freshness_total: 1,
+                },
+            }],
+            ..CommitBatch::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_whose_commit_answer_was_lost_is_not_applied_again() {
+        let url = fresh_database("lost_commit").await;
+        let mut sink = EventSink::new(url.clone(), "raw");
+        sink.commit(&batch(10)).await.unwrap();
+        // The answer to COMMIT was lost with the connection: the writer retries the batch.
+        sink.client = None;
+        sink.maybe_committed = true;
+        let retried = sink.commit(&batch(10)).await.unwrap();
+        assert_eq!(retried.events_written, 0);
+        // The next batch is applied as usual.
+        sink.commit(&batch(20)).await.unwrap();
+        let db = connect(&url).await.unwrap();
+        let total: i64 = db
+            .query_one("SELECT freshness_total FROM slo_samples", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(total, 2, "the two batches, each counted once");
+        let next: i64 = db
+            .query_one("SELECT next_offset FROM source_offsets", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(next, 20);
+        drop(sink);
+        drop_database(&url).await;
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_failed_before_its_commit_is_applied_on_retry() {
+        let url = fresh_database("failed_commit").await;
+        let mut sink = EventSink::new(url.clone(), "raw");
+        sink.commit(&batch(10)).await.unwrap();
+        // A failure that did not commit: the stored offsets are behind the batch.
+        sink.client = None;
+        sink.maybe_committed = true;
+        sink.commit(&batch(20)).await.unwrap();
+        let db = connect(&url).await.unwrap();
+        let total: i64 = db
+            .query_one("SELECT freshness_total FROM slo_samples", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(total, 2);
+        drop(sink);
+        drop_database(&url).await;
+    }
 }
