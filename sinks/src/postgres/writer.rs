@@ -213,21 +213,19 @@ impl EventSink {
             )
             .await;
         }
-        match outcome {
-            Err(err) if err.is_data_error() => {
+        if let Err(err) = &outcome {
+            if err.is_data_error() {
                 tracing::warn!(sqlstate = ?err.sqlstate(), "batch rejected, isolating rows");
                 let client = self.client().await?;
-                commit_isolating(client, &topic, batch, publisher.as_deref()).await
+                outcome = commit_isolating(client, &topic, batch, publisher.as_deref()).await;
             }
-            Err(err) => {
-                if err.is_retriable() {
-                    self.client = None;
-                    self.maybe_committed = true;
-                }
-                Err(err)
-            }
-            ok => ok,
         }
+        if outcome.as_ref().is_err_and(SinkError::is_retriable) {
+            // The connection may be broken, and the COMMIT may have landed unanswered.
+            self.client = None;
+            self.maybe_committed = true;
+        }
+        outcome
     }
 }
 
