@@ -78,7 +78,17 @@ pub struct Claims {
     pub iss: Option<String>,
     /// Audience.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
+}
+
+/// A token's `aud`: one audience, or several (RFC 7519 allows both forms).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    /// `"aud": "sentinel"`.
+    One(String),
+    /// `"aud": ["sentinel", "other"]`.
+    Many(Vec<String>),
 }
 
 /// Who is calling, once the token checked out.
@@ -290,7 +300,16 @@ impl Authenticator {
         let mut validation = Validation::new(algorithm);
         validation.leeway = self.settings.leeway.as_secs();
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
+        // A configured issuer or audience must be in the token: jsonwebtoken checks each only
+        // when the token carries it.
+        let mut required = vec!["exp"];
+        if self.settings.issuer.is_some() {
+            required.push("iss");
+        }
+        if self.settings.audience.is_some() {
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
         match &self.settings.audience {
             Some(audience) => validation.set_audience(&[audience]),
             None => validation.validate_aud = false,
@@ -444,7 +463,7 @@ pub fn mint_hs256(
         nbf: Some(now),
         iat: Some(now),
         iss: issuer.map(str::to_owned),
-        aud: audience.map(str::to_owned),
+        aud: audience.map(|audience| Audience::One(audience.to_owned())),
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -670,6 +689,37 @@ mod tests {
             auth.authenticate(&bearer(&wrong_aud)),
             Err(AuthError::Claims(_))
         ));
+        for (issuer, audience, missing) in [
+            (None, Some("sentinel"), "iss"),
+            (Some("https-issuer"), None, "aud"),
+        ] {
+            let token = mint_hs256(SECRET, "acme", &[Role::Ingest], ttl, issuer, audience).unwrap();
+            match auth.authenticate(&bearer(&token)) {
+                Err(AuthError::Claims(detail)) => assert!(detail.contains(missing), "{detail}"),
+                other => panic!("a token without {missing} was not refused: {other:?}"),
+            }
+        }
+        let now = jsonwebtoken::get_current_timestamp();
+        let several = Claims {
+            tenant: "acme".into(),
+            roles: vec!["ingest".into()],
+            sub: None,
+            exp: now + 60,
+            nbf: None,
+            iat: None,
+            iss: Some("https-issuer".into()),
+            aud: Some(Audience::Many(vec!["other".into(), "sentinel".into()])),
+        };
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &several,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        let principal = auth
+            .authenticate(&bearer(&token))
+            .expect("an audience among several is accepted");
+        assert_eq!(principal.tenant, "acme");
     }
 
     #[test]
