@@ -304,6 +304,27 @@ async fn filters_and_backfill_from_the_beginning() {
         .await
         .unwrap();
     assert_eq!(response.status(), 403, "the read role is needed");
+    // A parameter given twice is a problem too, and only after the token is checked.
+    let twice = format!("{}/v1/stream?source=a&source=b", sentinel.base_url);
+    let response = client
+        .get(&twice)
+        .bearer_auth(read_token("acme"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(problem["type"], "/problems/invalid-request", "{problem}");
+    let response = client.get(&twice).send().await.unwrap();
+    assert_eq!(
+        response.status(),
+        401,
+        "no token: 401 before the parameters"
+    );
 }
 
 /// The stored event `id` as a feed message, rendered by PostgreSQL's own `json_build_object`

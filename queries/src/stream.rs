@@ -80,7 +80,7 @@ const SEND_PATIENCE: Duration = Duration::from_secs(10);
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this message id (the `id:` of any message received)")),
     responses(
         (status = 200, description = "`text/event-stream`: messages named `event`, `dead_letter`, `slo` and, once, `lagged`; every one has a resumable `id`; a comment every 15 s keeps the connection alive", body = String, content_type = "text/event-stream"),
-        (status = 400, description = "Malformed Last-Event-ID", body = ApiError, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed Last-Event-ID, or malformed parameters", body = ApiError, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid bearer token", body = ApiError, content_type = "application/problem+json"),
         (status = 403, description = "The token lacks the read role", body = ApiError, content_type = "application/problem+json"),
         (status = 503, description = "PostgreSQL unavailable", body = ApiError, content_type = "application/problem+json"),
@@ -89,11 +89,27 @@ const SEND_PATIENCE: Duration = Duration::from_secs(10);
 pub async fn get_stream(
     State(state): State<ServingState>,
     headers: HeaderMap,
-    Query(params): Query<StreamParams>,
+    params: Result<Query<StreamParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let principal = match crate::authorize(&state.auth, &headers, Role::Read) {
         Ok(principal) => principal,
         Err(response) => return response,
+    };
+    let params = match params {
+        Ok(Query(params)) => params,
+        Err(err) => {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-request",
+                "Invalid request",
+                format!(
+                    "the parameters are source, type, streamKey and lastEventId, each at most \
+                     once: {}",
+                    err.body_text()
+                ),
+            )
+            .into_response()
+        }
     };
     let resume_from = headers
         .get("last-event-id")
