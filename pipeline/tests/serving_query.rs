@@ -390,6 +390,16 @@ async fn formats_limits_and_errors() {
         problem["detail"].as_str().unwrap().contains("Content-Type"),
         "{problem}"
     );
+    // GET without its sql parameter: 400 for a reader, 401 without a token.
+    let url = format!("{base}/v1/query");
+    let response = client
+        .get(&url)
+        .bearer_auth(token("acme", &[Role::Read]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 401);
     // A body over the read side's 2 MiB is refused with 413 once the client has sent it all
     // (without a token too: the body is read before anything refuses the request).
     for bearer in [Some(token("acme", &[Role::Read])), None] {

@@ -227,6 +227,11 @@ pub async fn get_query(
     headers: HeaderMap,
     params: Result<Query<QueryRequest>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    if params.is_err() {
+        if let Err(response) = crate::authorize(&state.auth, &headers, Role::Read) {
+            return response;
+        }
+    }
     match params {
         Ok(Query(request)) => answer(&state, &headers, &request.sql).await,
         Err(err) => ApiError::new(
