@@ -335,6 +335,7 @@ fn run(
         )
         .with_outcomes(Arc::clone(&outcomes))
     });
+    let feed = serving.as_ref().map(|(serving, _)| serving.feed.clone());
     let app = server::app(ingress, serving, readiness);
     let addr = settings.http_addr;
     runtime.block_on(async {
@@ -343,7 +344,14 @@ fn run(
             .with_context(|| format!("binding {addr}"))?;
         tracing::info!(addr = %listener.local_addr()?, ingress = with_ingress, dataflow = with_dataflow, "sentinel listening");
         axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_requested(Arc::clone(&fatal)))
+            .with_graceful_shutdown(async move {
+                shutdown_requested(Arc::clone(&fatal)).await;
+                // A live-feed response lasts until its client leaves: end them all, or the
+                // graceful shutdown would wait for clients that never leave.
+                if let Some(feed) = feed {
+                    feed.close();
+                }
+            })
             .await
             .context("serving HTTP")
     })?;

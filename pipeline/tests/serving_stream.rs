@@ -494,3 +494,34 @@ async fn a_thousand_subscribers_each_get_every_event() {
         "every subscriber got the three events"
     );
 }
+
+/// SIGTERM with a subscriber connected: the feed ends its response (the client resumes
+/// elsewhere with Last-Event-ID) and the process stops cleanly instead of waiting for the
+/// client forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_subscriber_connected_stops_cleanly() {
+    let env = TestEnv::new("stream_shutdown").await;
+    let mut sentinel = env.start("up", "up").await;
+    let client = reqwest::Client::new();
+    let mut subscription = client
+        .get(format!("{}/v1/stream", sentinel.base_url))
+        .bearer_auth(read_token("acme"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(subscription.status(), 200);
+    let status = sentinel
+        .terminate(Duration::from_secs(20))
+        .expect("sentinel still running 20 s after SIGTERM with a subscriber connected");
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        sentinel.log()
+    );
+    // The response ended: reading it to its end finishes (whatever the keep-alive sent).
+    let rest = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(Some(_)) = subscription.chunk().await {}
+    })
+    .await;
+    assert!(rest.is_ok(), "the feed response did not end");
+}

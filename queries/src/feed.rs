@@ -301,6 +301,7 @@ pub struct FeedSettings {
 pub struct FeedHub {
     sender: broadcast::Sender<Arc<FeedBatch>>,
     settings: Arc<FeedSettings>,
+    closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl FeedHub {
@@ -311,6 +312,7 @@ impl FeedHub {
         let hub = Self {
             sender,
             settings: Arc::new(settings),
+            closing: Arc::new(tokio::sync::watch::channel(false).0),
         };
         let listener = hub.clone();
         tokio::spawn(async move { listener.listen_forever(database_url, pool).await });
@@ -320,6 +322,21 @@ impl FeedHub {
     /// A new subscription: every batch broadcast from now on, until it lags.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<FeedBatch>> {
         self.sender.subscribe()
+    }
+
+    /// Ends every subscription, present and future (at shutdown: a feed response lasts until
+    /// its client leaves, and its client resumes elsewhere with `Last-Event-ID`).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once [`FeedHub::close`] was called.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut closing = self.closing.subscribe();
+        async move {
+            // An error means the hub is gone, which closes the feed as well.
+            let _ = closing.wait_for(|closed| *closed).await;
+        }
     }
 
     /// The settings.

@@ -211,7 +211,8 @@ async fn serve_subscriber(
     outbox: Outbox,
 ) {
     let _subscribed = telemetry::Subscribed::new();
-    let end: Result<(), End> = async {
+    let closed = state.feed.closed();
+    let serve = async {
         backfill(&state, &filter, &mut position, &outbox).await?;
         loop {
             let batch = match live.recv().await {
@@ -234,8 +235,11 @@ async fn serve_subscriber(
                 position.advance(partition, next);
             }
         }
-    }
-    .await;
+    };
+    let end: Result<(), End> = tokio::select! {
+        end = serve => end,
+        () = closed => Err(End::Closed),
+    };
     if let Err(End::Lagged) = end {
         telemetry::SubscriberEvicted.emit();
         let lagged = Event::default().id(position.to_string()).event("lagged").data(

@@ -534,6 +534,24 @@ impl SentinelProcess {
         plain
     }
 
+    /// SIGTERM, then waits up to `timeout` for the process to exit; its exit status, or `None`
+    /// when it was still running at the deadline.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("polling sentinel") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// SIGKILL: no shutdown hooks, no flushing.
     pub fn kill(&mut self) {
         self.child.kill().expect("killing sentinel");
