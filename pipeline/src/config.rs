@@ -7,6 +7,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ingress::kafka::ProducerSettings;
 use ingress::KafkaSettings;
 
+/// The longest span a `…_SECONDS` setting may give: ten years.
+const MAX_SECONDS: i64 = 10 * 365 * 86_400;
+
 /// Sentinel: an event ingestion gateway and stream-processing pipeline.
 #[derive(Debug, Parser)]
 #[command(name = "sentinel", version, about, long_about = None)]
@@ -169,7 +172,13 @@ pub struct Settings {
     pub topic_replication: i32,
 
     /// Timely worker threads running the dataflow.
-    #[arg(long, env = "SENTINEL_WORKERS", default_value_t = 2, global = true)]
+    #[arg(
+        long,
+        env = "SENTINEL_WORKERS",
+        default_value_t = 2,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..),
+        global = true
+    )]
     pub workers: usize,
 
     /// Threads of the async runtime that serves HTTP and talks to PostgreSQL and the broker.
@@ -248,6 +257,7 @@ pub struct Settings {
     #[arg(
         long,
         env = "SENTINEL_MAX_FUTURE_SKEW_SECONDS",
+        value_parser = clap::value_parser!(i64).range(0..=MAX_SECONDS),
         default_value_t = 300,
         global = true
     )]
@@ -351,6 +361,7 @@ pub struct Settings {
     #[arg(
         long,
         env = "SENTINEL_FRESHNESS_THRESHOLD_SECONDS",
+        value_parser = clap::value_parser!(i64).range(0..=MAX_SECONDS),
         default_value_t = 10,
         global = true
     )]
@@ -443,6 +454,7 @@ pub struct Settings {
     #[arg(
         long,
         env = "SENTINEL_DEDUP_RETENTION_SECONDS",
+        value_parser = clap::value_parser!(i64).range(0..=MAX_SECONDS),
         default_value_t = 86_400,
         global = true
     )]
@@ -485,6 +497,7 @@ pub struct Settings {
     #[arg(
         long,
         env = "SENTINEL_SOURCE_BATCH",
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..),
         default_value_t = 5_000,
         global = true
     )]
@@ -729,13 +742,28 @@ mod tests {
             "127.0.0.1:2101,127.0.0.1:2102",
         ]);
         assert_eq!(cluster.topic_partitions(), 6);
-        assert_eq!(
-            parse(&["sentinel", "up", "--workers", "0"]).topic_partitions(),
-            1
-        );
+        assert!(Cli::try_parse_from(["sentinel", "up", "--workers", "0"]).is_err());
         let chosen = parse(&["sentinel", "up", "--topic-partitions", "12"]);
         assert_eq!(chosen.topic_partitions(), 12);
         assert!(Cli::try_parse_from(["sentinel", "up", "--topic-partitions", "0"]).is_err());
+    }
+
+    #[test]
+    fn counts_and_spans_out_of_range_are_refused() {
+        for args in [
+            ["--source-batch", "0"],
+            ["--max-future-skew-seconds", "-1"],
+            ["--dedup-retention-seconds", "9223372036854775807"],
+            ["--freshness-threshold-seconds", "-10"],
+        ] {
+            let mut argv = vec!["sentinel", "up"];
+            argv.extend(args);
+            assert!(Cli::try_parse_from(&argv).is_err(), "{args:?} was accepted");
+        }
+        let settings = Cli::try_parse_from(["sentinel", "up", "--max-future-skew-seconds", "0"])
+            .unwrap()
+            .settings;
+        assert_eq!(settings.max_future_skew_seconds, 0);
     }
 
     #[test]
