@@ -61,14 +61,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let number: u64 = number
         .parse()
         .map_err(|_| format!("{text:?} does not start with a whole number"))?;
-    let seconds = match unit {
-        "s" => number,
-        "m" => number * 60,
-        "h" => number * 3600,
-        "d" => number * 86_400,
+    let per_unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
         other => return Err(format!("unknown unit {other:?}: use s, m, h or d")),
     };
-    Ok(Duration::from_secs(seconds))
+    number
+        .checked_mul(per_unit)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long a duration"))
 }
 
 /// Policy for event types without a schema.
@@ -552,6 +555,14 @@ impl Settings {
     /// The timely configuration: this process alone, or one process of a cluster.
     pub fn timely_config(&self) -> anyhow::Result<timely::Config> {
         let workers = self.workers.max(1);
+        if self.process_index >= self.timely_hosts.len().max(1) {
+            anyhow::bail!(
+                "SENTINEL_PROCESS_INDEX {} is not an index of the {} SENTINEL_TIMELY_HOSTS \
+                 (a process alone is index 0)",
+                self.process_index,
+                self.timely_hosts.len()
+            );
+        }
         if self.timely_hosts.len() <= 1 {
             return Ok(timely::Config::process(workers));
         }
@@ -767,7 +778,23 @@ mod tests {
     }
 
     #[test]
+    fn a_process_index_outside_the_cluster_is_refused() {
+        let alone = |index: &str| {
+            Cli::try_parse_from(["sentinel", "up", "--process-index", index])
+                .unwrap()
+                .settings
+                .timely_config()
+        };
+        assert!(alone("0").is_ok());
+        let err = alone("1").unwrap_err().to_string();
+        assert!(err.contains("SENTINEL_PROCESS_INDEX 1"), "{err}");
+    }
+
+    #[test]
     fn durations_parse_with_units() {
+        assert!(parse_duration("99999999999999999d")
+            .unwrap_err()
+            .contains("too long"));
         assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
