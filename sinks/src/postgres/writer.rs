@@ -945,6 +945,12 @@ mod tests {
             .unwrap();
     }
 
+    /// The one bigint `sql` answers in the database of `url`.
+    async fn single_value(url: &str, sql: &str) -> i64 {
+        let db = connect(url).await.unwrap();
+        db.query_one(sql, &[]).await.unwrap().get(0)
+    }
+
     fn batch(next_offset: i64) -> CommitBatch {
         CommitBatch {
             progress: vec![PartitionProgress {
@@ -977,19 +983,15 @@ mod tests {
         assert_eq!(retried.events_written, 0);
         // The next batch is applied as usual.
         sink.commit(&batch(20)).await.unwrap();
-        let db = connect(&url).await.unwrap();
-        let total: i64 = db
-            .query_one("SELECT freshness_total FROM slo_samples", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(total, 2, "the two batches, each counted once");
-        let next: i64 = db
-            .query_one("SELECT next_offset FROM source_offsets", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(next, 20);
+        assert_eq!(
+            single_value(&url, "SELECT freshness_total FROM slo_samples").await,
+            2,
+            "the two batches, each counted once"
+        );
+        assert_eq!(
+            single_value(&url, "SELECT next_offset FROM source_offsets").await,
+            20
+        );
         drop(sink);
         drop_database(&url).await;
     }
@@ -1003,13 +1005,10 @@ mod tests {
         sink.client = None;
         sink.maybe_committed = true;
         sink.commit(&batch(20)).await.unwrap();
-        let db = connect(&url).await.unwrap();
-        let total: i64 = db
-            .query_one("SELECT freshness_total FROM slo_samples", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(total, 2);
+        assert_eq!(
+            single_value(&url, "SELECT freshness_total FROM slo_samples").await,
+            2
+        );
         drop(sink);
         drop_database(&url).await;
     }
