@@ -65,13 +65,23 @@ pub struct Claims {
     /// Subject, for logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
-    /// Expiry (seconds since the epoch).
+    /// Expiry (seconds since the epoch; a decimal NumericDate counts from its whole second).
+    #[serde(deserialize_with = "numeric_date::expiry")]
     pub exp: u64,
-    /// Not before (seconds since the epoch).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Not before (seconds since the epoch; a decimal NumericDate counts from the next whole
+    /// second).
+    #[serde(
+        default,
+        deserialize_with = "numeric_date::not_before",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub nbf: Option<u64>,
     /// Issued at.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "numeric_date::issued_at",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub iat: Option<u64>,
     /// Issuer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -79,6 +89,48 @@ pub struct Claims {
     /// Audience.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<Audience>,
+}
+
+/// RFC 7519 NumericDate claims: seconds since the epoch, which the RFC allows as a decimal
+/// (some issuers send `"exp": 1767225600.5`). Each is rounded so that the token is never valid
+/// for longer than it says: an expiry down, a not-before up.
+mod numeric_date {
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer};
+
+    /// Latest date taken, in seconds: the year 9999. Beyond it (or negative, or not a number)
+    /// the claim is refused rather than wrapped.
+    const LATEST: f64 = 253_402_300_799.0;
+
+    fn seconds<'de, D: Deserializer<'de>>(value: f64) -> Result<f64, D::Error> {
+        if value.is_finite() && (0.0..=LATEST).contains(&value) {
+            Ok(value)
+        } else {
+            Err(D::Error::custom(format!(
+                "{value} is not a date: a NumericDate is seconds since 1970 up to the year 9999"
+            )))
+        }
+    }
+
+    /// `exp`, rounded down.
+    pub(super) fn expiry<'de, D: Deserializer<'de>>(claim: D) -> Result<u64, D::Error> {
+        let value = seconds::<D>(f64::deserialize(claim)?)?;
+        Ok(value.floor() as u64)
+    }
+
+    /// `nbf`, rounded up.
+    pub(super) fn not_before<'de, D: Deserializer<'de>>(claim: D) -> Result<Option<u64>, D::Error> {
+        Option::<f64>::deserialize(claim)?
+            .map(|value| seconds::<D>(value).map(|value| value.ceil() as u64))
+            .transpose()
+    }
+
+    /// `iat`, rounded down (informational).
+    pub(super) fn issued_at<'de, D: Deserializer<'de>>(claim: D) -> Result<Option<u64>, D::Error> {
+        Option::<f64>::deserialize(claim)?
+            .map(|value| seconds::<D>(value).map(|value| value.floor() as u64))
+            .transpose()
+    }
 }
 
 /// A token's `aud`: one audience, or several (RFC 7519 allows both forms).
@@ -299,10 +351,14 @@ impl Authenticator {
     fn validation(&self, algorithm: Algorithm) -> Validation {
         let mut validation = Validation::new(algorithm);
         validation.leeway = self.settings.leeway.as_secs();
-        validation.validate_nbf = true;
+        // `exp` and `nbf` are checked by `authenticate_at`, on every use of the token, from
+        // [`Claims`], which takes them as RFC 7519 allows (jsonwebtoken takes whole seconds
+        // only, and would refuse a decimal one as missing). `exp` is required by `Claims`.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         // A configured issuer or audience must be in the token: jsonwebtoken checks each only
         // when the token carries it.
-        let mut required = vec!["exp"];
+        let mut required = Vec::new();
         if self.settings.issuer.is_some() {
             required.push("iss");
         }
@@ -335,19 +391,12 @@ impl Authenticator {
             .expect("verified tokens lock")
             .get(token)
             .cloned();
-        let verified = match remembered {
-            Some(verified) => verified,
-            None => {
-                let verified = self.verify(token)?;
-                let mut tokens = self.verified.lock().expect("verified tokens lock");
-                if tokens.len() >= self.verified_held {
-                    tokens.clear();
-                }
-                tokens.insert(token.into(), verified.clone());
-                verified
-            }
+        let (verified, newly_verified) = match remembered {
+            Some(verified) => (verified, false),
+            None => (self.verify(token)?, true),
         };
-        // The checks `jsonwebtoken` makes, with the same leeway, for every use of the token.
+        // The token's time window, with the leeway, on every use of the token (`verify` leaves
+        // `exp` and `nbf` to this check).
         let leeway = self.settings.leeway.as_secs();
         if verified.exp < now.saturating_sub(leeway) {
             self.verified
@@ -358,6 +407,14 @@ impl Authenticator {
         }
         if verified.nbf.is_some_and(|nbf| nbf > now + leeway) {
             return Err(AuthError::NotYetValid);
+        }
+        // Only a token that verified and is valid now is remembered.
+        if newly_verified {
+            let mut tokens = self.verified.lock().expect("verified tokens lock");
+            if tokens.len() >= self.verified_held {
+                tokens.clear();
+            }
+            tokens.insert(token.into(), verified.clone());
         }
         Ok(verified.principal)
     }
@@ -406,8 +463,6 @@ impl Authenticator {
                 }
                 Err(err) => {
                     last = match err.kind() {
-                        ErrorKind::ExpiredSignature => return Err(AuthError::Expired),
-                        ErrorKind::ImmatureSignature => return Err(AuthError::NotYetValid),
                         ErrorKind::InvalidIssuer => {
                             return Err(AuthError::Claims("wrong issuer".into()))
                         }
@@ -572,6 +627,45 @@ mod tests {
             auth.authenticate(&bearer(&token_with(&no_tenant, SECRET))),
             Err(AuthError::Claims(_))
         ));
+    }
+
+    #[test]
+    fn decimal_dates_are_taken_as_rfc_7519_allows() {
+        let now = jsonwebtoken::get_current_timestamp() as f64;
+        let auth = auth();
+        let token = |claims: serde_json::Value| bearer(&token_with(&claims, SECRET));
+        let decimal = serde_json::json!({
+            "tenant": "acme", "exp": now + 60.5, "nbf": now - 10.25, "iat": now - 10.25
+        });
+        assert_eq!(auth.authenticate(&token(decimal)).unwrap().tenant, "acme");
+        // Past the leeway (5 s), a decimal expiry is as expired as a whole one.
+        let expired = serde_json::json!({"tenant": "acme", "exp": now - 60.5});
+        assert_eq!(auth.authenticate(&token(expired)), Err(AuthError::Expired));
+        let early = serde_json::json!({"tenant": "acme", "exp": now + 600.0, "nbf": now + 300.5});
+        assert_eq!(
+            auth.authenticate(&token(early)),
+            Err(AuthError::NotYetValid)
+        );
+        // An expiry is rounded down and a not-before up: never valid longer than the token says.
+        let claims: Claims = serde_json::from_value(serde_json::json!({
+            "tenant": "acme", "exp": 1_767_225_600.9, "nbf": 1_767_225_000.1
+        }))
+        .unwrap();
+        assert_eq!(
+            (claims.exp, claims.nbf),
+            (1_767_225_600, Some(1_767_225_001))
+        );
+        for not_a_date in [
+            serde_json::json!(-1.5),
+            serde_json::json!(1e300),
+            serde_json::json!("tomorrow"),
+        ] {
+            let claims = serde_json::json!({"tenant": "acme", "exp": not_a_date});
+            assert!(
+                matches!(auth.authenticate(&token(claims)), Err(AuthError::Claims(_))),
+                "exp {not_a_date} was not refused"
+            );
+        }
     }
 
     fn remembered(auth: &Authenticator) -> usize {

@@ -17,6 +17,7 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
+use operators::error_text::error_chain;
 
 use crate::problem::ApiError;
 
@@ -124,17 +125,6 @@ async fn drain(mut body: Body) {
         }
     };
     let _ = tokio::time::timeout(DRAIN_MAX_TIME, read_to_end).await;
-}
-
-fn error_chain(err: &axum::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -16,11 +16,13 @@
 //! | [`slo_window`] | operator: tumbling SLO windows of gateway outcomes and freshness |
 //! | [`stream_state`] | operator: per stream, the latest event and the count, in a differential arrangement |
 //! | [`dedup`] | operator: drop repeats by event id and idempotency key; dead-letter conflicts |
+//! | [`error_text`] | one line of text for an error and its causes |
 
 pub mod canonical;
 pub mod decode;
 pub mod dedup;
 pub mod envelope;
+pub mod error_text;
 pub mod headers;
 pub mod record;
 pub mod slo_window;

@@ -124,7 +124,7 @@ async fn migrate(settings: &Settings) -> anyhow::Result<()> {
         match sinks::postgres::connect(&settings.database_url).await {
             Ok(client) => break client,
             Err(err) if err.is_retriable() && Instant::now() < deadline => {
-                tracing::warn!(error = %sinks::postgres::error_chain(&err), "waiting for PostgreSQL");
+                tracing::warn!(error = %operators::error_text::error_chain(&err), "waiting for PostgreSQL");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Err(err) => return Err(err).context("connecting to PostgreSQL"),

@@ -79,6 +79,9 @@ pub fn watch(
     policy: UnknownTypePolicy,
     interval: Duration,
 ) -> anyhow::Result<SharedRegistry> {
+    // The files' signature is taken before they are read: a file changed while the first load
+    // reads the directory then differs at the first poll and is read again.
+    let loaded = signature(&dir);
     let registry = load(&dir, policy)?;
     tracing::info!(dir = %dir.display(), schemas = registry.len(), "schemas loaded");
     let shared: SharedRegistry = Arc::new(RwLock::new(Arc::new(registry)));
@@ -86,7 +89,7 @@ pub fn watch(
     std::thread::Builder::new()
         .name("schema-reload".into())
         .spawn(move || {
-            let mut last = signature(&dir);
+            let mut last = loaded;
             loop {
                 std::thread::sleep(interval);
                 let now = signature(&dir);

@@ -13,9 +13,7 @@ pub use batch::{CommitBatch, CommitReport};
 pub use error::SinkError;
 pub use migrate::migrate;
 pub use offsets::{load_offsets, load_recent_events, load_stream_states};
-pub use writer::{
-    error_chain, run_writer, DeadLetterPublisher, EventSink, WriterSettings, FEED_CHANNEL,
-};
+pub use writer::{run_writer, DeadLetterPublisher, EventSink, WriterSettings, FEED_CHANNEL};
 
 use tokio_postgres::{Client, Config, NoTls};
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, Utc};
 use futures::pin_mut;
+use operators::error_text::error_chain;
 use operators::record::{DeadLetter, DeadLetterReason, EventIdentity};
 use postgres_types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio::sync::mpsc;
@@ -893,18 +894,6 @@ fn commit_spans(batch: &CommitBatch, start: std::time::SystemTime, end: std::tim
 fn jittered(backoff: Duration) -> Duration {
     let half = backoff / 2;
     half + half.mul_f64(rand::random::<f64>())
-}
-
-/// The error and its causes, `: `-separated, for log lines.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
