@@ -11,9 +11,46 @@ use crate::record::{DeadLetter, DeadLetterReason, EventIdentity, EventRow, Sourc
 use crate::validate::{SchemaRegistry, SchemaRejection, SharedRegistry};
 use std::sync::Arc;
 
+/// Longest dead-letter message kept, in bytes: the message is stored in the dead letter's row
+/// and sent as a header of its record on the dead-letter topic, and a schema's violations quote
+/// the offending values whole, so one large value must not make the record too large to send.
+pub const MAX_DEAD_LETTER_MESSAGE_BYTES: usize = 4096;
+
+/// `message`, cut at a character boundary to at most [`MAX_DEAD_LETTER_MESSAGE_BYTES`] with a
+/// note of how much was left out.
+pub fn bounded_message(mut message: String) -> String {
+    if message.len() <= MAX_DEAD_LETTER_MESSAGE_BYTES {
+        return message;
+    }
+    let total = message.len();
+    let mut cut = MAX_DEAD_LETTER_MESSAGE_BYTES - 64;
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    message.truncate(cut);
+    message.push_str(&format!(" … ({} more bytes not shown)", total - cut));
+    message
+}
+
+/// The receive time a record claims (the gateway's header, else its Kafka timestamp), when it
+/// is believable: from 1970 on and not ahead of this worker's clock by more than
+/// `max_future_skew`. A gateway never writes another; a producer of another kind can, and a
+/// time far ahead would make de-duplication forget every event (it remembers by receive time)
+/// and one out of range would fail its batch's commit.
+fn believable_received_time(
+    claimed: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    max_future_skew: chrono::TimeDelta,
+) -> Option<DateTime<Utc>> {
+    let latest = now.checked_add_signed(max_future_skew).unwrap_or(now);
+    claimed.filter(|at| at.timestamp() >= 0 && *at <= latest)
+}
+
 /// Decodes one record with the gateway's envelope rules. The received time comes from the
-/// gateway's header, else the record's timestamp, else `fallback_now`; it is also the reference
-/// time of the future-skew rule, so a record is judged as it was when it arrived.
+/// gateway's header, else the record's timestamp, else `fallback_now` (also when the one it
+/// claims is not believable: before 1970, or ahead of `fallback_now` by more than the
+/// future-skew limit); it is also the reference time of the future-skew rule, so a record is
+/// judged as it was when it arrived.
 pub fn decode_record(
     record: SourceRecord,
     limits: &EnvelopeLimits,
@@ -21,15 +58,16 @@ pub fn decode_record(
     fallback_now: DateTime<Utc>,
 ) -> Result<EventRow, DeadLetter> {
     let trace_id = record.headers.traceparent.map(|ctx| ctx.trace_id_hex());
-    let received_utc = record
-        .headers
-        .received_at
-        .or_else(|| {
+    let received_utc = believable_received_time(
+        record.headers.received_at.or_else(|| {
             record
                 .timestamp_ms
                 .and_then(DateTime::<Utc>::from_timestamp_millis)
-        })
-        .unwrap_or(fallback_now);
+        }),
+        fallback_now,
+        limits.max_future_skew,
+    )
+    .unwrap_or(fallback_now);
     let dead_letter = |reason: DeadLetterReason, message: String, record: SourceRecord| {
         let identity = EventIdentity::salvage(
             record.value.as_deref(),
@@ -38,7 +76,7 @@ pub fn decode_record(
         );
         DeadLetter {
             reason,
-            message,
+            message: bounded_message(message),
             partition: record.partition,
             offset: record.offset,
             key: record.key,
@@ -204,12 +242,15 @@ mod tests {
     use timely::dataflow::operators::capture::Extract;
     use timely::dataflow::operators::{Capture, ToStream};
 
+    /// 2026-11-30T02:13:20Z: after [`VALID`]'s event time, before any run of these tests.
+    const RECORD_TIME_MS: i64 = 1_796_000_000_000;
+
     fn record(offset: i64, value: Option<&str>) -> SourceRecord {
         SourceRecord {
             topic: "events.raw.v1".into(),
             partition: 3,
             offset,
-            timestamp_ms: Some(1_800_000_000_000),
+            timestamp_ms: Some(RECORD_TIME_MS),
             key: Some(b"acme|k".to_vec()),
             value: value.map(|v| v.as_bytes().to_vec()),
             headers: RecordHeaders::default(),
@@ -245,7 +286,67 @@ mod tests {
             Utc::now(),
         )
         .unwrap();
-        assert_eq!(row.received_utc.timestamp_millis(), 1_800_000_000_000);
+        assert_eq!(row.received_utc.timestamp_millis(), RECORD_TIME_MS);
+    }
+
+    #[test]
+    fn an_unbelievable_received_time_gives_way_to_the_workers_clock() {
+        let now = Utc::now();
+        let decode = |rec: SourceRecord| {
+            decode_record(rec, &EnvelopeLimits::default(), None, now).expect("valid record")
+        };
+        // Ahead of the worker's clock by more than the future-skew limit (5 min), from the
+        // gateway's header or from the Kafka timestamp: a year ahead, and chrono's last day.
+        let mut ahead = record(0, Some(VALID));
+        ahead.headers.received_at = Some(now + chrono::TimeDelta::days(365));
+        assert_eq!(decode(ahead).received_utc, now);
+        let mut last_day = record(0, Some(VALID));
+        last_day.timestamp_ms = Some(DateTime::<Utc>::MAX_UTC.timestamp_millis() - 1_000);
+        assert_eq!(decode(last_day).received_utc, now);
+        // Before 1970 (and before PostgreSQL's range), from the Kafka timestamp.
+        let mut ancient = record(0, Some(VALID));
+        ancient.timestamp_ms = Some(-300_000_000_000_000);
+        assert_eq!(decode(ancient).received_utc, now);
+        // Within the limit, the claimed time stands.
+        let mut close = record(0, Some(VALID));
+        let claimed = now + chrono::TimeDelta::minutes(4);
+        close.headers.received_at = Some(claimed);
+        assert_eq!(decode(close).received_utc, claimed);
+    }
+
+    #[test]
+    fn a_dead_letter_message_is_bounded_whatever_the_violations_quote() {
+        let long = "é".repeat(10_000);
+        let bounded = bounded_message(long.clone());
+        assert!(
+            bounded.len() <= MAX_DEAD_LETTER_MESSAGE_BYTES,
+            "{}",
+            bounded.len()
+        );
+        assert!(bounded.ends_with("more bytes not shown)"), "{bounded}");
+        assert!(bounded.starts_with("éé"));
+        assert_eq!(bounded_message("short".into()), "short");
+        // Through decode: a schema violation quotes the 100 KB value it refuses.
+        let mut schemas = SchemaRegistry::new(crate::validate::UnknownTypePolicy::Accept);
+        let schema = serde_json::json!({"type": "object",
+            "properties": {"note": {"type": "string", "maxLength": 10}}});
+        schemas.add(None, "t", 1, &schema).unwrap();
+        let huge = VALID.replace(r#"{"x":1}"#, &format!(r#"{{"note":"{long}"}}"#));
+        let dl = decode_record(
+            record(1, Some(&huge)),
+            &EnvelopeLimits::default(),
+            Some(&schemas),
+            Utc::now(),
+        )
+        .unwrap_err();
+        assert_eq!(dl.reason, DeadLetterReason::SchemaViolation);
+        assert!(dl.message.len() <= MAX_DEAD_LETTER_MESSAGE_BYTES);
+        assert!(
+            dl.message.contains("more bytes not shown"),
+            "{}",
+            dl.message
+        );
+        assert_eq!(dl.original, huge.as_bytes());
     }
 
     #[test]

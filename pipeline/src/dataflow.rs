@@ -62,6 +62,44 @@ pub struct DataflowContext {
     pub shutdown: Arc<AtomicBool>,
     /// Number of workers whose dataflow is running.
     pub running_workers: Arc<AtomicUsize>,
+    /// Set when a worker of this process failed or panicked: the others stop too, since they
+    /// would wait for its progress forever (nothing would commit again) and the process could
+    /// not exit.
+    pub worker_failed: Arc<AtomicBool>,
+}
+
+/// Held by a worker's thread while it runs: if the thread unwinds from a panic, the worker is
+/// marked failed and the process's shutdown woken, as when a worker returns an error. Without
+/// it the process would stay up, its gateway accepting, with a dataflow that never commits.
+pub struct PanicAlarm {
+    worker: usize,
+    worker_failed: Arc<AtomicBool>,
+    fatal: Arc<tokio::sync::Notify>,
+}
+
+impl PanicAlarm {
+    /// An alarm for worker `worker`, raising `worker_failed` and waking `fatal`.
+    pub fn new(
+        worker: usize,
+        worker_failed: Arc<AtomicBool>,
+        fatal: Arc<tokio::sync::Notify>,
+    ) -> Self {
+        Self {
+            worker,
+            worker_failed,
+            fatal,
+        }
+    }
+}
+
+impl Drop for PanicAlarm {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(worker = self.worker, "worker panicked");
+            self.worker_failed.store(true, Ordering::Release);
+            self.fatal.notify_one();
+        }
+    }
 }
 
 /// What flows into the commit operator.
@@ -244,6 +282,11 @@ pub fn run_worker(worker: &mut Worker, ctx: &DataflowContext) -> anyhow::Result<
     let outcome = loop {
         if writer.as_ref().is_some_and(|w| w.is_finished()) {
             break Err(anyhow!("the PostgreSQL writer stopped"));
+        }
+        if ctx.worker_failed.load(Ordering::Acquire) {
+            break Err(anyhow!(
+                "another worker failed: this one stops with it (what it has not committed is read again at restart)"
+            ));
         }
         if !worker.step_or_park(Some(Duration::from_millis(100))) {
             break Ok(());

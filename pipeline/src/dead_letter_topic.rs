@@ -15,6 +15,9 @@ pub const MESSAGE_HEADER: &str = "sentinel-dlq-message";
 pub const SOURCE_HEADER: &str = "sentinel-dlq-source";
 /// Header with the trace id, when the original had one.
 pub const TRACE_HEADER: &str = "sentinel-trace-id";
+/// Header present when the original bytes were too large for the topic and left out: its value
+/// is their size; the dead letter's row in PostgreSQL (`dead_letters`) keeps them whole.
+pub const ORIGINAL_OMITTED_HEADER: &str = "sentinel-dlq-original-omitted-bytes";
 
 /// Publishes dead letters to the dead-letter topic.
 pub struct DeadLetterTopic {
@@ -52,16 +55,30 @@ impl DeadLetterPublisher for DeadLetterTopic {
                 if let Some(trace) = &dead.trace_id {
                     headers.push((TRACE_HEADER, trace.as_bytes()));
                 }
-                self.producer
+                let mut sent = self
+                    .producer
                     .publish_with_headers(&self.topic, &key, &dead.original, &headers)
-                    .await
-                    .map(|_| ())
-                    .map_err(|err| {
-                        let cause = std::error::Error::source(&err)
-                            .map(|c| format!(": {c}"))
-                            .unwrap_or_default();
-                        format!("{err}{cause}")
-                    })
+                    .await;
+                // The original with the headers is larger than the topic takes (the message
+                // is bounded, the original is not): refusing it again on every retry would stop
+                // every commit, so the record goes without it and says so.
+                if sent.as_ref().is_err_and(|err| err.is_too_large()) {
+                    let size = dead.original.len().to_string();
+                    headers.push((ORIGINAL_OMITTED_HEADER, size.as_bytes()));
+                    tracing::warn!(
+                        partition = dead.partition,
+                        offset = dead.offset,
+                        bytes = dead.original.len(),
+                        "a dead letter's original bytes are too large for the dead-letter topic; \
+                         its record goes without them (the dead_letters row keeps them)"
+                    );
+                    sent = self
+                        .producer
+                        .publish_with_headers(&self.topic, &key, &[], &headers)
+                        .await;
+                }
+                sent.map(|_| ())
+                    .map_err(|err| operators::error_text::error_chain(&err))
             });
             join_all(sends)
                 .await

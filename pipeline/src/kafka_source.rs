@@ -175,11 +175,19 @@ pub fn kafka_source<'scope>(
     )
 }
 
-/// Milliseconds since the Unix epoch: the dataflow's timestamp.
+/// Milliseconds since the Unix epoch, by a clock that never goes back: the dataflow's
+/// timestamp. It is the wall clock when the process first read it, advanced by the monotonic
+/// clock since: a wall clock stepped back (NTP, a resumed VM) would otherwise hold the
+/// dataflow's time, and so every commit, until it caught up again.
 pub fn wall_clock_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis() as u64)
+    static ANCHOR: std::sync::OnceLock<(u64, Instant)> = std::sync::OnceLock::new();
+    let (wall, at) = ANCHOR.get_or_init(|| {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        (wall, Instant::now())
+    });
+    wall + at.elapsed().as_millis() as u64
 }
 
 /// Topic names shared by every record of a topic, so that a record carries a pointer, not a copy.
@@ -199,11 +207,34 @@ impl TopicNamesInterned {
     }
 }
 
+/// The headers `read` decodes, or none if it panics. rdkafka 0.39 panics on a header name that
+/// is not UTF-8 (it unwraps the conversion), which a producer of another kind can write: read
+/// unguarded, that one record would stop its worker at every restart. Sentinel's own headers
+/// have ASCII names, so a record with such a name is judged without headers.
+fn headers_or_none(
+    read: impl FnOnce() -> RecordHeaders,
+    partition: i32,
+    offset: i64,
+) -> RecordHeaders {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|_| {
+        tracing::warn!(
+            partition,
+            offset,
+            "a record's header could not be read (a name that is not UTF-8); its headers are ignored"
+        );
+        RecordHeaders::default()
+    })
+}
+
 fn source_record(topic: Arc<str>, message: &rdkafka::message::BorrowedMessage<'_>) -> SourceRecord {
     let headers = message
         .headers()
         .map(|headers| {
-            RecordHeaders::from_pairs(headers.iter().map(|header| (header.key, header.value)))
+            headers_or_none(
+                || RecordHeaders::from_pairs(headers.iter().map(|h| (h.key, h.value))),
+                message.partition(),
+                message.offset(),
+            )
         })
         .unwrap_or_default();
     let timestamp_ms = message.timestamp().to_millis();
@@ -272,5 +303,19 @@ mod tests {
         );
         let all: Vec<i32> = (0..3).flat_map(|i| owned_partitions(7, i, 3)).collect();
         assert_eq!(all.len(), 7, "every partition has exactly one owner");
+    }
+
+    #[test]
+    fn headers_that_cannot_be_read_are_ignored_not_fatal() {
+        // As rdkafka's `CStr::to_str().unwrap()` does on a header name that is not UTF-8.
+        let unreadable = || -> RecordHeaders { panic!("invalid utf-8 sequence of 1 bytes") };
+        assert_eq!(headers_or_none(unreadable, 0, 7), RecordHeaders::default());
+        let readable = || {
+            RecordHeaders::from_pairs([(operators::headers::IDEMPOTENCY_KEY, Some(&b"k-1"[..]))])
+        };
+        assert_eq!(
+            headers_or_none(readable, 0, 8).idempotency_key.as_deref(),
+            Some("k-1")
+        );
     }
 }

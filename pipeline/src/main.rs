@@ -216,6 +216,7 @@ fn run(
             },
             shutdown: Arc::clone(&shutdown),
             running_workers: Arc::clone(&running_workers),
+            worker_failed: Arc::new(AtomicBool::new(false)),
         });
         if settings.process_index == 0 {
             runtime.spawn(health::maintain(
@@ -233,8 +234,14 @@ fn run(
             .spawn(move || -> Vec<String> {
                 let fatal_on_start = Arc::clone(&fatal);
                 let guards = timely::execute(config, move |worker| {
+                    let _alarm = dataflow::PanicAlarm::new(
+                        worker.index(),
+                        Arc::clone(&ctx.worker_failed),
+                        Arc::clone(&fatal),
+                    );
                     let outcome = dataflow::run_worker(worker, &ctx);
                     if let Err(err) = &outcome {
+                        ctx.worker_failed.store(true, Ordering::Release);
                         tracing::error!(
                             worker = worker.index(),
                             error = format!("{err:#}"),

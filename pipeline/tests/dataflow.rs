@@ -477,3 +477,51 @@ async fn a_row_postgres_rejects_is_isolated_and_its_neighbours_keep_their_verdic
         "the conflict is dead-lettered with its original bytes, not skipped as a copy"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_too_large_for_its_topic_goes_without_its_original_bytes() {
+    let env = TestEnv::new("dlqlarge").await;
+    let topic = env.raw_topic();
+    let sentinel = env.start("process", "process-1").await;
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", support::kafka_brokers())
+        .create()
+        .unwrap();
+    // Just under librdkafka's default record limit (message.max.bytes, 1,000,000) on the raw
+    // topic; with the dead-letter headers and key added, over it on the dead-letter topic.
+    let poison = vec![b'x'; 999_900];
+    produce(&producer, &topic, 0, &poison).await;
+    let after = serde_json::to_vec(&envelope(
+        Uuid::new_v4(),
+        "acme",
+        "s-1",
+        1,
+        "2025-06-15T10:00:00Z",
+    ))
+    .unwrap();
+    produce(&producer, &topic, 0, &after).await;
+    // Before the fix the batch was retried forever and nothing after it committed.
+    env.wait_for_consumed(2).await;
+    assert_eq!(
+        sentinel
+            .metric(r#"dlq_events_total{reason="undecodable"}"#)
+            .await,
+        1.0
+    );
+    let dead = dead_letters(&env).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].1, poison, "the row keeps the original bytes whole");
+    let on_topic = read_topic(&format!("{}events.dlq.v1", env.topic_prefix), 1).await;
+    let (headers, value) = &on_topic[0];
+    assert!(value.is_empty(), "{} bytes on the topic", value.len());
+    assert_eq!(headers["sentinel-dlq-reason"], "undecodable");
+    assert_eq!(headers["sentinel-dlq-original-omitted-bytes"], "999900");
+    let stored: i64 = env
+        .db()
+        .await
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 1, "the event after the dead letter is stored");
+}
