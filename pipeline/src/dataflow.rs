@@ -68,16 +68,17 @@ pub struct DataflowContext {
     pub worker_failed: Arc<AtomicBool>,
 }
 
-/// Held by a worker's thread while it runs: if the thread unwinds from a panic, the worker is
-/// marked failed and the process's shutdown woken, as when a worker returns an error. Without
-/// it the process would stay up, its gateway accepting, with a dataflow that never commits.
-pub struct PanicAlarm {
+/// Held by a worker's thread while it runs: a worker that fails (returns an error, or its
+/// thread unwinds from a panic) marks the process's workers failed and wakes the shutdown.
+/// Without it a panic would leave the process up, its gateway accepting, with a dataflow that
+/// never commits.
+pub struct WorkerAlarm {
     worker: usize,
     worker_failed: Arc<AtomicBool>,
     fatal: Arc<tokio::sync::Notify>,
 }
 
-impl PanicAlarm {
+impl WorkerAlarm {
     /// An alarm for worker `worker`, raising `worker_failed` and waking `fatal`.
     pub fn new(
         worker: usize,
@@ -90,14 +91,19 @@ impl PanicAlarm {
             fatal,
         }
     }
+
+    /// The worker failed: every worker of the process stops, and so does the process.
+    pub fn raise(&self, why: &str) {
+        tracing::error!(worker = self.worker, error = why, "worker failed");
+        self.worker_failed.store(true, Ordering::Release);
+        self.fatal.notify_one();
+    }
 }
 
-impl Drop for PanicAlarm {
+impl Drop for WorkerAlarm {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            tracing::error!(worker = self.worker, "worker panicked");
-            self.worker_failed.store(true, Ordering::Release);
-            self.fatal.notify_one();
+            self.raise("panicked");
         }
     }
 }

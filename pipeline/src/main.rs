@@ -234,20 +234,14 @@ fn run(
             .spawn(move || -> Vec<String> {
                 let fatal_on_start = Arc::clone(&fatal);
                 let guards = timely::execute(config, move |worker| {
-                    let _alarm = dataflow::PanicAlarm::new(
+                    let alarm = dataflow::WorkerAlarm::new(
                         worker.index(),
                         Arc::clone(&ctx.worker_failed),
                         Arc::clone(&fatal),
                     );
                     let outcome = dataflow::run_worker(worker, &ctx);
                     if let Err(err) = &outcome {
-                        ctx.worker_failed.store(true, Ordering::Release);
-                        tracing::error!(
-                            worker = worker.index(),
-                            error = format!("{err:#}"),
-                            "worker failed"
-                        );
-                        fatal.notify_one();
+                        alarm.raise(&format!("{err:#}"));
                     }
                     outcome.map_err(|err| format!("{err:#}"))
                 });
