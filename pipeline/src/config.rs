@@ -506,6 +506,17 @@ pub struct Settings {
     )]
     pub source_batch: usize,
 
+    /// Most records a worker holds read but not yet handed to its writer; past it its source
+    /// stops reading until the commits catch up.
+    #[arg(
+        long,
+        env = "SENTINEL_MAX_UNCOMMITTED_RECORDS",
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..),
+        default_value_t = 200_000,
+        global = true
+    )]
+    pub max_uncommitted_records: usize,
+
     /// Log format.
     #[arg(
         long,

@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 
 use crate::kafka_source::{
     assigned_consumer, kafka_source, owned_partitions, SourceMessage, SourceSettings,
-    TopicAssignment,
+    TopicAssignment, UncommittedRecords,
 };
 use crate::topics::partition_count;
 
@@ -201,12 +201,14 @@ pub fn run_worker(worker: &mut Worker, ctx: &DataflowContext) -> anyhow::Result<
     )));
     let batches_tx = Rc::new(RefCell::new(Some(batches_tx)));
 
+    let uncommitted = Rc::new(UncommittedRecords::default());
     worker.dataflow::<u64, _, _>(|scope| {
         let messages = kafka_source(
             scope,
             consumer,
             ctx.source.clone(),
             Arc::clone(&ctx.shutdown),
+            Rc::clone(&uncommitted),
         );
         let (records, progress): (
             StreamVec<u64, SourceRecord>,
@@ -281,7 +283,7 @@ pub fn run_worker(worker: &mut Worker, ctx: &DataflowContext) -> anyhow::Result<
             dead_letters.map(Effect::DeadLetter),
             progress.map(Effect::Progress),
         ]);
-        commit_at_closed_times(effects, Rc::clone(&batches_tx));
+        commit_at_closed_times(effects, Rc::clone(&batches_tx), Rc::clone(&uncommitted));
     });
     ctx.running_workers.fetch_add(1, Ordering::AcqRel);
 
@@ -315,6 +317,7 @@ pub fn run_worker(worker: &mut Worker, ctx: &DataflowContext) -> anyhow::Result<
 fn commit_at_closed_times(
     effects: StreamVec<'_, u64, Effect>,
     batches: Rc<RefCell<Option<mpsc::Sender<CommitBatch>>>>,
+    uncommitted: Rc<UncommittedRecords>,
 ) {
     let mut pending: BTreeMap<u64, CommitBatch> = BTreeMap::new();
     effects.sink(Pipeline, "CommitToPostgres", move |(input, frontier)| {
@@ -332,13 +335,14 @@ fn commit_at_closed_times(
             }
             ready.absorb(entry.remove());
         }
-        if ready.is_empty() {
-            return;
-        }
-        if let Some(sender) = batches.borrow().as_ref() {
-            if sender.blocking_send(ready).is_err() {
-                tracing::error!("PostgreSQL writer is gone; batch not committed");
+        if !ready.is_empty() {
+            if let Some(sender) = batches.borrow().as_ref() {
+                if sender.blocking_send(ready).is_err() {
+                    tracing::error!("PostgreSQL writer is gone; batch not committed");
+                }
             }
         }
+        // Every time before the frontier is now with the writer (or had no effects).
+        uncommitted.handed_over_before(frontier.frontier().first().copied().unwrap_or(u64::MAX));
     });
 }

@@ -6,8 +6,14 @@
 //! is global across workers, so a worker whose partitions are idle must still advance its
 //! capability, or it would hold back every other worker's commits: each invocation moves the
 //! capability up to the current tick.
+//!
+//! A worker reads at most [`SourceSettings::max_uncommitted`] records ahead of what its commit
+//! has handed to the writer: progress is shared, so while one worker is blocked on a slow commit no worker's
+//! time closes, and the others would otherwise keep reading into memory without bound.
 
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -91,20 +97,58 @@ pub fn assigned_consumer(
 pub struct SourceSettings {
     /// Most records per batch (one timely timestamp).
     pub max_batch: usize,
+    /// Most records read and not yet handed to the writer; past it the source pauses.
+    pub max_uncommitted: usize,
     /// How long to wait before polling again when nothing was available.
     pub idle_poll: Duration,
     /// Width of a timestamp, in milliseconds: records polled within one tick commit together.
     pub tick_ms: u64,
 }
 
+/// The records a worker's source has read, by timestamp, until its commit hands their time to
+/// the writer. Shared by the source and the commit operator of one worker (one thread).
+#[derive(Debug, Default)]
+pub struct UncommittedRecords {
+    by_time: RefCell<BTreeMap<u64, usize>>,
+    total: Cell<usize>,
+}
+
+impl UncommittedRecords {
+    /// The source read `records` at `time`.
+    pub fn read(&self, time: u64, records: usize) {
+        if records > 0 {
+            *self.by_time.borrow_mut().entry(time).or_default() += records;
+            self.total.set(self.total.get() + records);
+        }
+    }
+
+    /// The commit handed every time before `frontier` to the writer.
+    pub fn handed_over_before(&self, frontier: u64) {
+        let mut by_time = self.by_time.borrow_mut();
+        while let Some(entry) = by_time.first_entry() {
+            if *entry.key() >= frontier {
+                break;
+            }
+            self.total.set(self.total.get() - entry.remove());
+        }
+    }
+
+    /// Records read and not yet handed over.
+    pub fn total(&self) -> usize {
+        self.total.get()
+    }
+}
+
 /// Builds the source: polls `consumer` without blocking the worker, emits each batch at its own
 /// timestamp (never earlier than the wall clock), and stops (releasing its capability) once
-/// `shutdown` is set.
+/// `shutdown` is set. It reads nothing (and still advances its time) while `uncommitted` holds
+/// [`SourceSettings::max_uncommitted`] records.
 pub fn kafka_source<'scope>(
     scope: Scope<'scope, u64>,
     consumer: BaseConsumer,
     settings: SourceSettings,
     shutdown: Arc<AtomicBool>,
+    uncommitted: Rc<UncommittedRecords>,
 ) -> StreamVec<'scope, u64, SourceMessage> {
     source::<_, CapacityContainerBuilder<Vec<SourceMessage>>, _, _>(
         scope,
@@ -113,6 +157,7 @@ pub fn kafka_source<'scope>(
             let activator = scope.activator_for(info.address);
             let mut capability = Some(capability);
             let mut last_error_log: Option<Instant> = None;
+            let mut last_pause_log: Option<Instant> = None;
             let mut topics = TopicNamesInterned::default();
             move |output| {
                 let Some(cap) = capability.as_mut() else {
@@ -128,6 +173,18 @@ pub fn kafka_source<'scope>(
                 let now = wall_clock_millis() / tick * tick;
                 if *cap.time() < now {
                     cap.downgrade(&now);
+                }
+                if uncommitted.total() >= settings.max_uncommitted {
+                    if last_pause_log.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                        tracing::warn!(
+                            uncommitted = uncommitted.total(),
+                            "reading paused: the commits are behind (a slow PostgreSQL, or \
+                             another worker blocked on its commit)"
+                        );
+                        last_pause_log = Some(Instant::now());
+                    }
+                    activator.activate_after(settings.idle_poll);
+                    return;
                 }
                 let mut reached: BTreeMap<(Arc<str>, i32), i64> = BTreeMap::new();
                 let mut emitted = 0;
@@ -156,6 +213,7 @@ pub fn kafka_source<'scope>(
                             }
                         }
                     }
+                    uncommitted.read(*cap.time(), emitted);
                     for ((topic, partition), next_offset) in reached {
                         session.give(SourceMessage::Progress(PartitionProgress {
                             topic: topic.to_string(),
@@ -303,6 +361,22 @@ mod tests {
         );
         let all: Vec<i32> = (0..3).flat_map(|i| owned_partitions(7, i, 3)).collect();
         assert_eq!(all.len(), 7, "every partition has exactly one owner");
+    }
+
+    #[test]
+    fn uncommitted_records_are_counted_until_their_time_is_handed_over() {
+        let uncommitted = UncommittedRecords::default();
+        uncommitted.read(20, 5);
+        uncommitted.read(20, 3);
+        uncommitted.read(40, 7);
+        uncommitted.read(60, 0);
+        assert_eq!(uncommitted.total(), 15);
+        uncommitted.handed_over_before(20);
+        assert_eq!(uncommitted.total(), 15, "time 20 is not closed yet");
+        uncommitted.handed_over_before(40);
+        assert_eq!(uncommitted.total(), 7);
+        uncommitted.handed_over_before(u64::MAX);
+        assert_eq!(uncommitted.total(), 0);
     }
 
     #[test]

@@ -211,6 +211,7 @@ fn run(
             )),
             source: SourceSettings {
                 max_batch: settings.source_batch,
+                max_uncommitted: settings.max_uncommitted_records,
                 idle_poll: Duration::from_millis(5),
                 tick_ms: settings.tick_ms,
             },

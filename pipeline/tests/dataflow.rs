@@ -525,3 +525,74 @@ async fn a_dead_letter_too_large_for_its_topic_goes_without_its_original_bytes()
         .get(0);
     assert_eq!(stored, 1, "the event after the dead letter is stored");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_one_worker_is_blocked_on_its_commit_the_other_stops_reading() {
+    let env = TestEnv::new("paused").await;
+    let topic = env.raw_topic();
+    let sentinel = env
+        .start_with(
+            "process",
+            "process-1",
+            &[
+                ("SENTINEL_MAX_UNCOMMITTED_RECORDS", "50"),
+                ("SENTINEL_SOURCE_BATCH", "10"),
+            ],
+        )
+        .await;
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", support::kafka_brokers())
+        .create()
+        .unwrap();
+    let event = |stream: &str| {
+        serde_json::to_vec(&envelope(
+            Uuid::new_v4(),
+            "acme",
+            stream,
+            1,
+            "2025-06-15T10:00:00Z",
+        ))
+        .unwrap()
+    };
+    produce(&producer, &topic, 0, &event("s-0")).await;
+    env.wait_for_consumed(1).await;
+
+    // Worker 0 (partition 0) cannot commit: its offsets row is locked. Records keep coming on
+    // partition 0, so its writer queue fills and the worker blocks, holding every time open.
+    let mut locker = env.db().await;
+    let lock = locker.transaction().await.unwrap();
+    lock.execute(
+        "SELECT 1 FROM source_offsets WHERE topic = $1 AND partition = 0 FOR UPDATE",
+        &[&topic],
+    )
+    .await
+    .unwrap();
+    for _ in 0..8 {
+        produce(&producer, &topic, 0, &event("s-0")).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // Worker 1 (partition 1) stops at 50 records read and not handed to its writer.
+    for _ in 0..300 {
+        produce(&producer, &topic, 1, &event("s-1")).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !sentinel.log().contains("reading paused") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the source never paused:\n{}",
+            sentinel.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Unlocked, everything commits, once.
+    lock.rollback().await.unwrap();
+    env.wait_for_consumed(1 + 8 + 300).await;
+    let stored: i64 = env
+        .db()
+        .await
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 1 + 8 + 300);
+}
