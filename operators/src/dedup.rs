@@ -7,6 +7,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use sha2::{Digest, Sha256};
@@ -33,9 +34,9 @@ pub struct SeenEvent {
     pub received_utc: DateTime<Utc>,
 }
 
-#[cfg(test)]
 impl SeenEvent {
-    fn of(row: &EventRow) -> Self {
+    /// The identity of `row`.
+    pub fn of(row: &EventRow) -> Self {
         Self {
             event_id: row.event_id,
             tenant_id: row.tenant_id.clone(),
@@ -43,6 +44,28 @@ impl SeenEvent {
             payload_hash: row.payload_hash.clone(),
             received_utc: row.received_utc,
         }
+    }
+}
+
+/// Identities the database refused to store (`database_rejected` dead letters), handed by a
+/// worker's writer back to the worker's de-duplication, which forgets them at its next input:
+/// a copy sent again once the cause is mended (a replay of the dead letter) is then stored,
+/// not dropped as a duplicate of an event that never was.
+#[derive(Debug, Clone, Default)]
+pub struct RefusedIdentities(Arc<Mutex<Vec<SeenEvent>>>);
+
+impl RefusedIdentities {
+    /// Hands over identities to forget.
+    pub fn push(&self, refused: impl IntoIterator<Item = SeenEvent>) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(refused);
+    }
+
+    /// Takes every identity handed over so far.
+    fn take(&self) -> Vec<SeenEvent> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
@@ -131,6 +154,7 @@ pub struct DedupState {
     by_id: HashMap<Uuid, Remembered>,
     by_key: HashMap<KeyDigest, Remembered>,
     arrivals: VecDeque<Arrival>,
+    refused: Option<RefusedIdentities>,
 }
 
 impl DedupState {
@@ -142,6 +166,35 @@ impl DedupState {
             by_id: HashMap::new(),
             by_key: HashMap::new(),
             arrivals: VecDeque::new(),
+            refused: None,
+        }
+    }
+
+    /// This state, also forgetting what `refused` hands over (see [`RefusedIdentities`]).
+    pub fn forgetting(mut self, refused: RefusedIdentities) -> Self {
+        self.refused = Some(refused);
+        self
+    }
+
+    /// Forgets the identities the writer handed over since the last call: each only while it
+    /// is still remembered with the refused payload and receive time.
+    pub fn forget_refused(&mut self) {
+        let Some(refused) = self.refused.as_ref().map(RefusedIdentities::take) else {
+            return;
+        };
+        for identity in refused {
+            let payload = payload_digest(&identity.payload_hash);
+            let received = identity.received_utc;
+            let is_it = |entry: &Remembered| entry.payload == payload && entry.received == received;
+            if self.by_id.get(&identity.event_id).is_some_and(is_it) {
+                self.by_id.remove(&identity.event_id);
+            }
+            let key = key_digest(&identity.tenant_id, identity.idempotency_key.as_deref());
+            if let Some(key) = key {
+                if self.by_key.get(&key).is_some_and(is_it) {
+                    self.by_key.remove(&key);
+                }
+            }
         }
     }
 
@@ -275,6 +328,7 @@ pub fn dedup_observed<'scope, T: Timestamp>(
     events.unary(Pipeline, "Dedup", move |_capability, _info| {
         move |input, output| {
             input.for_each(|capability, data| {
+                state.forget_refused();
                 let mut session = output.session(&capability);
                 for row in data.drain(..) {
                     let parent = row.trace_parent.filter(|_| crate::spans::enabled());
@@ -402,6 +456,40 @@ mod tests {
         assert_eq!(
             verdict(&state.judge(row(9, None, "other", 6, 2))),
             "duplicate_event_id_conflict"
+        );
+    }
+
+    #[test]
+    fn an_identity_the_database_refused_is_forgotten_so_its_resend_is_new() {
+        let refused = RefusedIdentities::default();
+        let mut state = DedupState::new(TimeDelta::hours(1)).forgetting(refused.clone());
+        let first = row(1, Some("k1"), "a", 0, 0);
+        let other = row(2, Some("k2"), "b", 1, 1);
+        assert_eq!(verdict(&state.judge(first.clone())), "unique");
+        assert_eq!(verdict(&state.judge(other.clone())), "unique");
+        // Not yet handed over: still a duplicate.
+        assert_eq!(
+            verdict(&state.judge(row(1, Some("k1"), "a", 2, 2))),
+            "duplicate"
+        );
+        refused.push([SeenEvent::of(&first)]);
+        state.forget_refused();
+        assert_eq!(
+            verdict(&state.judge(row(1, Some("k1"), "a", 0, 3))),
+            "unique",
+            "the event id and its key are forgotten"
+        );
+        assert_eq!(
+            verdict(&state.judge(row(2, Some("k2"), "b", 1, 4))),
+            "duplicate",
+            "what was not refused stays remembered"
+        );
+        // A refusal of another payload under a remembered id forgets nothing.
+        refused.push([SeenEvent::of(&row(2, Some("k2"), "other", 1, 5))]);
+        state.forget_refused();
+        assert_eq!(
+            verdict(&state.judge(row(2, Some("k2"), "b", 1, 6))),
+            "duplicate"
         );
     }
 

@@ -26,12 +26,41 @@ pub struct SloCounts {
 }
 
 impl SloCounts {
-    fn add(&mut self, other: &SloCounts) {
-        self.ingestion_good += other.ingestion_good;
-        self.ingestion_total += other.ingestion_total;
-        self.freshness_good += other.freshness_good;
-        self.freshness_total += other.freshness_total;
+    /// Adds `other`, saturating: a count past `i64::MAX` stays there rather than wrapping
+    /// negative (only a foreign outcomes record could come near it).
+    pub fn add(&mut self, other: &SloCounts) {
+        self.ingestion_good = self.ingestion_good.saturating_add(other.ingestion_good);
+        self.ingestion_total = self.ingestion_total.saturating_add(other.ingestion_total);
+        self.freshness_good = self.freshness_good.saturating_add(other.freshness_good);
+        self.freshness_total = self.freshness_total.saturating_add(other.freshness_total);
     }
+}
+
+/// The most answers one outcomes record may count: a million answers a second for eleven
+/// days, far above what one gateway publishes per window, and far enough below `i64::MAX` that
+/// sums of such records cannot overflow a window's `bigint` columns.
+pub const MAX_OUTCOMES_PER_RECORD: i64 = 1_000_000_000_000;
+
+/// Why an outcomes record read from the topic is not counted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OutcomesError {
+    /// A count is negative or more good answers than answers are claimed.
+    #[error("the counts are impossible: good {good}, total {total} (need 0 <= good <= total)")]
+    ImpossibleCounts {
+        /// The good answers claimed.
+        good: i64,
+        /// The answers claimed.
+        total: i64,
+    },
+    /// More answers than one record may count.
+    #[error("total {total} is over the limit of {MAX_OUTCOMES_PER_RECORD} answers per record")]
+    TooMany {
+        /// The answers claimed.
+        total: i64,
+    },
+    /// A window that no gateway could have answered in.
+    #[error("window start {0} is outside the years 1970 to 9999")]
+    WindowOutOfRange(DateTime<Utc>),
 }
 
 /// A delta to one window.
@@ -59,16 +88,29 @@ pub struct GatewayOutcomes {
 }
 
 impl GatewayOutcomes {
-    /// The sample these outcomes add to their window.
-    pub fn sample(&self) -> SloSample {
-        SloSample {
+    /// The sample these outcomes add to their window, once the counts and the window are
+    /// believable: a record on the topic may come from another producer than our gateway.
+    pub fn sample(&self) -> Result<SloSample, OutcomesError> {
+        if self.good < 0 || self.total < 0 || self.good > self.total {
+            return Err(OutcomesError::ImpossibleCounts {
+                good: self.good,
+                total: self.total,
+            });
+        }
+        if self.total > MAX_OUTCOMES_PER_RECORD {
+            return Err(OutcomesError::TooMany { total: self.total });
+        }
+        if !(1970..=9999).contains(&chrono::Datelike::year(&self.window_start_utc)) {
+            return Err(OutcomesError::WindowOutOfRange(self.window_start_utc));
+        }
+        Ok(SloSample {
             window_start: self.window_start_utc,
             counts: SloCounts {
                 ingestion_good: self.good,
                 ingestion_total: self.total,
                 ..SloCounts::default()
             },
-        }
+        })
     }
 }
 
@@ -180,6 +222,53 @@ mod tests {
     }
 
     #[test]
+    fn outcomes_that_no_gateway_could_publish_are_refused() {
+        let outcomes = |good, total, start| GatewayOutcomes {
+            window_start_utc: start,
+            good,
+            total,
+            gateway: "g".into(),
+        };
+        assert_eq!(
+            outcomes(3, 4, at(0))
+                .sample()
+                .unwrap()
+                .counts
+                .ingestion_total,
+            4
+        );
+        assert_eq!(
+            outcomes(5, 4, at(0)).sample(),
+            Err(OutcomesError::ImpossibleCounts { good: 5, total: 4 })
+        );
+        assert!(outcomes(-1, 4, at(0)).sample().is_err());
+        assert_eq!(
+            outcomes(0, i64::MAX, at(0)).sample(),
+            Err(OutcomesError::TooMany { total: i64::MAX })
+        );
+        let ancient = DateTime::from_timestamp(-100_000_000_000, 0).unwrap();
+        assert_eq!(
+            outcomes(1, 1, ancient).sample(),
+            Err(OutcomesError::WindowOutOfRange(ancient))
+        );
+    }
+
+    #[test]
+    fn counts_saturate_rather_than_wrap() {
+        let mut counts = SloCounts {
+            ingestion_total: i64::MAX - 1,
+            ..SloCounts::default()
+        };
+        counts.add(&SloCounts {
+            ingestion_total: 5,
+            freshness_total: 1,
+            ..SloCounts::default()
+        });
+        assert_eq!(counts.ingestion_total, i64::MAX);
+        assert_eq!(counts.freshness_total, 1);
+    }
+
+    #[test]
     fn samples_are_summed_per_window_and_timestamp() {
         let (tx, rx) = std::sync::mpsc::channel();
         let tx = std::sync::Mutex::new(tx);
@@ -195,6 +284,7 @@ mod tests {
                         gateway: "g".into(),
                     }
                     .sample()
+                    .expect("believable outcomes")
                 };
                 slo_windows(
                     vec![

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use ingress::KafkaSettings;
 use operators::decode::decode_records;
-use operators::dedup::{dedup_observed, DedupState, Deduplicated};
+use operators::dedup::{dedup_observed, DedupState, Deduplicated, RefusedIdentities};
 use operators::record::{DeadLetter, EventRow, PartitionProgress, SourceRecord};
 use operators::slo_window::{freshness_sample, slo_windows, GatewayOutcomes, SloSample};
 use operators::stream_state::{stream_state, StreamState};
@@ -156,7 +156,8 @@ pub fn run_worker(worker: &mut Worker, ctx: &DataflowContext) -> anyhow::Result<
         let states = postgres::load_stream_states(&client, &owned).await?;
         Ok::<_, sinks::postgres::SinkError>((offsets, outcome_offsets, seen, states))
     })?;
-    let dedup_state = DedupState::seeded(ctx.dedup_retention, seen);
+    let refused = RefusedIdentities::default();
+    let dedup_state = DedupState::seeded(ctx.dedup_retention, seen).forgetting(refused.clone());
     tracing::info!(
         worker = index,
         partitions = ?owned_partitions(partitions, index, peers),
@@ -182,7 +183,8 @@ pub fn run_worker(worker: &mut Worker, ctx: &DataflowContext) -> anyhow::Result<
 
     let (batches_tx, batches_rx) = mpsc::channel::<CommitBatch>(2);
     let sink = EventSink::new(ctx.database_url.clone(), ctx.raw_topic.clone())
-        .with_dead_letter_publisher(Arc::clone(&ctx.dead_letter_topic));
+        .with_dead_letter_publisher(Arc::clone(&ctx.dead_letter_topic))
+        .with_refused_identities(refused);
     let worker_index = index;
     let mut writer = Some(ctx.runtime.spawn(postgres::run_writer(
         sink,
@@ -234,7 +236,19 @@ pub fn run_worker(worker: &mut Worker, ctx: &DataflowContext) -> anyhow::Result<
                 .as_deref()
                 .map(serde_json::from_slice::<GatewayOutcomes>);
             match parsed {
-                Some(Ok(outcomes)) => Some(outcomes.sample()),
+                Some(Ok(outcomes)) => match outcomes.sample() {
+                    Ok(sample) => Some(sample),
+                    Err(err) => {
+                        tracing::error!(
+                            partition = record.partition,
+                            offset = record.offset,
+                            gateway = %outcomes.gateway,
+                            error = %err,
+                            "gateway outcomes record not counted"
+                        );
+                        None
+                    }
+                },
                 _ => {
                     tracing::error!(
                         partition = record.partition,

@@ -468,13 +468,28 @@ async fn a_row_postgres_rejects_is_isolated_and_its_neighbours_keep_their_verdic
     let mut dead = dead_letters(&env).await;
     dead.sort();
     let mut expected = vec![
-        ("database_rejected".to_owned(), rejected_bytes),
+        ("database_rejected".to_owned(), rejected_bytes.clone()),
         ("duplicate_event_id_conflict".to_owned(), conflicting_bytes),
     ];
     expected.sort();
     assert_eq!(
         dead, expected,
         "the conflict is dead-lettered with its original bytes, not skipped as a copy"
+    );
+
+    // The refused event sent again once its cause is mended (here: without the NUL key), as a
+    // replay of its dead letter does: it is stored, not dropped as a duplicate of itself.
+    produce(&producer, &topic, 1, &rejected_bytes).await;
+    env.wait_for_consumed(5).await;
+    let rejected_id: Uuid = rejected["eventId"].as_str().unwrap().parse().unwrap();
+    let stored_again: i64 = db
+        .query_one("SELECT count(*) FROM events WHERE id = $1", &[&rejected_id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        stored_again, 1,
+        "de-duplication forgot the identity PostgreSQL refused"
     );
 }
 

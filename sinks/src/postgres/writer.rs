@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, Utc};
 use futures::pin_mut;
+use operators::dedup::{RefusedIdentities, SeenEvent};
 use operators::error_text::error_chain;
 use operators::record::{DeadLetter, DeadLetterReason, EventIdentity};
 use postgres_types::{to_sql_checked, IsNull, ToSql, Type};
@@ -119,6 +120,8 @@ pub struct EventSink {
     topic: String,
     client: Option<Client>,
     publisher: Option<std::sync::Arc<dyn DeadLetterPublisher>>,
+    /// Where the identities of events PostgreSQL refused go, for de-duplication to forget.
+    refused: Option<RefusedIdentities>,
     /// The last commit failed in a way that may have committed on the server (the answer to
     /// COMMIT lost with the connection): the next batch is checked against the stored offsets
     /// before it is written.
@@ -133,8 +136,16 @@ impl EventSink {
             topic: topic.into(),
             client: None,
             publisher: None,
+            refused: None,
             maybe_committed: false,
         }
+    }
+
+    /// Also hands the identity of every event PostgreSQL refuses (a `database_rejected` dead
+    /// letter) to `refused`, so that the worker's de-duplication forgets it.
+    pub fn with_refused_identities(mut self, refused: RefusedIdentities) -> Self {
+        self.refused = Some(refused);
+        self
     }
 
     /// Also publishes every dead letter with `publisher`, before its batch commits.
@@ -217,8 +228,16 @@ impl EventSink {
         if let Err(err) = &outcome {
             if err.is_data_error() {
                 tracing::warn!(sqlstate = ?err.sqlstate(), "batch rejected, isolating rows");
+                let refused = self.refused.clone();
                 let client = self.client().await?;
-                outcome = commit_isolating(client, &topic, batch, publisher.as_deref()).await;
+                outcome = commit_isolating(
+                    client,
+                    &topic,
+                    batch,
+                    publisher.as_deref(),
+                    refused.as_ref(),
+                )
+                .await;
             }
         }
         if outcome.as_ref().is_err_and(SinkError::is_retriable) {
@@ -430,6 +449,7 @@ async fn commit_isolating(
     topic: &str,
     batch: &CommitBatch,
     publisher: Option<&dyn DeadLetterPublisher>,
+    refused: Option<&RefusedIdentities>,
 ) -> Result<CommitReport, SinkError> {
     let mut tx = client
         .transaction()
@@ -449,6 +469,7 @@ async fn commit_isolating(
         ..CommitReport::default()
     };
     let mut dead_letters = batch.dead_letters.clone();
+    let mut refused_identities = Vec::new();
     for event in &batch.events {
         let savepoint = tx
             .savepoint("event_row")
@@ -493,6 +514,7 @@ async fn commit_isolating(
                         .unwrap_or_else(|| source.to_string()),
                     other => other.to_string(),
                 };
+                refused_identities.push(SeenEvent::of(event));
                 dead_letters.push(event.clone().into_dead_letter(
                     DeadLetterReason::DatabaseRejected,
                     format!("PostgreSQL rejected the event: {reason}"),
@@ -508,6 +530,12 @@ async fn commit_isolating(
     store_offsets(&tx, batch).await?;
     notify_feed(&tx, topic, batch).await?;
     publish_dead_letters(publisher, topic, &dead_letters).await?;
+    // Handed over before the commit, so that no replay of these dead letters (which needs them
+    // committed) reaches de-duplication first; should the commit fail, a retry of the batch
+    // refuses the same rows again.
+    if let Some(refused) = refused {
+        refused.push(refused_identities);
+    }
     tx.commit()
         .await
         .map_err(SinkError::statement("committing an isolated batch"))?;
@@ -646,7 +674,8 @@ async fn store_stream_states(tx: &Transaction<'_>, batch: &CommitBatch) -> Resul
     Ok(())
 }
 
-/// Adds the batch's deltas to their SLO windows.
+/// Adds the batch's deltas to their SLO windows; a sum past `bigint` stays at its maximum
+/// rather than failing the batch, and with it every commit after.
 async fn store_slo_samples(tx: &Transaction<'_>, batch: &CommitBatch) -> Result<(), SinkError> {
     if batch.slo_samples.is_empty() {
         return Ok(());
@@ -654,10 +683,15 @@ async fn store_slo_samples(tx: &Transaction<'_>, batch: &CommitBatch) -> Result<
     let mut windows: std::collections::BTreeMap<DateTime<Utc>, [i64; 4]> = Default::default();
     for sample in &batch.slo_samples {
         let sums = windows.entry(sample.window_start).or_default();
-        sums[0] += sample.counts.ingestion_good;
-        sums[1] += sample.counts.ingestion_total;
-        sums[2] += sample.counts.freshness_good;
-        sums[3] += sample.counts.freshness_total;
+        let counts = sample.counts;
+        for (sum, add) in sums.iter_mut().zip([
+            counts.ingestion_good,
+            counts.ingestion_total,
+            counts.freshness_good,
+            counts.freshness_total,
+        ]) {
+            *sum = sum.saturating_add(add);
+        }
     }
     let starts: Vec<DateTime<Utc>> = windows.keys().copied().collect();
     let column = |i: usize| windows.values().map(|sums| sums[i]).collect::<Vec<i64>>();
@@ -668,10 +702,10 @@ async fn store_slo_samples(tx: &Transaction<'_>, batch: &CommitBatch) -> Result<
          SELECT w, a, b, c, d, now() FROM UNNEST($1::timestamptz[], $2::int8[], $3::int8[], \
             $4::int8[], $5::int8[]) AS u(w, a, b, c, d) \
          ON CONFLICT (window_start_utc) DO UPDATE SET \
-            ingestion_good = s.ingestion_good + EXCLUDED.ingestion_good, \
-            ingestion_total = s.ingestion_total + EXCLUDED.ingestion_total, \
-            freshness_good = s.freshness_good + EXCLUDED.freshness_good, \
-            freshness_total = s.freshness_total + EXCLUDED.freshness_total, \
+            ingestion_good = LEAST(s.ingestion_good::numeric + EXCLUDED.ingestion_good, 9223372036854775807)::int8, \
+            ingestion_total = LEAST(s.ingestion_total::numeric + EXCLUDED.ingestion_total, 9223372036854775807)::int8, \
+            freshness_good = LEAST(s.freshness_good::numeric + EXCLUDED.freshness_good, 9223372036854775807)::int8, \
+            freshness_total = LEAST(s.freshness_total::numeric + EXCLUDED.freshness_total, 9223372036854775807)::int8, \
             updated_utc = EXCLUDED.updated_utc",
         &[&starts, &ig, &it, &fg, &ft],
     )
@@ -997,6 +1031,37 @@ mod tests {
         assert_eq!(
             single_value(&url, "SELECT freshness_total FROM slo_samples").await,
             2
+        );
+        drop(sink);
+        drop_database(&url).await;
+    }
+    #[tokio::test]
+    async fn an_slo_window_near_the_bigint_limit_saturates_instead_of_failing_the_batch() {
+        let url = fresh_database("slo_saturates").await;
+        let mut sink = EventSink::new(url.clone(), "raw");
+        sink.commit(&batch(10)).await.unwrap();
+        connect(&url)
+            .await
+            .unwrap()
+            .batch_execute("UPDATE slo_samples SET ingestion_total = 9223372036854775806")
+            .await
+            .unwrap();
+        let mut overflowing = batch(20);
+        overflowing.slo_samples[0].counts.ingestion_total = 5;
+        sink.commit(&overflowing).await.unwrap();
+        assert_eq!(
+            single_value(&url, "SELECT ingestion_total FROM slo_samples").await,
+            i64::MAX
+        );
+        assert_eq!(
+            single_value(&url, "SELECT freshness_total FROM slo_samples").await,
+            2,
+            "the other counts of the batch are added as usual"
+        );
+        assert_eq!(
+            single_value(&url, "SELECT next_offset FROM source_offsets").await,
+            20,
+            "the batch committed"
         );
         drop(sink);
         drop_database(&url).await;
