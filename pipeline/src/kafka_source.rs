@@ -86,10 +86,85 @@ pub fn assigned_consumer(
                 .context("building the partition assignment")?;
         }
     }
+    for topic in assignments {
+        for (&partition, &next) in &topic.stored {
+            if topic.partitions.contains(&partition) {
+                report_stored_position(&consumer, &topic.topic, partition, next);
+            }
+        }
+    }
     consumer
         .assign(&assignment)
         .context("assigning partitions")?;
     Ok(consumer)
+}
+
+/// Where a stored next offset stands against what the partition still holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredPosition {
+    /// Within the partition's records (or at its end): reading resumes there.
+    Within,
+    /// Below the oldest record the broker keeps: retention deleted these many records before
+    /// they were processed, and reading starts at the oldest one left.
+    Deleted(i64),
+    /// Past the partition's end (the topic was deleted and created again): reading starts at
+    /// its beginning, and de-duplication drops what was stored before.
+    PastTheEnd,
+}
+
+/// Places `next` between a partition's `low` and `high` watermarks.
+pub fn stored_position(next: i64, low: i64, high: i64) -> StoredPosition {
+    if next < low {
+        StoredPosition::Deleted(low - next)
+    } else if next > high {
+        StoredPosition::PastTheEnd
+    } else {
+        StoredPosition::Within
+    }
+}
+
+/// Says loudly, before reading, when a partition no longer holds the records its stored
+/// offset points at: `auto.offset.reset` would otherwise move on silently.
+fn report_stored_position(consumer: &BaseConsumer, topic: &str, partition: i32, next: i64) {
+    let (low, high) = match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+        Ok(marks) => marks,
+        Err(err) => {
+            tracing::warn!(
+                topic,
+                partition,
+                error = %err,
+                "could not read the partition's watermarks to check the stored offset"
+            );
+            return;
+        }
+    };
+    match stored_position(next, low, high) {
+        StoredPosition::Within => {}
+        StoredPosition::Deleted(lost) => {
+            sinks::telemetry::RecordsLostToRetention {
+                topic,
+                records: lost,
+            }
+            .emit();
+            tracing::error!(
+                topic,
+                partition,
+                stored_next_offset = next,
+                oldest_kept_offset = low,
+                lost,
+                "records were deleted by the broker's retention before they were processed: \
+                 they are lost to Sentinel; reading resumes at the oldest record kept"
+            );
+        }
+        StoredPosition::PastTheEnd => tracing::warn!(
+            topic,
+            partition,
+            stored_next_offset = next,
+            end_offset = high,
+            "the stored offset is past the partition's end (was the topic created again?): \
+             reading starts at its beginning"
+        ),
+    }
 }
 
 /// Settings of the source operator.
@@ -348,6 +423,14 @@ fn consume_span(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_offset_is_placed_against_the_watermarks() {
+        assert_eq!(stored_position(5, 0, 10), StoredPosition::Within);
+        assert_eq!(stored_position(10, 0, 10), StoredPosition::Within);
+        assert_eq!(stored_position(3, 7, 10), StoredPosition::Deleted(4));
+        assert_eq!(stored_position(12, 0, 10), StoredPosition::PastTheEnd);
+    }
 
     #[test]
     fn partitions_are_spread_by_modulo() {

@@ -162,6 +162,32 @@ impl DedupStateSize<'_> {
     }
 }
 
+static LOST_TO_RETENTION: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "source_records_lost_to_retention_total",
+        "Records the broker's retention deleted before the dataflow processed them, per topic",
+        &["topic"]
+    )
+    .expect("registering source_records_lost_to_retention_total")
+});
+
+/// A worker found, at start, that retention deleted records its stored offset had not reached.
+pub struct RecordsLostToRetention<'a> {
+    /// The topic (bounded: the raw and the outcomes topic).
+    pub topic: &'a str,
+    /// How many records.
+    pub records: i64,
+}
+
+impl RecordsLostToRetention<'_> {
+    /// Records it (even with metrics off: a loss must not go unseen).
+    pub fn emit(self) {
+        LOST_TO_RETENTION
+            .with_label_values(&[self.topic])
+            .inc_by(u64::try_from(self.records).unwrap_or(0));
+    }
+}
+
 /// Registers every sink metric, so that `/metrics` lists them before they first change.
 pub fn register() {
     LazyLock::force(&PROCESSOR_EVENTS);
@@ -172,6 +198,7 @@ pub fn register() {
     LazyLock::force(&LAG);
     LazyLock::force(&DEDUP_STATE);
     LazyLock::force(&STORED_BY_TYPE);
+    LazyLock::force(&LOST_TO_RETENTION);
     FRESHNESS.with_label_values(&[OTHER_EVENT_TYPE]);
     STORED_BY_TYPE.with_label_values(&[OTHER_EVENT_TYPE]);
     // Every label value that can occur, so that rates and sums exist (as 0) before it does.
