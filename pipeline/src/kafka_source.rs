@@ -86,11 +86,23 @@ pub fn assigned_consumer(
                 .context("building the partition assignment")?;
         }
     }
-    for topic in assignments {
+    // One deadline for every check: a partition without a leader must not hold the start (and,
+    // progress being shared, every worker's commits) for a timeout per partition.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    'checks: for topic in assignments {
         for (&partition, &next) in &topic.stored {
-            if topic.partitions.contains(&partition) {
-                report_stored_position(&consumer, &topic.topic, partition, next);
+            if !topic.partitions.contains(&partition) {
+                continue;
             }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(
+                    "the stored offsets were not all checked against the partitions' watermarks \
+                     within 10 s: records lost to retention may go unreported"
+                );
+                break 'checks;
+            }
+            report_stored_position(&consumer, &topic.topic, partition, next, left);
         }
     }
     consumer
@@ -124,9 +136,17 @@ pub fn stored_position(next: i64, low: i64, high: i64) -> StoredPosition {
 }
 
 /// Says loudly, before reading, when a partition no longer holds the records its stored
-/// offset points at: `auto.offset.reset` would otherwise move on silently.
-fn report_stored_position(consumer: &BaseConsumer, topic: &str, partition: i32, next: i64) {
-    let (low, high) = match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+/// offset points at: `auto.offset.reset` would otherwise move on silently. Only at start: a
+/// running worker that falls further behind than the topic's retention is reset by librdkafka
+/// without a word (long before that, `SentinelConsumerLagRising` fires).
+fn report_stored_position(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    next: i64,
+    timeout: Duration,
+) {
+    let (low, high) = match consumer.fetch_watermarks(topic, partition, timeout) {
         Ok(marks) => marks,
         Err(err) => {
             tracing::warn!(

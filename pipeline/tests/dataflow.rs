@@ -477,8 +477,9 @@ async fn a_row_postgres_rejects_is_isolated_and_its_neighbours_keep_their_verdic
         "the conflict is dead-lettered with its original bytes, not skipped as a copy"
     );
 
-    // The refused event sent again once its cause is mended (here: without the NUL key), as a
-    // replay of its dead letter does: it is stored, not dropped as a duplicate of itself.
+    // The refused event sent again with its cause mended (here: without the NUL key; a replay
+    // through the API would send the key as the dead letter stored it, the NUL made U+FFFD): it
+    // is stored, not dropped as a duplicate of itself, which de-duplication remembered.
     produce(&producer, &topic, 1, &rejected_bytes).await;
     env.wait_for_consumed(5).await;
     let rejected_id: Uuid = rejected["eventId"].as_str().unwrap().parse().unwrap();

@@ -436,7 +436,8 @@ async fn slo_status_matches_hand_computed_fixtures() {
     let env = TestEnv::new("slo_math").await;
     let sentinel = env.start("ingress", "ingress").await;
     // (age, ingestion good/total, freshness good/total): 2 min, 3 h, 2 d, 10 d (outside SLO B's
-    // 7 days), 40 d (outside both).
+    // 7 days), 40 d (outside both), and one a day ahead (a window no gateway could have
+    // answered in yet: outside every window).
     env.db()
         .await
         .batch_execute(
@@ -446,7 +447,8 @@ async fn slo_status_matches_hand_computed_fixtures() {
              (date_trunc('minute', now()) - interval '3 hours', 1000, 1000, 100, 100), \
              (date_trunc('minute', now()) - interval '2 days', 998, 1000, 90, 100), \
              (date_trunc('minute', now()) - interval '10 days', 1000, 1000, 0, 100), \
-             (date_trunc('minute', now()) - interval '40 days', 0, 1000, 0, 100)",
+             (date_trunc('minute', now()) - interval '40 days', 0, 1000, 0, 100), \
+             (date_trunc('minute', now()) + interval '1 day', 0, 1000, 0, 100)",
         )
         .await
         .unwrap();
@@ -504,4 +506,39 @@ async fn slo_status_matches_hand_computed_fixtures() {
             "SLO B burn {window}: {b}"
         );
     }
+}
+
+/// Windows saturated at `bigint`'s maximum (what the writer does rather than overflow) are
+/// summed without overflowing the answer: the counts stay at the maximum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slo_status_of_saturated_windows_is_capped_not_an_error() {
+    let env = TestEnv::new("slo_saturated").await;
+    let sentinel = env.start("ingress", "ingress").await;
+    env.db()
+        .await
+        .batch_execute(
+            "INSERT INTO slo_samples (window_start_utc, ingestion_good, ingestion_total, \
+               freshness_good, freshness_total) VALUES \
+             (date_trunc('minute', now()) - interval '2 minutes', 9223372036854775807, \
+               9223372036854775807, 1, 1), \
+             (date_trunc('minute', now()) - interval '3 minutes', 9223372036854775807, \
+               9223372036854775807, 1, 1)",
+        )
+        .await
+        .unwrap();
+    let response = reqwest::Client::new()
+        .get(format!("{}/v1/slo", sentinel.base_url))
+        .bearer_auth(token("acme", &[Role::Read]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let report: serde_json::Value = response.json().await.unwrap();
+    let a = &report["objectives"][0];
+    assert_eq!(
+        (a["good"].as_i64(), a["total"].as_i64()),
+        (Some(i64::MAX), Some(i64::MAX)),
+        "{a}"
+    );
+    assert_eq!(report["objectives"][1]["total"].as_i64(), Some(2));
 }

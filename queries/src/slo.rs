@@ -121,12 +121,14 @@ async fn compute(state: &SloState) -> Result<SloReport, tokio_postgres::Error> {
             .await?;
     tokio::spawn(connection);
     let objectives = &state.objectives;
-    // One pass over the samples: sums per window with FILTER.
+    // One pass over the samples: sums per window with FILTER, capped at bigint's maximum (a
+    // window saturates there, and sums of several could pass it). A window starting in the
+    // future (only a foreign outcomes record writes one) counts in none of them.
     let mut columns = vec![
-        format!("coalesce(sum(ingestion_good) FILTER (WHERE window_start_utc >= now() - interval '{} days'), 0)::bigint", objectives.ingestion_window_days),
-        format!("coalesce(sum(ingestion_total) FILTER (WHERE window_start_utc >= now() - interval '{} days'), 0)::bigint", objectives.ingestion_window_days),
-        format!("coalesce(sum(freshness_good) FILTER (WHERE window_start_utc >= now() - interval '{} days'), 0)::bigint", objectives.freshness_window_days),
-        format!("coalesce(sum(freshness_total) FILTER (WHERE window_start_utc >= now() - interval '{} days'), 0)::bigint", objectives.freshness_window_days),
+        format!("least(coalesce(sum(ingestion_good) FILTER (WHERE window_start_utc >= now() - interval '{} days'), 0), 9223372036854775807)::bigint", objectives.ingestion_window_days),
+        format!("least(coalesce(sum(ingestion_total) FILTER (WHERE window_start_utc >= now() - interval '{} days'), 0), 9223372036854775807)::bigint", objectives.ingestion_window_days),
+        format!("least(coalesce(sum(freshness_good) FILTER (WHERE window_start_utc >= now() - interval '{} days'), 0), 9223372036854775807)::bigint", objectives.freshness_window_days),
+        format!("least(coalesce(sum(freshness_total) FILTER (WHERE window_start_utc >= now() - interval '{} days'), 0), 9223372036854775807)::bigint", objectives.freshness_window_days),
     ];
     for (_, interval) in BURN_WINDOWS {
         for column in [
@@ -136,13 +138,16 @@ async fn compute(state: &SloState) -> Result<SloReport, tokio_postgres::Error> {
             "freshness_total",
         ] {
             columns.push(format!(
-                "coalesce(sum({column}) FILTER (WHERE window_start_utc >= now() - interval '{interval}'), 0)::bigint"
+                "least(coalesce(sum({column}) FILTER (WHERE window_start_utc >= now() - interval '{interval}'), 0), 9223372036854775807)::bigint"
             ));
         }
     }
     let row = client
         .query_one(
-            &format!("SELECT {} FROM slo_samples", columns.join(", ")),
+            &format!(
+                "SELECT {} FROM slo_samples WHERE window_start_utc <= now()",
+                columns.join(", ")
+            ),
             &[],
         )
         .await?;

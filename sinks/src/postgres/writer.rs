@@ -531,8 +531,9 @@ async fn commit_isolating(
     notify_feed(&tx, topic, batch).await?;
     publish_dead_letters(publisher, topic, &dead_letters).await?;
     // Handed over before the commit, so that no replay of these dead letters (which needs them
-    // committed) reaches de-duplication first; should the commit fail, a retry of the batch
-    // refuses the same rows again.
+    // committed) reaches de-duplication first. Should the commit fail, a retry of the batch
+    // refuses the same rows again: a refusal depends on the row alone (`events` has no
+    // constraint but its primary key, and a conflict on it is a skip, not a refusal).
     if let Some(refused) = refused {
         refused.push(refused_identities);
     }
