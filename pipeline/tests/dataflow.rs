@@ -492,6 +492,18 @@ async fn a_row_postgres_rejects_is_isolated_and_its_neighbours_keep_their_verdic
         stored_again, 1,
         "de-duplication forgot the identity PostgreSQL refused"
     );
+    let counted: i64 = db
+        .query_one(
+            "SELECT event_count FROM stream_state WHERE stream_key = 's-2'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        counted, 1,
+        "the stream counts the stored event once, not the refused copy"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@
 //! worker owns) aborts that copy; the batch is then written again through a staging table that
 //! skips same-payload copies and dead-letters other payloads.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
@@ -15,6 +16,7 @@ use futures::pin_mut;
 use operators::dedup::{RefusedIdentities, SeenEvent};
 use operators::error_text::error_chain;
 use operators::record::{DeadLetter, DeadLetterReason, EventIdentity};
+use operators::stream_state::{LatestEvent, StreamState, StreamSummary};
 use postgres_types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio::sync::mpsc;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -122,6 +124,8 @@ pub struct EventSink {
     publisher: Option<std::sync::Arc<dyn DeadLetterPublisher>>,
     /// Where the identities of events PostgreSQL refused go, for de-duplication to forget.
     refused: Option<RefusedIdentities>,
+    /// What the dataflow's stream states counted that PostgreSQL did not store.
+    corrections: StreamCorrections,
     /// The last commit failed in a way that may have committed on the server (the answer to
     /// COMMIT lost with the connection): the next batch is checked against the stored offsets
     /// before it is written.
@@ -137,6 +141,7 @@ impl EventSink {
             client: None,
             publisher: None,
             refused: None,
+            corrections: StreamCorrections::default(),
             maybe_committed: false,
         }
     }
@@ -175,6 +180,26 @@ impl EventSink {
     /// Commits one batch in one transaction. On a data error the transaction is rolled back
     /// and the batch is written again row by row, the rejected rows becoming dead letters.
     pub async fn commit(&mut self, batch: &CommitBatch) -> Result<CommitReport, SinkError> {
+        let corrections = std::mem::take(&mut self.corrections);
+        let outcome = self.commit_with(batch, &corrections).await;
+        match outcome {
+            Ok((report, updated)) => {
+                // Only a committed batch moves the corrections on.
+                self.corrections = updated.unwrap_or(corrections);
+                Ok(report)
+            }
+            Err(err) => {
+                self.corrections = corrections;
+                Err(err)
+            }
+        }
+    }
+
+    async fn commit_with(
+        &mut self,
+        batch: &CommitBatch,
+        corrections: &StreamCorrections,
+    ) -> Result<(CommitReport, Option<StreamCorrections>), SinkError> {
         let topic = self.topic.clone();
         let publisher = self.publisher.clone();
         if self.maybe_committed {
@@ -194,10 +219,11 @@ impl EventSink {
                     progress = ?batch.progress,
                     "the batch committed before its answer was lost; not applied again"
                 );
-                return Ok(CommitReport {
+                let report = CommitReport {
                     processed_utc: Utc::now(),
                     ..CommitReport::default()
-                });
+                };
+                return Ok((report, None));
             }
         }
         let mut outcome = {
@@ -208,6 +234,7 @@ impl EventSink {
                 batch,
                 publisher.as_deref(),
                 EventCopy::Direct,
+                corrections,
             )
             .await
         };
@@ -222,6 +249,7 @@ impl EventSink {
                 batch,
                 publisher.as_deref(),
                 EventCopy::Staged,
+                corrections,
             )
             .await;
         }
@@ -236,6 +264,7 @@ impl EventSink {
                     batch,
                     publisher.as_deref(),
                     refused.as_ref(),
+                    corrections,
                 )
                 .await;
             }
@@ -309,7 +338,8 @@ async fn commit_bulk(
     batch: &CommitBatch,
     publisher: Option<&dyn DeadLetterPublisher>,
     copy: EventCopy,
-) -> Result<CommitReport, SinkError> {
+    corrections: &StreamCorrections,
+) -> Result<(CommitReport, Option<StreamCorrections>), SinkError> {
     let tx = client
         .transaction()
         .await
@@ -320,6 +350,7 @@ async fn commit_bulk(
         ..CommitReport::default()
     };
     let mut conflicts: Vec<DeadLetter> = Vec::new();
+    let mut not_stored = HashSet::new();
     if !batch.events.is_empty() {
         let target = match copy {
             EventCopy::Direct => "events",
@@ -349,18 +380,18 @@ async fn commit_bulk(
         match copy {
             EventCopy::Direct => report.events_written = copied,
             EventCopy::Staged => {
-                let (written, skipped, conflicting) =
-                    merge_staged(&tx, &batch.events, copied).await?;
-                report.events_written = written;
-                report.duplicates_skipped = skipped;
-                conflicts = conflicting;
+                let merged = merge_staged(&tx, &batch.events, copied).await?;
+                report.events_written = merged.written;
+                report.duplicates_skipped = merged.skipped;
+                conflicts = merged.conflicts;
+                not_stored = merged.not_stored;
             }
         }
     }
     report.id_conflicts = conflicts.len() as u64;
     conflicts.extend(batch.dead_letters.iter().cloned());
     report.dead_letters_written = insert_dead_letters(&tx, topic, &conflicts).await?;
-    store_stream_states(&tx, batch).await?;
+    let corrections = store_stream_states(&tx, batch, corrections, &not_stored).await?;
     store_slo_samples(&tx, batch).await?;
     store_offsets(&tx, batch).await?;
     notify_feed(&tx, topic, batch).await?;
@@ -369,18 +400,17 @@ async fn commit_bulk(
         .await
         .map_err(SinkError::statement("committing a batch"))?;
     log_dead_letters(&conflicts);
-    Ok(report)
+    Ok((report, corrections))
 }
 
 /// Moves staged events into `events`: an id stored before with the same payload is skipped, one
 /// stored with another payload (e.g. from another partition, which the worker-local
-/// de-duplication cannot see) is a conflict and becomes a dead letter. Returns the events
-/// written, the copies skipped and the conflicts.
+/// de-duplication cannot see) is a conflict and becomes a dead letter.
 async fn merge_staged(
     tx: &Transaction<'_>,
     events: &[operators::record::EventRow],
     staged: u64,
-) -> Result<(u64, u64, Vec<DeadLetter>), SinkError> {
+) -> Result<Merged, SinkError> {
     let conflicting: Vec<uuid::Uuid> = tx
         .query(
             "DELETE FROM events_staging s USING events e \
@@ -399,18 +429,42 @@ async fn merge_staged(
         .filter(|event| conflicting.contains(&event.event_id))
         .map(id_conflict)
         .collect();
-    let inserted = tx
-        .execute(
+    let inserted: HashSet<uuid::Uuid> = tx
+        .query(
             &format!(
                 "INSERT INTO events ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} \
-                 FROM events_staging ON CONFLICT (id) DO NOTHING"
+                 FROM events_staging ON CONFLICT (id) DO NOTHING RETURNING id"
             ),
             &[],
         )
         .await
-        .map_err(SinkError::statement("inserting staged events"))?;
-    let skipped = staged - conflicting.len() as u64 - inserted;
-    Ok((inserted, skipped, conflicts))
+        .map_err(SinkError::statement("inserting staged events"))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let written = inserted.len() as u64;
+    let skipped = staged - conflicting.len() as u64 - written;
+    let not_stored = events
+        .iter()
+        .map(|event| event.event_id)
+        .filter(|id| !inserted.contains(id))
+        .collect();
+    Ok(Merged {
+        written,
+        skipped,
+        conflicts,
+        not_stored,
+    })
+}
+
+/// What moving the staged events into `events` did.
+struct Merged {
+    written: u64,
+    skipped: u64,
+    conflicts: Vec<DeadLetter>,
+    /// The batch's events that are not in `events` as the batch has them: copies skipped and
+    /// conflicts.
+    not_stored: HashSet<uuid::Uuid>,
 }
 
 /// The dead letter of an event whose id is stored with another payload.
@@ -450,7 +504,8 @@ async fn commit_isolating(
     batch: &CommitBatch,
     publisher: Option<&dyn DeadLetterPublisher>,
     refused: Option<&RefusedIdentities>,
-) -> Result<CommitReport, SinkError> {
+    corrections: &StreamCorrections,
+) -> Result<(CommitReport, Option<StreamCorrections>), SinkError> {
     let mut tx = client
         .transaction()
         .await
@@ -470,6 +525,7 @@ async fn commit_isolating(
     };
     let mut dead_letters = batch.dead_letters.clone();
     let mut refused_identities = Vec::new();
+    let mut not_stored = HashSet::new();
     for event in &batch.events {
         let savepoint = tx
             .savepoint("event_row")
@@ -492,6 +548,7 @@ async fn commit_isolating(
                     .map_err(SinkError::statement("releasing a savepoint"))?;
                 report.events_written += inserted;
                 if inserted == 0 {
+                    not_stored.insert(event.event_id);
                     // The id is stored already: a copy of it is skipped, another payload under
                     // it is a conflict, as in `merge_staged`.
                     if stored_with_other_payload(&tx, event).await? {
@@ -515,6 +572,7 @@ async fn commit_isolating(
                     other => other.to_string(),
                 };
                 refused_identities.push(SeenEvent::of(event));
+                not_stored.insert(event.event_id);
                 dead_letters.push(event.clone().into_dead_letter(
                     DeadLetterReason::DatabaseRejected,
                     format!("PostgreSQL rejected the event: {reason}"),
@@ -525,7 +583,7 @@ async fn commit_isolating(
         }
     }
     report.dead_letters_written = insert_dead_letters(&tx, topic, &dead_letters).await?;
-    store_stream_states(&tx, batch).await?;
+    let corrections = store_stream_states(&tx, batch, corrections, &not_stored).await?;
     store_slo_samples(&tx, batch).await?;
     store_offsets(&tx, batch).await?;
     notify_feed(&tx, topic, batch).await?;
@@ -541,7 +599,7 @@ async fn commit_isolating(
         .await
         .map_err(SinkError::statement("committing an isolated batch"))?;
     log_dead_letters(&dead_letters);
-    Ok(report)
+    Ok((report, corrections))
 }
 
 /// One log line per committed dead letter, with its trace and identity (never its bytes).
@@ -629,46 +687,204 @@ async fn insert_dead_letters(
     .map_err(SinkError::statement("inserting dead letters"))
 }
 
-/// Upserts the latest state of each stream (a later state of a stream in the batch wins).
-async fn store_stream_states(tx: &Transaction<'_>, batch: &CommitBatch) -> Result<(), SinkError> {
-    if batch.stream_states.is_empty() {
-        return Ok(());
+/// A stream's identity: tenant and stream key.
+type StreamKey = (String, String);
+
+/// What the dataflow's stream states counted that PostgreSQL did not store, since this sink
+/// started. The dataflow counts every event it accepted, before PostgreSQL's verdict: a copy of
+/// an event stored before de-duplication's memory began (skipped), another payload under a
+/// stored id (a conflict) or a row PostgreSQL refused. Its states are absolute, so the sink
+/// keeps the difference for as long as the dataflow's state does, that is until the process
+/// restarts and the dataflow starts again from the stored, corrected states.
+#[derive(Debug, Clone, Default)]
+struct StreamCorrections {
+    /// Per stream, the events counted and not stored.
+    uncounted: HashMap<StreamKey, i64>,
+    /// Per stream, the dataflow's latest event while it is one that was not stored.
+    unstored_latest: HashMap<StreamKey, uuid::Uuid>,
+}
+
+impl StreamCorrections {
+    fn is_empty(&self) -> bool {
+        self.uncounted.is_empty() && self.unstored_latest.is_empty()
     }
-    let mut latest: std::collections::BTreeMap<
-        (&str, &str),
-        &operators::stream_state::StreamState,
-    > = std::collections::BTreeMap::new();
+}
+
+/// One `stream_state` row to write.
+struct StreamRow<'a> {
+    tenant: &'a str,
+    stream: &'a str,
+    count: i64,
+    seen: DateTime<Utc>,
+    event_type: &'a str,
+    payload: &'a str,
+    event_id: uuid::Uuid,
+    partition: i32,
+    offset: i64,
+}
+
+impl<'a> StreamRow<'a> {
+    fn new(state: &'a StreamState, count: i64, latest: &'a LatestEvent) -> Self {
+        Self {
+            tenant: &state.tenant_id,
+            stream: &state.stream_key,
+            count,
+            seen: latest.timestamp_utc,
+            event_type: &latest.event_type,
+            payload: &latest.payload_json,
+            event_id: latest.event_id,
+            partition: latest.partition,
+            offset: latest.offset,
+        }
+    }
+}
+
+/// Writes the latest state of each stream the batch changed (a later state of a stream in the
+/// batch wins), less what PostgreSQL did not store (`not_stored`, and `corrections` from the
+/// batches before); returns the corrections after this batch, when they changed.
+async fn store_stream_states(
+    tx: &Transaction<'_>,
+    batch: &CommitBatch,
+    corrections: &StreamCorrections,
+    not_stored: &HashSet<uuid::Uuid>,
+) -> Result<Option<StreamCorrections>, SinkError> {
+    if batch.stream_states.is_empty() {
+        return Ok(None);
+    }
+    let mut latest: BTreeMap<(&str, &str), &StreamState> = BTreeMap::new();
     for state in &batch.stream_states {
         latest.insert((&state.tenant_id, &state.stream_key), state);
     }
-    let states: Vec<_> = latest.into_values().collect();
-    let tenants: Vec<&str> = states.iter().map(|s| s.tenant_id.as_str()).collect();
-    let streams: Vec<&str> = states.iter().map(|s| s.stream_key.as_str()).collect();
-    let seen: Vec<DateTime<Utc>> = states.iter().map(|s| s.latest.timestamp_utc).collect();
-    let types: Vec<&str> = states
-        .iter()
-        .map(|s| s.latest.event_type.as_str())
-        .collect();
-    let payloads: Vec<RawJsonb<'_>> = states
-        .iter()
-        .map(|s| RawJsonb(&s.latest.payload_json))
-        .collect();
-    let ids: Vec<uuid::Uuid> = states.iter().map(|s| s.latest.event_id).collect();
-    let counts: Vec<i64> = states.iter().map(|s| s.event_count).collect();
-    let partitions: Vec<i32> = states.iter().map(|s| s.latest.partition).collect();
-    let offsets: Vec<i64> = states.iter().map(|s| s.latest.offset).collect();
+    if corrections.is_empty() && not_stored.is_empty() {
+        let rows: Vec<StreamRow<'_>> = latest
+            .into_values()
+            .map(|state| StreamRow::new(state, state.event_count, &state.latest))
+            .collect();
+        upsert_stream_states(tx, &rows, false).await?;
+        return Ok(None);
+    }
+    let mut updated = corrections.clone();
+    // Per stream of the batch, its events that are stored, the latest last.
+    let mut stored: HashMap<(&str, &str), LatestEvent> = HashMap::new();
+    for event in &batch.events {
+        let stream = (event.tenant_id.as_str(), event.stream_key.as_str());
+        if not_stored.contains(&event.event_id) {
+            *updated
+                .uncounted
+                .entry((event.tenant_id.clone(), event.stream_key.clone()))
+                .or_default() += 1;
+            continue;
+        }
+        let candidate = StreamSummary::of(event)
+            .latest
+            .expect("one event's summary has a latest");
+        match stored.get_mut(&stream) {
+            Some(best) if *best >= candidate => {}
+            Some(best) => *best = candidate,
+            None => {
+                stored.insert(stream, candidate);
+            }
+        }
+    }
+    let (mut plain, mut guarded, mut counts_only) = (Vec::new(), Vec::new(), Vec::new());
+    for (stream, state) in latest {
+        let key = (stream.0.to_owned(), stream.1.to_owned());
+        let count = state.event_count - updated.uncounted.get(&key).copied().unwrap_or(0);
+        let latest_unstored = not_stored.contains(&state.latest.event_id)
+            || updated.unstored_latest.get(&key) == Some(&state.latest.event_id);
+        if !latest_unstored {
+            updated.unstored_latest.remove(&key);
+            plain.push(StreamRow::new(state, count, &state.latest));
+            continue;
+        }
+        updated.unstored_latest.insert(key, state.latest.event_id);
+        // The dataflow's latest is not in `events`: the latest stored event of the batch takes
+        // its place where it is newer than the stored one, else only the count changes.
+        match stored.get(&stream) {
+            Some(candidate) => guarded.push(StreamRow::new(state, count, candidate)),
+            None if count > 0 => counts_only.push(StreamRow::new(state, count, &state.latest)),
+            None => {}
+        }
+    }
+    upsert_stream_states(tx, &plain, false).await?;
+    upsert_stream_states(tx, &guarded, true).await?;
+    if !counts_only.is_empty() {
+        let tenants: Vec<&str> = counts_only.iter().map(|r| r.tenant).collect();
+        let streams: Vec<&str> = counts_only.iter().map(|r| r.stream).collect();
+        let counts: Vec<i64> = counts_only.iter().map(|r| r.count).collect();
+        tx.execute(
+            "UPDATE stream_state AS s SET event_count = u.c, updated_utc = now() \
+             FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS u(t, k, c) \
+             WHERE s.tenant_id = u.t AND s.stream_key = u.k",
+            &[&tenants, &streams, &counts],
+        )
+        .await
+        .map_err(SinkError::statement("correcting stream counts"))?;
+    }
+    Ok(Some(updated))
+}
+
+/// Upserts `rows` into `stream_state`. `only_if_newer` keeps a stored latest event that is
+/// newer than the row's (by event time, then offset), changing only the count.
+async fn upsert_stream_states(
+    tx: &Transaction<'_>,
+    rows: &[StreamRow<'_>],
+    only_if_newer: bool,
+) -> Result<(), SinkError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let tenants: Vec<&str> = rows.iter().map(|r| r.tenant).collect();
+    let streams: Vec<&str> = rows.iter().map(|r| r.stream).collect();
+    let seen: Vec<DateTime<Utc>> = rows.iter().map(|r| r.seen).collect();
+    let types: Vec<&str> = rows.iter().map(|r| r.event_type).collect();
+    let payloads: Vec<RawJsonb<'_>> = rows.iter().map(|r| RawJsonb(r.payload)).collect();
+    let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.event_id).collect();
+    let counts: Vec<i64> = rows.iter().map(|r| r.count).collect();
+    let partitions: Vec<i32> = rows.iter().map(|r| r.partition).collect();
+    let offsets: Vec<i64> = rows.iter().map(|r| r.offset).collect();
+    let last = |column: &str| {
+        if only_if_newer {
+            format!(
+                "{column} = CASE WHEN (EXCLUDED.last_seen_utc, EXCLUDED.last_offset) > \
+                 (s.last_seen_utc, s.last_offset) THEN EXCLUDED.{column} ELSE s.{column} END"
+            )
+        } else {
+            format!("{column} = EXCLUDED.{column}")
+        }
+    };
+    let assignments = [
+        "last_seen_utc",
+        "last_type",
+        "last_payload_jsonb",
+        "last_event_id",
+        "source_partition",
+        "last_offset",
+    ]
+    .map(last)
+    .join(", ");
     tx.execute(
-        "INSERT INTO stream_state (tenant_id, stream_key, last_seen_utc, last_type, \
-            last_payload_jsonb, last_event_id, event_count, source_partition, last_offset, updated_utc) \
-         SELECT t, k, s, y, p, i, c, sp, o, now() FROM UNNEST($1::text[], $2::text[], \
-            $3::timestamptz[], $4::text[], $5::jsonb[], $6::uuid[], $7::int8[], $8::int4[], $9::int8[]) \
-            AS u(t, k, s, y, p, i, c, sp, o) \
-         ON CONFLICT (tenant_id, stream_key) DO UPDATE SET last_seen_utc = EXCLUDED.last_seen_utc, \
-            last_type = EXCLUDED.last_type, last_payload_jsonb = EXCLUDED.last_payload_jsonb, \
-            last_event_id = EXCLUDED.last_event_id, event_count = EXCLUDED.event_count, \
-            source_partition = EXCLUDED.source_partition, last_offset = EXCLUDED.last_offset, \
-            updated_utc = EXCLUDED.updated_utc",
-        &[&tenants, &streams, &seen, &types, &payloads, &ids, &counts, &partitions, &offsets],
+        &format!(
+            "INSERT INTO stream_state AS s (tenant_id, stream_key, last_seen_utc, last_type, \
+                last_payload_jsonb, last_event_id, event_count, source_partition, last_offset, \
+                updated_utc) \
+             SELECT t, k, s, y, p, i, c, sp, o, now() FROM UNNEST($1::text[], $2::text[], \
+                $3::timestamptz[], $4::text[], $5::jsonb[], $6::uuid[], $7::int8[], $8::int4[], \
+                $9::int8[]) AS u(t, k, s, y, p, i, c, sp, o) \
+             ON CONFLICT (tenant_id, stream_key) DO UPDATE SET {assignments}, \
+                event_count = EXCLUDED.event_count, updated_utc = EXCLUDED.updated_utc"
+        ),
+        &[
+            &tenants,
+            &streams,
+            &seen,
+            &types,
+            &payloads,
+            &ids,
+            &counts,
+            &partitions,
+            &offsets,
+        ],
     )
     .await
     .map_err(SinkError::statement("upserting stream states"))?;
@@ -935,7 +1151,7 @@ fn jittered(backoff: Duration) -> Duration {
 mod tests {
     use super::*;
     use crate::postgres::connect;
-    use operators::record::PartitionProgress;
+    use operators::record::{EventRow, PartitionProgress};
     use operators::slo_window::{SloCounts, SloSample};
 
     /// A fresh, migrated database on the PostgreSQL of `DATABASE_URL` (the one `infra/dev`
@@ -1063,6 +1279,107 @@ mod tests {
             single_value(&url, "SELECT next_offset FROM source_offsets").await,
             20,
             "the batch committed"
+        );
+        drop(sink);
+        drop_database(&url).await;
+    }
+    /// An event of stream `k` of tenant `acme` at `second` past a fixed time, at `offset`.
+    fn event(id: u128, second: i64, offset: i64, key: Option<&str>) -> EventRow {
+        let at = DateTime::from_timestamp(1_800_000_000 + second, 0).unwrap();
+        EventRow {
+            event_id: uuid::Uuid::from_u128(id),
+            tenant_id: "acme".into(),
+            source: "s".into(),
+            event_type: "t".into(),
+            stream_key: "k".into(),
+            timestamp_utc: at,
+            schema_version: 1,
+            payload_json: format!(r#"{{"n":{id}}}"#),
+            received_utc: at,
+            trace_id: None,
+            trace_parent: None,
+            payload_hash: format!("{id:064x}"),
+            idempotency_key: key.map(str::to_owned),
+            partition: 0,
+            offset,
+            key: None,
+            original: Vec::new(),
+        }
+    }
+
+    /// A batch of `events` up to `offset`, with the state the dataflow reports for their stream.
+    fn events_batch(events: Vec<EventRow>, count: i64, latest: &EventRow) -> CommitBatch {
+        let next_offset = events.iter().map(|e| e.offset + 1).max().unwrap_or(0);
+        CommitBatch {
+            stream_states: vec![StreamState {
+                tenant_id: "acme".into(),
+                stream_key: "k".into(),
+                event_count: count,
+                latest: StreamSummary::of(latest).latest.unwrap(),
+            }],
+            events,
+            ..batch(next_offset)
+        }
+    }
+
+    /// The stored count and latest event id of stream `k`.
+    async fn stream(url: &str) -> (i64, uuid::Uuid) {
+        let db = connect(url).await.unwrap();
+        let row = db
+            .query_one(
+                "SELECT event_count, last_event_id FROM stream_state WHERE stream_key = 'k'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    }
+
+    #[tokio::test]
+    async fn stream_state_counts_and_shows_only_what_postgresql_stored() {
+        let url = fresh_database("stream_corrections").await;
+        let mut sink = EventSink::new(url.clone(), "raw");
+        let id = uuid::Uuid::from_u128;
+        let a = event(1, 10, 0, None);
+        sink.commit(&events_batch(vec![a.clone()], 1, &a))
+            .await
+            .unwrap();
+        assert_eq!(stream(&url).await, (1, id(1)));
+
+        // A copy of the stored event (de-duplication no longer remembered it) and a new one:
+        // the dataflow counts both, PostgreSQL skips the copy.
+        let b = event(2, 20, 2, None);
+        sink.commit(&events_batch(vec![event(1, 10, 1, None), b.clone()], 3, &b))
+            .await
+            .unwrap();
+        assert_eq!(stream(&url).await, (2, id(2)), "the copy is not counted");
+
+        // The newest event yet, refused by PostgreSQL (a NUL in its key): the count and the
+        // latest stay.
+        let c = event(3, 40, 3, Some("k\0ey"));
+        sink.commit(&events_batch(vec![c.clone()], 4, &c))
+            .await
+            .unwrap();
+        assert_eq!(
+            stream(&url).await,
+            (2, id(2)),
+            "the refused event is not shown"
+        );
+
+        // A stored event older than the refused one: the dataflow still reports the refused one
+        // as latest, the stored one takes its place.
+        let d = event(4, 30, 4, None);
+        sink.commit(&events_batch(vec![d], 5, &c)).await.unwrap();
+        assert_eq!(stream(&url).await, (3, id(4)));
+
+        // A stored event older than the stored latest changes only the count.
+        let e = event(5, 5, 5, None);
+        sink.commit(&events_batch(vec![e], 6, &c)).await.unwrap();
+        assert_eq!(stream(&url).await, (4, id(4)));
+        assert_eq!(
+            single_value(&url, "SELECT count(*) FROM events").await,
+            4,
+            "a, b, d and e"
         );
         drop(sink);
         drop_database(&url).await;
