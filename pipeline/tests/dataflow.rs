@@ -477,6 +477,34 @@ async fn a_row_postgres_rejects_is_isolated_and_its_neighbours_keep_their_verdic
         "the conflict is dead-lettered with its original bytes, not skipped as a copy"
     );
 
+    let before_replay: i64 = db
+        .query_one(
+            "SELECT count(*) FROM stream_state WHERE stream_key = 's-2'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        before_replay, 0,
+        "a stream with no stored event has no state"
+    );
+    let (first_count, first_payload): (i64, serde_json::Value) = {
+        let row = db
+            .query_one(
+                "SELECT event_count, last_payload_jsonb FROM stream_state WHERE stream_key = 's-1'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(
+        (first_count, &first_payload),
+        (1, &stored["payload"]),
+        "the conflicting copy is neither counted nor shown"
+    );
+
     // The refused event sent again with its cause mended (here: without the NUL key; a replay
     // through the API would send the key as the dead letter stored it, the NUL made U+FFFD): it
     // is stored, not dropped as a duplicate of itself, which de-duplication remembered.

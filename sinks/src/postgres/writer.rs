@@ -15,8 +15,8 @@ use chrono::{DateTime, Utc};
 use futures::pin_mut;
 use operators::dedup::{RefusedIdentities, SeenEvent};
 use operators::error_text::error_chain;
-use operators::record::{DeadLetter, DeadLetterReason, EventIdentity};
-use operators::stream_state::{LatestEvent, StreamState, StreamSummary};
+use operators::record::{DeadLetter, DeadLetterReason, EventIdentity, EventRow};
+use operators::stream_state::StreamState;
 use postgres_types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio::sync::mpsc;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -126,6 +126,9 @@ pub struct EventSink {
     refused: Option<RefusedIdentities>,
     /// What the dataflow's stream states counted that PostgreSQL did not store.
     corrections: StreamCorrections,
+    /// What the batch whose COMMIT went unanswered changes in `corrections`, should it have
+    /// committed.
+    in_doubt: Option<CorrectionChanges>,
     /// The last commit failed in a way that may have committed on the server (the answer to
     /// COMMIT lost with the connection): the next batch is checked against the stored offsets
     /// before it is written.
@@ -142,6 +145,7 @@ impl EventSink {
             publisher: None,
             refused: None,
             corrections: StreamCorrections::default(),
+            in_doubt: None,
             maybe_committed: false,
         }
     }
@@ -181,15 +185,19 @@ impl EventSink {
     /// and the batch is written again row by row, the rejected rows becoming dead letters.
     pub async fn commit(&mut self, batch: &CommitBatch) -> Result<CommitReport, SinkError> {
         let corrections = std::mem::take(&mut self.corrections);
-        let outcome = self.commit_with(batch, &corrections).await;
+        let mut sent = None;
+        let outcome = self.commit_with(batch, &corrections, &mut sent).await;
+        self.corrections = corrections;
         match outcome {
-            Ok((report, updated)) => {
+            Ok((report, changes)) => {
                 // Only a committed batch moves the corrections on.
-                self.corrections = updated.unwrap_or(corrections);
+                self.corrections.apply(changes);
                 Ok(report)
             }
             Err(err) => {
-                self.corrections = corrections;
+                // Should the COMMIT have landed unanswered, its changes apply when the retry
+                // finds the batch durable.
+                self.in_doubt = sent.filter(|_| self.maybe_committed);
                 Err(err)
             }
         }
@@ -199,7 +207,8 @@ impl EventSink {
         &mut self,
         batch: &CommitBatch,
         corrections: &StreamCorrections,
-    ) -> Result<(CommitReport, Option<StreamCorrections>), SinkError> {
+        sent: &mut Option<CorrectionChanges>,
+    ) -> Result<(CommitReport, CorrectionChanges), SinkError> {
         let topic = self.topic.clone();
         let publisher = self.publisher.clone();
         if self.maybe_committed {
@@ -223,8 +232,9 @@ impl EventSink {
                     processed_utc: Utc::now(),
                     ..CommitReport::default()
                 };
-                return Ok((report, None));
+                return Ok((report, self.in_doubt.take().unwrap_or_default()));
             }
+            self.in_doubt = None;
         }
         let mut outcome = {
             let client = self.client().await?;
@@ -235,6 +245,7 @@ impl EventSink {
                 publisher.as_deref(),
                 EventCopy::Direct,
                 corrections,
+                sent,
             )
             .await
         };
@@ -250,6 +261,7 @@ impl EventSink {
                 publisher.as_deref(),
                 EventCopy::Staged,
                 corrections,
+                sent,
             )
             .await;
         }
@@ -265,6 +277,7 @@ impl EventSink {
                     publisher.as_deref(),
                     refused.as_ref(),
                     corrections,
+                    sent,
                 )
                 .await;
             }
@@ -339,7 +352,8 @@ async fn commit_bulk(
     publisher: Option<&dyn DeadLetterPublisher>,
     copy: EventCopy,
     corrections: &StreamCorrections,
-) -> Result<(CommitReport, Option<StreamCorrections>), SinkError> {
+    sent: &mut Option<CorrectionChanges>,
+) -> Result<(CommitReport, CorrectionChanges), SinkError> {
     let tx = client
         .transaction()
         .await
@@ -391,16 +405,17 @@ async fn commit_bulk(
     report.id_conflicts = conflicts.len() as u64;
     conflicts.extend(batch.dead_letters.iter().cloned());
     report.dead_letters_written = insert_dead_letters(&tx, topic, &conflicts).await?;
-    let corrections = store_stream_states(&tx, batch, corrections, &not_stored).await?;
+    let changes = store_stream_states(&tx, batch, corrections, &not_stored).await?;
     store_slo_samples(&tx, batch).await?;
     store_offsets(&tx, batch).await?;
     notify_feed(&tx, topic, batch).await?;
     publish_dead_letters(publisher, topic, &conflicts).await?;
+    *sent = Some(changes.clone());
     tx.commit()
         .await
         .map_err(SinkError::statement("committing a batch"))?;
     log_dead_letters(&conflicts);
-    Ok((report, corrections))
+    Ok((report, changes))
 }
 
 /// Moves staged events into `events`: an id stored before with the same payload is skipped, one
@@ -429,25 +444,26 @@ async fn merge_staged(
         .filter(|event| conflicting.contains(&event.event_id))
         .map(id_conflict)
         .collect();
-    let inserted: HashSet<uuid::Uuid> = tx
+    let inserted: HashSet<Position> = tx
         .query(
             &format!(
                 "INSERT INTO events ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} \
-                 FROM events_staging ON CONFLICT (id) DO NOTHING RETURNING id"
+                 FROM events_staging ON CONFLICT (id) DO NOTHING \
+                 RETURNING source_partition, source_offset"
             ),
             &[],
         )
         .await
         .map_err(SinkError::statement("inserting staged events"))?
         .iter()
-        .map(|row| row.get(0))
+        .map(|row| (row.get(0), row.get(1)))
         .collect();
     let written = inserted.len() as u64;
     let skipped = staged - conflicting.len() as u64 - written;
     let not_stored = events
         .iter()
-        .map(|event| event.event_id)
-        .filter(|id| !inserted.contains(id))
+        .map(|event| (event.partition, event.offset))
+        .filter(|position| !inserted.contains(position))
         .collect();
     Ok(Merged {
         written,
@@ -462,9 +478,9 @@ struct Merged {
     written: u64,
     skipped: u64,
     conflicts: Vec<DeadLetter>,
-    /// The batch's events that are not in `events` as the batch has them: copies skipped and
-    /// conflicts.
-    not_stored: HashSet<uuid::Uuid>,
+    /// The positions of the batch's events that are not in `events` as the batch has them:
+    /// copies skipped and conflicts.
+    not_stored: HashSet<Position>,
 }
 
 /// The dead letter of an event whose id is stored with another payload.
@@ -505,7 +521,8 @@ async fn commit_isolating(
     publisher: Option<&dyn DeadLetterPublisher>,
     refused: Option<&RefusedIdentities>,
     corrections: &StreamCorrections,
-) -> Result<(CommitReport, Option<StreamCorrections>), SinkError> {
+    sent: &mut Option<CorrectionChanges>,
+) -> Result<(CommitReport, CorrectionChanges), SinkError> {
     let mut tx = client
         .transaction()
         .await
@@ -548,7 +565,7 @@ async fn commit_isolating(
                     .map_err(SinkError::statement("releasing a savepoint"))?;
                 report.events_written += inserted;
                 if inserted == 0 {
-                    not_stored.insert(event.event_id);
+                    not_stored.insert((event.partition, event.offset));
                     // The id is stored already: a copy of it is skipped, another payload under
                     // it is a conflict, as in `merge_staged`.
                     if stored_with_other_payload(&tx, event).await? {
@@ -572,7 +589,7 @@ async fn commit_isolating(
                     other => other.to_string(),
                 };
                 refused_identities.push(SeenEvent::of(event));
-                not_stored.insert(event.event_id);
+                not_stored.insert((event.partition, event.offset));
                 dead_letters.push(event.clone().into_dead_letter(
                     DeadLetterReason::DatabaseRejected,
                     format!("PostgreSQL rejected the event: {reason}"),
@@ -583,7 +600,7 @@ async fn commit_isolating(
         }
     }
     report.dead_letters_written = insert_dead_letters(&tx, topic, &dead_letters).await?;
-    let corrections = store_stream_states(&tx, batch, corrections, &not_stored).await?;
+    let changes = store_stream_states(&tx, batch, corrections, &not_stored).await?;
     store_slo_samples(&tx, batch).await?;
     store_offsets(&tx, batch).await?;
     notify_feed(&tx, topic, batch).await?;
@@ -595,11 +612,12 @@ async fn commit_isolating(
     if let Some(refused) = refused {
         refused.push(refused_identities);
     }
+    *sent = Some(changes.clone());
     tx.commit()
         .await
         .map_err(SinkError::statement("committing an isolated batch"))?;
     log_dead_letters(&dead_letters);
-    Ok((report, corrections))
+    Ok((report, changes))
 }
 
 /// One log line per committed dead letter, with its trace and identity (never its bytes).
@@ -687,8 +705,16 @@ async fn insert_dead_letters(
     .map_err(SinkError::statement("inserting dead letters"))
 }
 
-/// A stream's identity: tenant and stream key.
-type StreamKey = (String, String);
+/// Where a record was read: partition and offset. Unlike the event id, it tells apart two
+/// copies of one event in a batch.
+type Position = (i32, i64);
+
+/// Per tenant and stream key (nested, so that a lookup borrows its keys).
+type PerStream<V> = HashMap<String, HashMap<String, V>>;
+
+fn per_stream<'m, V>(map: &'m PerStream<V>, tenant: &str, stream: &str) -> Option<&'m V> {
+    map.get(tenant).and_then(|streams| streams.get(stream))
+}
 
 /// What the dataflow's stream states counted that PostgreSQL did not store, since this sink
 /// started. The dataflow counts every event it accepted, before PostgreSQL's verdict: a copy of
@@ -699,14 +725,46 @@ type StreamKey = (String, String);
 #[derive(Debug, Clone, Default)]
 struct StreamCorrections {
     /// Per stream, the events counted and not stored.
-    uncounted: HashMap<StreamKey, i64>,
-    /// Per stream, the dataflow's latest event while it is one that was not stored.
-    unstored_latest: HashMap<StreamKey, uuid::Uuid>,
+    uncounted: PerStream<i64>,
+    /// Per stream, the position of the dataflow's latest event while it is one not stored.
+    unstored_latest: PerStream<Position>,
+}
+
+/// What one batch changes in the corrections, applied once the batch has committed.
+#[derive(Debug, Clone, Default)]
+struct CorrectionChanges {
+    uncounted: Vec<(String, String, i64)>,
+    unstored_latest: Vec<(String, String, Option<Position>)>,
 }
 
 impl StreamCorrections {
-    fn is_empty(&self) -> bool {
-        self.uncounted.is_empty() && self.unstored_latest.is_empty()
+    fn apply(&mut self, changes: CorrectionChanges) {
+        for (tenant, stream, more) in changes.uncounted {
+            *self
+                .uncounted
+                .entry(tenant)
+                .or_default()
+                .entry(stream)
+                .or_default() += more;
+        }
+        for (tenant, stream, latest) in changes.unstored_latest {
+            match latest {
+                Some(position) => {
+                    self.unstored_latest
+                        .entry(tenant)
+                        .or_default()
+                        .insert(stream, position);
+                }
+                None => {
+                    if let Some(streams) = self.unstored_latest.get_mut(&tenant) {
+                        streams.remove(&stream);
+                        if streams.is_empty() {
+                            self.unstored_latest.remove(&tenant);
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -724,7 +782,8 @@ struct StreamRow<'a> {
 }
 
 impl<'a> StreamRow<'a> {
-    fn new(state: &'a StreamState, count: i64, latest: &'a LatestEvent) -> Self {
+    fn of_state(state: &'a StreamState, count: i64) -> Self {
+        let latest = &state.latest;
         Self {
             tenant: &state.tenant_id,
             stream: &state.stream_key,
@@ -737,76 +796,115 @@ impl<'a> StreamRow<'a> {
             offset: latest.offset,
         }
     }
+
+    fn of_event(event: &'a EventRow, count: i64) -> Self {
+        Self {
+            tenant: &event.tenant_id,
+            stream: &event.stream_key,
+            count,
+            seen: event.timestamp_utc,
+            event_type: &event.event_type,
+            payload: &event.payload_json,
+            event_id: event.event_id,
+            partition: event.partition,
+            offset: event.offset,
+        }
+    }
 }
 
 /// Writes the latest state of each stream the batch changed (a later state of a stream in the
-/// batch wins), less what PostgreSQL did not store (`not_stored`, and `corrections` from the
-/// batches before); returns the corrections after this batch, when they changed.
+/// batch wins), less what PostgreSQL did not store (`not_stored`, by position, and
+/// `corrections` from the batches before); returns what the batch changes in the corrections.
 async fn store_stream_states(
     tx: &Transaction<'_>,
     batch: &CommitBatch,
     corrections: &StreamCorrections,
-    not_stored: &HashSet<uuid::Uuid>,
-) -> Result<Option<StreamCorrections>, SinkError> {
+    not_stored: &HashSet<Position>,
+) -> Result<CorrectionChanges, SinkError> {
+    let mut changes = CorrectionChanges::default();
     if batch.stream_states.is_empty() {
-        return Ok(None);
+        return Ok(changes);
     }
     let mut latest: BTreeMap<(&str, &str), &StreamState> = BTreeMap::new();
     for state in &batch.stream_states {
         latest.insert((&state.tenant_id, &state.stream_key), state);
     }
-    if corrections.is_empty() && not_stored.is_empty() {
-        let rows: Vec<StreamRow<'_>> = latest
-            .into_values()
-            .map(|state| StreamRow::new(state, state.event_count, &state.latest))
-            .collect();
-        upsert_stream_states(tx, &rows, false).await?;
-        return Ok(None);
-    }
-    let mut updated = corrections.clone();
-    // Per stream of the batch, its events that are stored, the latest last.
-    let mut stored: HashMap<(&str, &str), LatestEvent> = HashMap::new();
-    for event in &batch.events {
-        let stream = (event.tenant_id.as_str(), event.stream_key.as_str());
-        if not_stored.contains(&event.event_id) {
-            *updated
-                .uncounted
-                .entry((event.tenant_id.clone(), event.stream_key.clone()))
-                .or_default() += 1;
-            continue;
-        }
-        let candidate = StreamSummary::of(event)
-            .latest
-            .expect("one event's summary has a latest");
-        match stored.get_mut(&stream) {
-            Some(best) if *best >= candidate => {}
-            Some(best) => *best = candidate,
-            None => {
-                stored.insert(stream, candidate);
+    // This batch's events counted and not stored, per stream.
+    let mut batch_uncounted: HashMap<(&str, &str), i64> = HashMap::new();
+    if !not_stored.is_empty() {
+        for event in &batch.events {
+            if not_stored.contains(&(event.partition, event.offset)) {
+                *batch_uncounted
+                    .entry((&event.tenant_id, &event.stream_key))
+                    .or_default() += 1;
             }
         }
     }
-    let (mut plain, mut guarded, mut counts_only) = (Vec::new(), Vec::new(), Vec::new());
-    for (stream, state) in latest {
-        let key = (stream.0.to_owned(), stream.1.to_owned());
-        let count = state.event_count - updated.uncounted.get(&key).copied().unwrap_or(0);
-        let latest_unstored = not_stored.contains(&state.latest.event_id)
-            || updated.unstored_latest.get(&key) == Some(&state.latest.event_id);
-        if !latest_unstored {
-            updated.unstored_latest.remove(&key);
-            plain.push(StreamRow::new(state, count, &state.latest));
+    let mut plain = Vec::with_capacity(latest.len());
+    let mut unstored_latest: HashSet<(&str, &str)> = HashSet::new();
+    for (&(tenant, stream), &state) in &latest {
+        let added = batch_uncounted.get(&(tenant, stream)).copied().unwrap_or(0);
+        if added > 0 {
+            changes
+                .uncounted
+                .push((tenant.to_owned(), stream.to_owned(), added));
+        }
+        let uncounted = per_stream(&corrections.uncounted, tenant, stream)
+            .copied()
+            .unwrap_or(0)
+            + added;
+        let position = (state.latest.partition, state.latest.offset);
+        let known_unstored = per_stream(&corrections.unstored_latest, tenant, stream);
+        if not_stored.contains(&position) || known_unstored == Some(&position) {
+            unstored_latest.insert((tenant, stream));
+            changes
+                .unstored_latest
+                .push((tenant.to_owned(), stream.to_owned(), Some(position)));
             continue;
         }
-        updated.unstored_latest.insert(key, state.latest.event_id);
-        // The dataflow's latest is not in `events`: the latest stored event of the batch takes
-        // its place where it is newer than the stored one, else only the count changes.
-        match stored.get(&stream) {
-            Some(candidate) => guarded.push(StreamRow::new(state, count, candidate)),
-            None if count > 0 => counts_only.push(StreamRow::new(state, count, &state.latest)),
+        if known_unstored.is_some() {
+            changes
+                .unstored_latest
+                .push((tenant.to_owned(), stream.to_owned(), None));
+        }
+        plain.push(StreamRow::of_state(state, state.event_count - uncounted));
+    }
+    upsert_stream_states(tx, &plain, false).await?;
+    if unstored_latest.is_empty() {
+        return Ok(changes);
+    }
+    // The dataflow's latest of these streams is not in `events`: the latest stored event of
+    // the batch takes its place where it is newer than the stored one, else only the count
+    // changes.
+    let mut newest_stored: HashMap<(&str, &str), &EventRow> = HashMap::new();
+    for event in &batch.events {
+        let stream = (event.tenant_id.as_str(), event.stream_key.as_str());
+        if !unstored_latest.contains(&stream)
+            || not_stored.contains(&(event.partition, event.offset))
+        {
+            continue;
+        }
+        let newer = |best: &&EventRow| {
+            (event.timestamp_utc, event.offset) > (best.timestamp_utc, best.offset)
+        };
+        if newest_stored.get(&stream).is_none_or(newer) {
+            newest_stored.insert(stream, event);
+        }
+    }
+    let (mut guarded, mut counts_only) = (Vec::new(), Vec::new());
+    for stream in unstored_latest {
+        let state = latest[&stream];
+        let uncounted = per_stream(&corrections.uncounted, stream.0, stream.1)
+            .copied()
+            .unwrap_or(0)
+            + batch_uncounted.get(&stream).copied().unwrap_or(0);
+        let count = state.event_count - uncounted;
+        match newest_stored.get(&stream) {
+            Some(event) => guarded.push(StreamRow::of_event(event, count)),
+            None if count > 0 => counts_only.push(StreamRow::of_state(state, count)),
             None => {}
         }
     }
-    upsert_stream_states(tx, &plain, false).await?;
     upsert_stream_states(tx, &guarded, true).await?;
     if !counts_only.is_empty() {
         let tenants: Vec<&str> = counts_only.iter().map(|r| r.tenant).collect();
@@ -821,7 +919,7 @@ async fn store_stream_states(
         .await
         .map_err(SinkError::statement("correcting stream counts"))?;
     }
-    Ok(Some(updated))
+    Ok(changes)
 }
 
 /// Upserts `rows` into `stream_state`. `only_if_newer` keeps a stored latest event that is
@@ -1151,8 +1249,9 @@ fn jittered(backoff: Duration) -> Duration {
 mod tests {
     use super::*;
     use crate::postgres::connect;
-    use operators::record::{EventRow, PartitionProgress};
+    use operators::record::PartitionProgress;
     use operators::slo_window::{SloCounts, SloSample};
+    use operators::stream_state::StreamSummary;
 
     /// A fresh, migrated database on the PostgreSQL of `DATABASE_URL` (the one `infra/dev`
     /// starts), dropped by the test when it passes.
@@ -1381,6 +1480,54 @@ mod tests {
             4,
             "a, b, d and e"
         );
+        drop(sink);
+        drop_database(&url).await;
+    }
+    #[tokio::test]
+    async fn a_batch_whose_commit_answer_was_lost_still_corrects_its_streams() {
+        let url = fresh_database("stream_corrections_in_doubt").await;
+        let mut sink = EventSink::new(url.clone(), "raw");
+        let id = uuid::Uuid::from_u128;
+        let a = event(1, 10, 0, None);
+        sink.commit(&events_batch(vec![a.clone()], 1, &a))
+            .await
+            .unwrap();
+        // A copy of `a` and a new event; the transaction commits, its answer is lost.
+        let b = event(2, 20, 2, None);
+        let copy_and_b = events_batch(vec![event(1, 10, 1, None), b.clone()], 3, &b);
+        let mut sent = None;
+        let corrections = std::mem::take(&mut sink.corrections);
+        sink.commit_with(&copy_and_b, &corrections, &mut sent)
+            .await
+            .unwrap();
+        sink.corrections = corrections;
+        sink.in_doubt = sent;
+        sink.client = None;
+        sink.maybe_committed = true;
+        // The retry finds the batch durable; the next batch still leaves the copy out.
+        sink.commit(&copy_and_b).await.unwrap();
+        let c = event(3, 30, 3, None);
+        sink.commit(&events_batch(vec![c.clone()], 4, &c))
+            .await
+            .unwrap();
+        assert_eq!(stream(&url).await, (3, id(3)), "a, b and c");
+        drop(sink);
+        drop_database(&url).await;
+    }
+
+    #[tokio::test]
+    async fn two_copies_of_one_event_in_a_batch_count_once() {
+        let url = fresh_database("stream_corrections_copies").await;
+        let mut sink = EventSink::new(url.clone(), "raw");
+        // De-duplication lets a copy through once the first is past its retention; both in
+        // one batch: the COPY fails on the second, the staged path stores the first.
+        let a = event(1, 10, 0, None);
+        let copy = event(1, 10, 1, None);
+        sink.commit(&events_batch(vec![a, copy.clone()], 2, &copy))
+            .await
+            .unwrap();
+        assert_eq!(stream(&url).await, (1, uuid::Uuid::from_u128(1)));
+        assert_eq!(single_value(&url, "SELECT count(*) FROM events").await, 1);
         drop(sink);
         drop_database(&url).await;
     }
