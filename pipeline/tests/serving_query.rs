@@ -430,37 +430,46 @@ async fn formats_limits_and_errors() {
     );
 }
 
-/// `GET /v1/slo` against samples whose answers were worked out by hand.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slo_status_matches_hand_computed_fixtures() {
-    let env = TestEnv::new("slo_math").await;
+/// `GET /v1/slo` (its status and body) of a fresh gateway over `slo_samples` holding `rows`
+/// (`(window_start_utc, ingestion_good, ingestion_total, freshness_good, freshness_total)`
+/// tuples in SQL, relative to `now()`).
+async fn slo_report_over(name: &str, rows: &str) -> (u16, serde_json::Value) {
+    let env = TestEnv::new(name).await;
     let sentinel = env.start("ingress", "ingress").await;
-    // (age, ingestion good/total, freshness good/total): 2 min, 3 h, 2 d, 10 d (outside SLO B's
-    // 7 days), 40 d (outside both), and one a day ahead (a window no gateway could have
-    // answered in yet: outside every window).
     env.db()
         .await
-        .batch_execute(
+        .batch_execute(&format!(
             "INSERT INTO slo_samples (window_start_utc, ingestion_good, ingestion_total, \
-               freshness_good, freshness_total) VALUES \
-             (date_trunc('minute', now()) - interval '2 minutes', 990, 1000, 95, 100), \
-             (date_trunc('minute', now()) - interval '3 hours', 1000, 1000, 100, 100), \
-             (date_trunc('minute', now()) - interval '2 days', 998, 1000, 90, 100), \
-             (date_trunc('minute', now()) - interval '10 days', 1000, 1000, 0, 100), \
-             (date_trunc('minute', now()) - interval '40 days', 0, 1000, 0, 100), \
-             (date_trunc('minute', now()) + interval '1 day', 0, 1000, 0, 100)",
-        )
+               freshness_good, freshness_total) VALUES {rows}"
+        ))
         .await
         .unwrap();
-    let report: serde_json::Value = reqwest::Client::new()
+    let response = reqwest::Client::new()
         .get(format!("{}/v1/slo", sentinel.base_url))
         .bearer_auth(token("acme", &[Role::Read]))
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
         .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+/// `GET /v1/slo` against samples whose answers were worked out by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slo_status_matches_hand_computed_fixtures() {
+    // (age, ingestion good/total, freshness good/total): 2 min, 3 h, 2 d, 10 d (outside SLO B's
+    // 7 days), 40 d (outside both), and one a day ahead (a window no gateway could have
+    // answered in yet: outside every window).
+    let (_, report) = slo_report_over(
+        "slo_math",
+        "(date_trunc('minute', now()) - interval '2 minutes', 990, 1000, 95, 100), \
+         (date_trunc('minute', now()) - interval '3 hours', 1000, 1000, 100, 100), \
+         (date_trunc('minute', now()) - interval '2 days', 998, 1000, 90, 100), \
+         (date_trunc('minute', now()) - interval '10 days', 1000, 1000, 0, 100), \
+         (date_trunc('minute', now()) - interval '40 days', 0, 1000, 0, 100), \
+         (date_trunc('minute', now()) + interval '1 day', 0, 1000, 0, 100)",
+    )
+    .await;
     let close = |value: &serde_json::Value, expected: f64| {
         value.as_f64().is_some_and(|v| (v - expected).abs() < 1e-9)
     };
@@ -512,28 +521,15 @@ async fn slo_status_matches_hand_computed_fixtures() {
 /// summed without overflowing the answer: the counts stay at the maximum.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slo_status_of_saturated_windows_is_capped_not_an_error() {
-    let env = TestEnv::new("slo_saturated").await;
-    let sentinel = env.start("ingress", "ingress").await;
-    env.db()
-        .await
-        .batch_execute(
-            "INSERT INTO slo_samples (window_start_utc, ingestion_good, ingestion_total, \
-               freshness_good, freshness_total) VALUES \
-             (date_trunc('minute', now()) - interval '2 minutes', 9223372036854775807, \
-               9223372036854775807, 1, 1), \
-             (date_trunc('minute', now()) - interval '3 minutes', 9223372036854775807, \
-               9223372036854775807, 1, 1)",
-        )
-        .await
-        .unwrap();
-    let response = reqwest::Client::new()
-        .get(format!("{}/v1/slo", sentinel.base_url))
-        .bearer_auth(token("acme", &[Role::Read]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let report: serde_json::Value = response.json().await.unwrap();
+    let (status, report) = slo_report_over(
+        "slo_saturated",
+        "(date_trunc('minute', now()) - interval '2 minutes', 9223372036854775807, \
+           9223372036854775807, 1, 1), \
+         (date_trunc('minute', now()) - interval '3 minutes', 9223372036854775807, \
+           9223372036854775807, 1, 1)",
+    )
+    .await;
+    assert_eq!(status, 200, "{report}");
     let a = &report["objectives"][0];
     assert_eq!(
         (a["good"].as_i64(), a["total"].as_i64()),

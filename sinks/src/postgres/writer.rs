@@ -1434,16 +1434,22 @@ mod tests {
         (row.get(0), row.get(1))
     }
 
-    #[tokio::test]
-    async fn stream_state_counts_and_shows_only_what_postgresql_stored() {
-        let url = fresh_database("stream_corrections").await;
+    /// A fresh database and a sink that stored event 1 of stream `k`.
+    async fn one_stored_event(name: &str) -> (String, EventSink) {
+        let url = fresh_database(name).await;
         let mut sink = EventSink::new(url.clone(), "raw");
-        let id = uuid::Uuid::from_u128;
         let a = event(1, 10, 0, None);
         sink.commit(&events_batch(vec![a.clone()], 1, &a))
             .await
             .unwrap();
-        assert_eq!(stream(&url).await, (1, id(1)));
+        assert_eq!(stream(&url).await, (1, uuid::Uuid::from_u128(1)));
+        (url, sink)
+    }
+
+    #[tokio::test]
+    async fn stream_state_counts_and_shows_only_what_postgresql_stored() {
+        let (url, mut sink) = one_stored_event("stream_corrections").await;
+        let id = uuid::Uuid::from_u128;
 
         // A copy of the stored event (de-duplication no longer remembered it) and a new one:
         // the dataflow counts both, PostgreSQL skips the copy.
@@ -1483,15 +1489,11 @@ mod tests {
         drop(sink);
         drop_database(&url).await;
     }
+
     #[tokio::test]
     async fn a_batch_whose_commit_answer_was_lost_still_corrects_its_streams() {
-        let url = fresh_database("stream_corrections_in_doubt").await;
-        let mut sink = EventSink::new(url.clone(), "raw");
+        let (url, mut sink) = one_stored_event("stream_corrections_in_doubt").await;
         let id = uuid::Uuid::from_u128;
-        let a = event(1, 10, 0, None);
-        sink.commit(&events_batch(vec![a.clone()], 1, &a))
-            .await
-            .unwrap();
         // A copy of `a` and a new event; the transaction commits, its answer is lost.
         let b = event(2, 20, 2, None);
         let copy_and_b = events_batch(vec![event(1, 10, 1, None), b.clone()], 3, &b);
