@@ -12,17 +12,19 @@
 //! time closes, and the others would otherwise keep reading into memory without bound.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ingress::KafkaSettings;
 use operators::headers::RecordHeaders;
 use operators::record::{PartitionProgress, SourceRecord};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use timely::container::CapacityContainerBuilder;
@@ -62,7 +64,7 @@ pub fn assigned_consumer(
     kafka: &KafkaSettings,
     group_id: &str,
     assignments: &[TopicAssignment],
-) -> anyhow::Result<BaseConsumer> {
+) -> anyhow::Result<BaseConsumer<SourceContext>> {
     let mut config = kafka.client_config();
     config
         .set("group.id", group_id)
@@ -73,7 +75,9 @@ pub fn assigned_consumer(
     for (key, value) in &kafka.options {
         config.set(key, value);
     }
-    let consumer: BaseConsumer = config.create().context("creating the Kafka consumer")?;
+    let consumer: BaseConsumer<SourceContext> = config
+        .create_with_context(SourceContext::default())
+        .context("creating the Kafka consumer")?;
     let mut assignment = TopicPartitionList::new();
     for topic in assignments {
         for &partition in &topic.partitions {
@@ -135,12 +139,111 @@ pub fn stored_position(next: i64, low: i64, high: i64) -> StoredPosition {
     }
 }
 
+/// The consumer's context: logs as librdkafka's default context does, and counts the records
+/// an offset reset skips when the broker's retention deleted them while the worker was behind.
+#[derive(Default)]
+pub struct SourceContext {
+    /// Partitions whose loss the start-up check reported: their first reset is that loss.
+    reported_at_start: Mutex<HashSet<(String, i32)>>,
+}
+
+impl ClientContext for SourceContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        if fac == "OFFSET" {
+            if let Some(reset) = offset_reset(message) {
+                self.count_reset(&reset);
+            }
+        }
+        DefaultClientContext.log(level, fac, message);
+    }
+}
+
+impl ConsumerContext for SourceContext {}
+
+impl SourceContext {
+    fn count_reset(&self, reset: &OffsetReset<'_>) {
+        if reset.to.is_some_and(|to| to <= reset.from) {
+            return; // Past the end, not behind the start: nothing skipped.
+        }
+        let first_after_start = self
+            .reported_at_start
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&(reset.topic.to_owned(), reset.partition));
+        if first_after_start {
+            return;
+        }
+        let Some(to) = reset.to else {
+            tracing::error!(
+                topic = reset.topic,
+                partition = reset.partition,
+                next_offset = reset.from,
+                "the next offset is no longer on the broker (retention deleted records before \
+                 they were processed?): reading resumes at the oldest record kept; how many \
+                 were skipped is not known"
+            );
+            return;
+        };
+        let lost = to - reset.from;
+        sinks::telemetry::RecordsLostToRetention {
+            topic: reset.topic,
+            records: lost,
+        }
+        .emit();
+        tracing::error!(
+            topic = reset.topic,
+            partition = reset.partition,
+            next_offset = reset.from,
+            oldest_kept_offset = to,
+            lost,
+            "records were deleted by the broker's retention before they were processed: \
+             they are lost to Sentinel; reading resumes at the oldest record kept"
+        );
+    }
+}
+
+/// librdkafka's account of an offset reset after "Offset out of range".
+#[derive(Debug, PartialEq, Eq)]
+pub struct OffsetReset<'a> {
+    /// The topic.
+    pub topic: &'a str,
+    /// The partition.
+    pub partition: i32,
+    /// The offset that was out of range.
+    pub from: i64,
+    /// Where reading resumes, when librdkafka knew it (the log start of its last fetch).
+    pub to: Option<i64>,
+}
+
+/// Reads librdkafka's `OFFSET` log line of a reset caused by an out-of-range offset (the
+/// line of `rd_kafka_offset_reset`):
+/// `<topic> [<partition>]: offset reset (at offset <from> (leader epoch <e>), broker <b>) to
+/// [cached BEGINNING offset ]offset <to|BEGINNING> (leader epoch <e>): <reason>: <error>`.
+pub fn offset_reset(message: &str) -> Option<OffsetReset<'_>> {
+    if !message.ends_with("Offset out of range") {
+        return None;
+    }
+    let (topic, rest) = message.split_once(" [")?;
+    let (partition, rest) = rest.split_once("]: offset reset (at offset ")?;
+    let (from, rest) = rest.split_once(' ')?;
+    let (_, rest) = rest.split_once(") to ")?;
+    let rest = rest
+        .strip_prefix("cached BEGINNING offset ")
+        .unwrap_or(rest);
+    let (to, _) = rest.strip_prefix("offset ")?.split_once(' ')?;
+    Some(OffsetReset {
+        topic,
+        partition: partition.parse().ok()?,
+        from: from.parse().ok()?,
+        to: to.parse().ok(),
+    })
+}
+
 /// Says loudly, before reading, when a partition no longer holds the records its stored
-/// offset points at: `auto.offset.reset` would otherwise move on silently. Only at start: a
-/// running worker that falls further behind than the topic's retention is reset by librdkafka
-/// without a word (long before that, `SentinelConsumerLagRising` fires).
+/// offset points at: `auto.offset.reset` would otherwise move on silently. (While the worker
+/// runs, [`SourceContext`] counts what a reset skips.)
 fn report_stored_position(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<SourceContext>,
     topic: &str,
     partition: i32,
     next: i64,
@@ -161,6 +264,12 @@ fn report_stored_position(
     match stored_position(next, low, high) {
         StoredPosition::Within => {}
         StoredPosition::Deleted(lost) => {
+            consumer
+                .context()
+                .reported_at_start
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert((topic.to_owned(), partition));
             sinks::telemetry::RecordsLostToRetention {
                 topic,
                 records: lost,
@@ -240,7 +349,7 @@ impl UncommittedRecords {
 /// [`SourceSettings::max_uncommitted`] records.
 pub fn kafka_source<'scope>(
     scope: Scope<'scope, u64>,
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<SourceContext>,
     settings: SourceSettings,
     shutdown: Arc<AtomicBool>,
     uncommitted: Rc<UncommittedRecords>,
@@ -443,6 +552,71 @@ fn consume_span(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn librdkafka_s_out_of_range_reset_is_read_from_its_log_line() {
+        let cached = "events.raw.v1 [1]: offset reset (at offset 5 (leader epoch -1), broker 1) \
+             to cached BEGINNING offset offset 12 (leader epoch -1): fetch failed due to \
+             requested offset not available on the broker: Broker: Offset out of range";
+        assert_eq!(
+            offset_reset(cached),
+            Some(OffsetReset {
+                topic: "events.raw.v1",
+                partition: 1,
+                from: 5,
+                to: Some(12)
+            })
+        );
+        let queried = "events.raw.v1 [0]: offset reset (at offset 5 (leader epoch 3), broker 2) \
+             to offset BEGINNING (leader epoch -1): fetch failed due to requested offset not \
+             available on the broker: Broker: Offset out of range";
+        assert_eq!(
+            offset_reset(queried).map(|r| (r.from, r.to)),
+            Some((5, None))
+        );
+        let other = "events.raw.v1 [0]: offset reset (at offset INVALID (leader epoch -1), \
+             broker -1) to offset BEGINNING (leader epoch -1): no previously committed offset \
+             available: Local: No offset stored";
+        assert_eq!(offset_reset(other), None);
+    }
+
+    /// What `source_records_lost_to_retention_total` holds for `topic`.
+    fn lost_to_retention(topic: &str) -> f64 {
+        prometheus::gather()
+            .iter()
+            .filter(|family| family.name() == "source_records_lost_to_retention_total")
+            .flat_map(|family| family.get_metric())
+            .filter(|metric| metric.get_label().iter().any(|l| l.value() == topic))
+            .map(|metric| metric.get_counter().get_value())
+            .sum()
+    }
+
+    #[test]
+    fn a_reset_while_running_counts_what_it_skipped_once() {
+        let context = SourceContext::default();
+        let reset = |partition, from, to| OffsetReset {
+            topic: "unit.lost.v1",
+            partition,
+            from,
+            to,
+        };
+        context.count_reset(&reset(0, 5, Some(12)));
+        assert_eq!(lost_to_retention("unit.lost.v1"), 7.0);
+        // Past the end: nothing skipped. Unknown target: not counted (logged).
+        context.count_reset(&reset(0, 20, Some(12)));
+        context.count_reset(&reset(0, 20, None));
+        assert_eq!(lost_to_retention("unit.lost.v1"), 7.0);
+        // A partition whose loss the start-up check counted: its first reset is that loss.
+        context
+            .reported_at_start
+            .lock()
+            .unwrap()
+            .insert(("unit.lost.v1".to_owned(), 1));
+        context.count_reset(&reset(1, 0, Some(4)));
+        assert_eq!(lost_to_retention("unit.lost.v1"), 7.0);
+        context.count_reset(&reset(1, 4, Some(6)));
+        assert_eq!(lost_to_retention("unit.lost.v1"), 9.0);
+    }
 
     #[test]
     fn a_stored_offset_is_placed_against_the_watermarks() {
