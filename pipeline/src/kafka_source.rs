@@ -12,7 +12,7 @@
 //! time closes, and the others would otherwise keep reading into memory without bound.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -74,6 +74,11 @@ pub fn assigned_consumer(
         .set("fetch.wait.max.ms", "100");
     for (key, value) in &kafka.options {
         config.set(key, value);
+    }
+    // Offset resets are warnings; the context counts lost records from them, whatever the
+    // log filter lets through.
+    if (config.log_level as i32) < (RDKafkaLogLevel::Warning as i32) {
+        config.set_log_level(RDKafkaLogLevel::Warning);
     }
     let consumer: BaseConsumer<SourceContext> = config
         .create_with_context(SourceContext::default())
@@ -141,10 +146,17 @@ pub fn stored_position(next: i64, low: i64, high: i64) -> StoredPosition {
 
 /// The consumer's context: logs as librdkafka's default context does, and counts the records
 /// an offset reset skips when the broker's retention deleted them while the worker was behind.
+/// librdkafka delivers its log lines on the consumer's queue, so [`SourceContext::log`] runs
+/// inside `poll`, on the worker, before the messages fetched from the new position.
 #[derive(Default)]
 pub struct SourceContext {
     /// Partitions whose loss the start-up check reported: their first reset is that loss.
     reported_at_start: Mutex<HashSet<(String, i32)>>,
+    /// Resets whose target librdkafka did not know, by partition: the offset that was out of
+    /// range, until the first message read after it tells how far reading jumped.
+    unresolved: Mutex<HashMap<(String, i32), i64>>,
+    /// Whether `unresolved` holds anything (checked for every message, without the lock).
+    any_unresolved: AtomicBool,
 }
 
 impl ClientContext for SourceContext {
@@ -165,41 +177,64 @@ impl SourceContext {
         if reset.to.is_some_and(|to| to <= reset.from) {
             return; // Past the end, not behind the start: nothing skipped.
         }
+        let key = (reset.topic.to_owned(), reset.partition);
         let first_after_start = self
             .reported_at_start
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&(reset.topic.to_owned(), reset.partition));
+            .remove(&key);
         if first_after_start {
             return;
         }
-        let Some(to) = reset.to else {
-            tracing::error!(
-                topic = reset.topic,
-                partition = reset.partition,
-                next_offset = reset.from,
-                "the next offset is no longer on the broker (retention deleted records before \
-                 they were processed?): reading resumes at the oldest record kept; how many \
-                 were skipped is not known"
-            );
-            return;
-        };
-        let lost = to - reset.from;
-        sinks::telemetry::RecordsLostToRetention {
-            topic: reset.topic,
-            records: lost,
+        match reset.to {
+            Some(to) => report_lost(reset.topic, reset.partition, reset.from, to),
+            None => {
+                self.unresolved
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(key, reset.from);
+                self.any_unresolved.store(true, Ordering::Release);
+            }
         }
-        .emit();
-        tracing::error!(
-            topic = reset.topic,
-            partition = reset.partition,
-            next_offset = reset.from,
-            oldest_kept_offset = to,
-            lost,
-            "records were deleted by the broker's retention before they were processed: \
-             they are lost to Sentinel; reading resumes at the oldest record kept"
-        );
     }
+
+    /// Reading of `topic`/`partition` reached `offset`: counts what an unresolved reset of the
+    /// partition skipped to get there.
+    fn read_at(&self, topic: &str, partition: i32, offset: i64) {
+        if !self.any_unresolved.load(Ordering::Acquire) {
+            return;
+        }
+        let mut unresolved = self
+            .unresolved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(from) = unresolved.remove(&(topic.to_owned(), partition)) {
+            if offset > from {
+                report_lost(topic, partition, from, offset);
+            }
+        }
+        self.any_unresolved
+            .store(!unresolved.is_empty(), Ordering::Release);
+    }
+}
+
+/// Counts and logs `from..to` of a partition as lost to retention.
+fn report_lost(topic: &str, partition: i32, from: i64, to: i64) {
+    let lost = to - from;
+    sinks::telemetry::RecordsLostToRetention {
+        topic,
+        records: lost,
+    }
+    .emit();
+    tracing::error!(
+        topic,
+        partition,
+        next_offset = from,
+        oldest_kept_offset = to,
+        lost,
+        "records were deleted by the broker's retention before they were processed: they are \
+         lost to Sentinel; reading resumed at the oldest record kept"
+    );
 }
 
 /// librdkafka's account of an offset reset after "Offset out of range".
@@ -217,12 +252,17 @@ pub struct OffsetReset<'a> {
 
 /// Reads librdkafka's `OFFSET` log line of a reset caused by an out-of-range offset (the
 /// line of `rd_kafka_offset_reset`):
-/// `<topic> [<partition>]: offset reset (at offset <from> (leader epoch <e>), broker <b>) to
+/// `[thrd:<thread>]: <topic> [<partition>]: offset reset (at offset <from> (leader epoch <e>), broker <b>) to
 /// [cached BEGINNING offset ]offset <to|BEGINNING> (leader epoch <e>): <reason>: <error>`.
 pub fn offset_reset(message: &str) -> Option<OffsetReset<'_>> {
     if !message.ends_with("Offset out of range") {
         return None;
     }
+    // librdkafka names its thread first (`log.thread.name`, on by default).
+    let message = match message.strip_prefix("[thrd:") {
+        Some(rest) => rest.split_once("]: ")?.1,
+        None => message,
+    };
     let (topic, rest) = message.split_once(" [")?;
     let (partition, rest) = rest.split_once("]: offset reset (at offset ")?;
     let (from, rest) = rest.split_once(' ')?;
@@ -398,6 +438,11 @@ pub fn kafka_source<'scope>(
                         match consumer.poll(Duration::ZERO) {
                             None => break,
                             Some(Ok(message)) => {
+                                consumer.context().read_at(
+                                    message.topic(),
+                                    message.partition(),
+                                    message.offset(),
+                                );
                                 let topic = topics.intern(message.topic());
                                 reached.insert(
                                     (Arc::clone(&topic), message.partition()),
@@ -567,12 +612,18 @@ mod tests {
                 to: Some(12)
             })
         );
-        let queried = "events.raw.v1 [0]: offset reset (at offset 5 (leader epoch 3), broker 2) \
-             to offset BEGINNING (leader epoch -1): fetch failed due to requested offset not \
-             available on the broker: Broker: Offset out of range";
+        // As librdkafka logs it against Apache Kafka: thread first, target unknown.
+        let queried = "[thrd:main]: events.raw.v1 [0]: offset reset (at offset 5 (leader epoch \
+             3), broker 2) to offset BEGINNING (leader epoch -1): fetch failed due to requested \
+             offset not available on the broker: Broker: Offset out of range";
         assert_eq!(
-            offset_reset(queried).map(|r| (r.from, r.to)),
-            Some((5, None))
+            offset_reset(queried),
+            Some(OffsetReset {
+                topic: "events.raw.v1",
+                partition: 0,
+                from: 5,
+                to: None
+            })
         );
         let other = "events.raw.v1 [0]: offset reset (at offset INVALID (leader epoch -1), \
              broker -1) to offset BEGINNING (leader epoch -1): no previously committed offset \
@@ -616,6 +667,14 @@ mod tests {
         assert_eq!(lost_to_retention("unit.lost.v1"), 7.0);
         context.count_reset(&reset(1, 4, Some(6)));
         assert_eq!(lost_to_retention("unit.lost.v1"), 9.0);
+        // Target unknown: the first record read after the reset tells.
+        context.count_reset(&reset(2, 10, None));
+        context.read_at("unit.lost.v1", 1, 50);
+        assert_eq!(lost_to_retention("unit.lost.v1"), 9.0, "another partition");
+        context.read_at("unit.lost.v1", 2, 25);
+        assert_eq!(lost_to_retention("unit.lost.v1"), 24.0);
+        context.read_at("unit.lost.v1", 2, 26);
+        assert_eq!(lost_to_retention("unit.lost.v1"), 24.0, "counted once");
     }
 
     #[test]
