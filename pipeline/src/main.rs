@@ -7,6 +7,7 @@ mod dead_letter_topic;
 mod health;
 mod kafka_source;
 mod logging;
+mod retention_loss;
 mod schemas;
 mod server;
 mod topics;
