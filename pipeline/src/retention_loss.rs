@@ -40,7 +40,8 @@ pub fn stored_position(next: i64, low: i64, high: i64) -> StoredPosition {
 /// The consumer's context: logs as librdkafka's default context does, and counts the records
 /// an offset reset skips when the broker's retention deleted them while the worker was behind.
 /// librdkafka delivers its log lines on the consumer's queue, so [`SourceContext::log`] runs
-/// inside `poll`, on the worker, before the messages fetched from the new position.
+/// inside `poll`, on the worker: before the messages fetched from the new position, and
+/// possibly before older ones fetched earlier (log lines go ahead of queued messages).
 #[derive(Default)]
 pub struct SourceContext {
     /// Partitions whose loss the start-up check reported: their first reset is that loss.
@@ -85,7 +86,8 @@ impl SourceContext {
                 self.unresolved
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(key, reset.from);
+                    .entry(key)
+                    .or_insert(reset.from); // a second reset before any record: the first counts
                 self.any_unresolved.store(true, Ordering::Release);
             }
         }
@@ -101,7 +103,11 @@ impl SourceContext {
             .unresolved
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(from) = unresolved.remove(&(topic.to_owned(), partition)) {
+        let key = (topic.to_owned(), partition);
+        // A record below the reset's offset was fetched before it (the log line overtakes
+        // what is queued): the first one at or past it tells where reading resumed.
+        if let Some(&from) = unresolved.get(&key).filter(|&&from| offset >= from) {
+            unresolved.remove(&key);
             if offset > from {
                 report_lost(topic, partition, from, offset);
             }
@@ -145,8 +151,9 @@ pub struct OffsetReset<'a> {
 
 /// Reads librdkafka's `OFFSET` log line of a reset caused by an out-of-range offset (the
 /// line of `rd_kafka_offset_reset`):
-/// `[thrd:<thread>]: <topic> [<partition>]: offset reset (at offset <from> (leader epoch <e>), broker <b>) to
-/// [cached BEGINNING offset ]offset <to|BEGINNING> (leader epoch <e>): <reason>: <error>`.
+/// `[thrd:<thread>]: <topic> [<partition>]: offset reset (at offset <from> (leader epoch <e>),
+/// broker <b>) to [cached BEGINNING offset ]offset <to|BEGINNING> (leader epoch <e>): <reason>:
+/// <error>`.
 pub fn offset_reset(message: &str) -> Option<OffsetReset<'_>> {
     if !message.ends_with("Offset out of range") {
         return None;
@@ -302,10 +309,18 @@ mod tests {
         assert_eq!(lost_to_retention("unit.lost.v1"), 7.0);
         context.count_reset(&reset(1, 4, Some(6)));
         assert_eq!(lost_to_retention("unit.lost.v1"), 9.0);
-        // Target unknown: the first record read after the reset tells.
+        // Target unknown: the first record read at or past the reset's offset tells.
         context.count_reset(&reset(2, 10, None));
+        context.count_reset(&reset(2, 15, None));
         context.read_at("unit.lost.v1", 1, 50);
         assert_eq!(lost_to_retention("unit.lost.v1"), 9.0, "another partition");
+        context.read_at("unit.lost.v1", 2, 8);
+        context.read_at("unit.lost.v1", 2, 9);
+        assert_eq!(
+            lost_to_retention("unit.lost.v1"),
+            9.0,
+            "records fetched before the reset, read after its log line"
+        );
         context.read_at("unit.lost.v1", 2, 25);
         assert_eq!(lost_to_retention("unit.lost.v1"), 24.0);
         context.read_at("unit.lost.v1", 2, 26);
