@@ -132,7 +132,7 @@ fn report_lost(topic: &str, partition: i32, from: i64, to: i64) {
         oldest_kept_offset = to,
         lost,
         "records were deleted by the broker's retention before they were processed: they are \
-         lost to Sentinel; reading resumed at the oldest record kept"
+         lost to Sentinel; reading resumes at the oldest record kept"
     );
 }
 
@@ -203,27 +203,14 @@ pub fn report_stored_position(
     };
     match stored_position(next, low, high) {
         StoredPosition::Within => {}
-        StoredPosition::Deleted(lost) => {
+        StoredPosition::Deleted(_) => {
             consumer
                 .context()
                 .reported_at_start
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .insert((topic.to_owned(), partition));
-            sinks::telemetry::RecordsLostToRetention {
-                topic,
-                records: lost,
-            }
-            .emit();
-            tracing::error!(
-                topic,
-                partition,
-                stored_next_offset = next,
-                oldest_kept_offset = low,
-                lost,
-                "records were deleted by the broker's retention before they were processed: \
-                 they are lost to Sentinel; reading resumes at the oldest record kept"
-            );
+            report_lost(topic, partition, next, low);
         }
         StoredPosition::PastTheEnd => tracing::warn!(
             topic,
