@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,6 +66,10 @@ pub struct DataflowContext {
     /// would wait for its progress forever (nothing would commit again) and the process could
     /// not exit.
     pub worker_failed: Arc<AtomicBool>,
+    /// How many partitions of the raw topic the workers of this process found when they started,
+    /// and read: partitions added to the topic later are read only after a restart, which the
+    /// health maintainer reports (`source_partitions_unread`).
+    pub raw_partitions_read: Arc<AtomicI32>,
 }
 
 /// Held by a worker's thread while it runs: a worker that fails (returns an error, or its
@@ -134,6 +138,8 @@ fn add_effect(batch: &mut CommitBatch, effect: Effect) {
 pub fn run_worker(worker: &mut Worker, ctx: &DataflowContext) -> anyhow::Result<()> {
     let (index, peers) = (worker.index(), worker.peers());
     let partitions = partition_count(&ctx.kafka, &ctx.raw_topic, Duration::from_secs(60))?;
+    ctx.raw_partitions_read
+        .fetch_max(partitions, Ordering::AcqRel);
     let owned = owned_partitions(partitions, index, peers);
     if owned.is_empty() {
         tracing::warn!(

@@ -13,7 +13,7 @@ mod server;
 mod topics;
 mod traces;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -194,6 +194,7 @@ fn run(
     .context("loading the schema directory")?;
     let workers = if with_dataflow {
         let schemas = Arc::clone(&schemas);
+        let raw_partitions_read = Arc::new(AtomicI32::new(0));
         let ctx = Arc::new(DataflowContext {
             schemas,
             runtime: runtime.handle().clone(),
@@ -219,12 +220,14 @@ fn run(
             shutdown: Arc::clone(&shutdown),
             running_workers: Arc::clone(&running_workers),
             worker_failed: Arc::new(AtomicBool::new(false)),
+            raw_partitions_read: Arc::clone(&raw_partitions_read),
         });
         if settings.process_index == 0 {
             runtime.spawn(health::maintain(
                 settings.database_url.clone(),
                 kafka.clone(),
                 topics.raw_events.clone(),
+                raw_partitions_read,
                 Duration::from_millis(settings.health_interval_ms.max(100)),
             ));
         }

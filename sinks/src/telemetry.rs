@@ -188,6 +188,34 @@ impl RecordsLostToRetention<'_> {
     }
 }
 
+static PARTITIONS_UNREAD: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "source_partitions_unread",
+        "Partitions the broker has that no worker reads: added to the topic after the workers \
+         started, they are read only once every process restarts",
+        &["topic"]
+    )
+    .expect("registering source_partitions_unread")
+});
+
+/// How many of a topic's partitions no worker reads, as of the last look at the broker's
+/// metadata.
+pub struct PartitionsUnread<'a> {
+    /// The topic (bounded: the raw topic).
+    pub topic: &'a str,
+    /// How many partitions.
+    pub partitions: usize,
+}
+
+impl PartitionsUnread<'_> {
+    /// Records it (even with metrics off: events waiting unread must not go unseen).
+    pub fn emit(self) {
+        PARTITIONS_UNREAD
+            .with_label_values(&[self.topic])
+            .set(i64::try_from(self.partitions).unwrap_or(i64::MAX));
+    }
+}
+
 /// Registers every sink metric, so that `/metrics` lists them before they first change.
 pub fn register() {
     LazyLock::force(&PROCESSOR_EVENTS);
@@ -199,6 +227,7 @@ pub fn register() {
     LazyLock::force(&DEDUP_STATE);
     LazyLock::force(&STORED_BY_TYPE);
     LazyLock::force(&LOST_TO_RETENTION);
+    LazyLock::force(&PARTITIONS_UNREAD);
     FRESHNESS.with_label_values(&[OTHER_EVENT_TYPE]);
     STORED_BY_TYPE.with_label_values(&[OTHER_EVENT_TYPE]);
     // Every label value that can occur, so that rates and sums exist (as 0) before it does.
