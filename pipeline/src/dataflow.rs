@@ -66,9 +66,10 @@ pub struct DataflowContext {
     /// would wait for its progress forever (nothing would commit again) and the process could
     /// not exit.
     pub worker_failed: Arc<AtomicBool>,
-    /// How many partitions of the raw topic the workers of this process found when they started,
-    /// and read: partitions added to the topic later are read only after a restart, which the
-    /// health maintainer reports (`source_partitions_unread`).
+    /// The fewest partitions of the raw topic a worker of this process found when it started
+    /// ([`crate::health::NOT_STARTED`] before): partitions added to the topic later are read
+    /// only after a restart, which [`crate::health::watch_partitions`] reports
+    /// (`source_partitions_unread`).
     pub raw_partitions_read: Arc<AtomicI32>,
 }
 
@@ -139,7 +140,7 @@ pub fn run_worker(worker: &mut Worker, ctx: &DataflowContext) -> anyhow::Result<
     let (index, peers) = (worker.index(), worker.peers());
     let partitions = partition_count(&ctx.kafka, &ctx.raw_topic, Duration::from_secs(60))?;
     ctx.raw_partitions_read
-        .fetch_max(partitions, Ordering::AcqRel);
+        .fetch_min(partitions, Ordering::AcqRel);
     let owned = owned_partitions(partitions, index, peers);
     if owned.is_empty() {
         tracing::warn!(

@@ -1,7 +1,8 @@
 //! The `pipeline_health` view's maintainer: every few seconds, per raw-topic partition, the
 //! committed position, the broker's high watermark, the lag in records and seconds, the record
 //! rate, the dead letters so far and the share of records dead-lettered since the last sample;
-//! and the partitions the broker has that no worker reads (added after the workers started).
+//! and, in every process running workers, the partitions the broker has that its workers do not
+//! read (added to the topic after they started).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -25,7 +26,6 @@ pub async fn maintain(
     database_url: String,
     kafka: ingress::KafkaSettings,
     raw_topic: String,
-    partitions_read: Arc<AtomicI32>,
     interval: Duration,
 ) {
     let consumer: Option<BaseConsumer> = kafka
@@ -37,7 +37,6 @@ pub async fn maintain(
         .ok();
     let consumer = consumer.map(std::sync::Arc::new);
     let mut previous: BTreeMap<i32, Previous> = BTreeMap::new();
-    let mut unread: Vec<i32> = Vec::new();
     let mut client: Option<Client> = None;
     let mut tick = tokio::time::interval(interval);
     loop {
@@ -46,16 +45,7 @@ pub async fn maintain(
             client = sinks::postgres::connect(&database_url).await.ok();
         }
         let Some(db) = &client else { continue };
-        let read = partitions_read.load(Ordering::Acquire);
-        let refreshed = refresh(
-            db,
-            consumer.clone(),
-            &raw_topic,
-            read,
-            &mut unread,
-            &mut previous,
-        );
-        if let Err(err) = refreshed.await {
+        if let Err(err) = refresh(db, consumer.clone(), &raw_topic, &mut previous).await {
             tracing::warn!(error = format!("{err:#}"), "pipeline_health not refreshed");
         }
     }
@@ -65,8 +55,6 @@ async fn refresh(
     db: &Client,
     consumer: Option<std::sync::Arc<BaseConsumer>>,
     raw_topic: &str,
-    partitions_read: i32,
-    unread: &mut Vec<i32>,
     previous: &mut BTreeMap<i32, Previous>,
 ) -> anyhow::Result<()> {
     let rows = db
@@ -83,26 +71,20 @@ async fn refresh(
         .await
         .context("reading committed positions")?;
     let committed: Vec<i32> = rows.iter().map(|row| row.get(0)).collect();
-    let (described, watermarks): (Option<Vec<i32>>, BTreeMap<i32, i64>) = match consumer {
+    let watermarks: BTreeMap<i32, i64> = match consumer {
         Some(consumer) => {
             let topic = raw_topic.to_owned();
             tokio::task::spawn_blocking(move || {
                 // Every partition the broker knows, read or not yet.
-                let described: Option<Vec<i32>> = consumer
-                    .fetch_metadata(Some(&topic), Duration::from_secs(2))
-                    .ok()
-                    .map(|metadata| {
-                        metadata
-                            .topics()
-                            .iter()
-                            .filter(|t| t.name() == topic)
-                            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                            .collect()
-                    });
                 let mut partitions: std::collections::BTreeSet<i32> =
                     committed.into_iter().collect();
-                partitions.extend(described.iter().flatten().copied());
-                let watermarks = partitions
+                if let Ok(metadata) = consumer.fetch_metadata(Some(&topic), Duration::from_secs(2))
+                {
+                    for described in metadata.topics().iter().filter(|t| t.name() == topic) {
+                        partitions.extend(described.partitions().iter().map(|p| p.id()));
+                    }
+                }
+                partitions
                     .into_iter()
                     .filter_map(|p| {
                         consumer
@@ -110,21 +92,13 @@ async fn refresh(
                             .ok()
                             .map(|(_, high)| (p, high))
                     })
-                    .collect();
-                (described, watermarks)
+                    .collect()
             })
             .await
             .context("fetching high watermarks")?
         }
-        None => (None, BTreeMap::new()),
+        None => BTreeMap::new(),
     };
-    if let Some(described) = described.filter(|_| partitions_read > 0) {
-        report_unread(
-            raw_topic,
-            unread_partitions(partitions_read, &described),
-            unread,
-        );
-    }
     let now = Instant::now();
     let mut samples: BTreeMap<i32, (i64, i64, Option<f64>)> = rows
         .iter()
@@ -190,6 +164,72 @@ async fn refresh(
     Ok(())
 }
 
+/// What the workers' partition count holds until a worker of the process has started.
+pub const NOT_STARTED: i32 = i32::MAX;
+
+/// Every `interval`, compares the raw topic's partitions in the broker's metadata with
+/// `partitions_read`, the fewest partitions any worker of this process found at its start
+/// ([`NOT_STARTED`] until one has), and reports those no worker reads (`source_partitions_unread`,
+/// an error log). Runs in every process with workers: each reads what it found at its own start.
+/// A metadata lookup that fails, or a topic the broker does not describe cleanly, leaves the last
+/// report as it is.
+pub async fn watch_partitions(
+    kafka: ingress::KafkaSettings,
+    raw_topic: String,
+    partitions_read: Arc<AtomicI32>,
+    interval: Duration,
+) {
+    let consumer: BaseConsumer = match kafka
+        .client_config()
+        .set("group.id", "sentinel-partition-watch")
+        .set("enable.auto.commit", "false")
+        .create()
+    {
+        Ok(consumer) => consumer,
+        Err(err) => {
+            tracing::warn!(error = %err, "no broker client: partitions no worker reads go unreported");
+            return;
+        }
+    };
+    let consumer = Arc::new(consumer);
+    let mut reported: Vec<i32> = Vec::new();
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tick.tick().await;
+        let read = partitions_read.load(Ordering::Acquire);
+        if read == NOT_STARTED {
+            continue;
+        }
+        let (client, topic) = (Arc::clone(&consumer), raw_topic.clone());
+        let described = tokio::task::spawn_blocking(move || described_partitions(&client, &topic))
+            .await
+            .ok()
+            .flatten();
+        if let Some(described) = described {
+            report_unread(
+                &raw_topic,
+                unread_partitions(read, &described),
+                &mut reported,
+            );
+        }
+    }
+}
+
+/// The partitions the broker's metadata lists for `topic`; `None` when the metadata cannot be
+/// read, or the broker does not describe the topic, describes it with an error, or with no
+/// partition: nothing to tell from.
+fn described_partitions(consumer: &BaseConsumer, topic: &str) -> Option<Vec<i32>> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(2))
+        .ok()?;
+    let described = metadata.topics().iter().find(|t| t.name() == topic)?;
+    if described.error().is_some() {
+        return None;
+    }
+    let partitions: Vec<i32> = described.partitions().iter().map(|p| p.id()).collect();
+    (!partitions.is_empty()).then_some(partitions)
+}
+
 /// The partitions of `described` (the broker's, by its metadata) at or past `read`, the count
 /// the workers found when they started: no worker reads them.
 fn unread_partitions(read: i32, described: &[i32]) -> Vec<i32> {
@@ -226,28 +266,8 @@ fn report_unread(topic: &str, now: Vec<i32>, reported: &mut Vec<i32>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A fresh, migrated database on the PostgreSQL of `DATABASE_URL` (the one `infra/dev`
-    /// starts); its URL.
-    async fn fresh_database(name: &str) -> String {
-        let base = std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/sentinel".to_owned());
-        let server = &base[..base.rfind('/').expect("a database URL")];
-        let database = format!("health_{name}_{}", std::process::id());
-        let admin = sinks::postgres::connect(&format!("{server}/postgres"))
-            .await
-            .expect("PostgreSQL of DATABASE_URL (run infra/dev up)");
-        for statement in [
-            format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
-            format!("CREATE DATABASE {database}"),
-        ] {
-            admin.batch_execute(&statement).await.unwrap();
-        }
-        let url = format!("{server}/{database}");
-        let mut client = sinks::postgres::connect(&url).await.unwrap();
-        sinks::postgres::migrate(&mut client).await.unwrap();
-        url
-    }
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
 
     /// What `source_partitions_unread` holds for `topic`, if it is exported.
     fn unread_gauge(topic: &str) -> Option<f64> {
@@ -263,13 +283,36 @@ mod tests {
             })
     }
 
-    /// The health maintainer reads the broker's metadata: partitions past those the workers
-    /// started with (here 2 of the topic's 4, as after partitions were added to a running
-    /// topic) are exported as unread, and the lag of each is in `pipeline_health`. Against the
-    /// real broker (tansu cannot add partitions to a topic, so the topic is created with 4) and
-    /// the real database.
+    #[test]
+    fn partitions_at_or_past_the_count_read_at_start_are_unread() {
+        assert_eq!(unread_partitions(2, &[0, 1]), Vec::<i32>::new());
+        assert_eq!(unread_partitions(2, &[3, 0, 2, 1]), vec![2, 3]);
+    }
+
+    #[test]
+    fn the_unread_partitions_are_exported_and_remembered_until_they_change() {
+        let topic = "health-test.events.raw.v1";
+        let mut reported = Vec::new();
+        report_unread(topic, unread_partitions(2, &[0, 1, 2, 3]), &mut reported);
+        assert_eq!(reported, vec![2, 3]);
+        assert_eq!(unread_gauge(topic), Some(2.0));
+        // The same set again: still exported, remembered as it was.
+        report_unread(topic, unread_partitions(2, &[0, 1, 2, 3]), &mut reported);
+        assert_eq!(
+            (reported.clone(), unread_gauge(topic)),
+            (vec![2, 3], Some(2.0))
+        );
+        report_unread(topic, unread_partitions(4, &[0, 1, 2, 3]), &mut reported);
+        assert!(reported.is_empty());
+        assert_eq!(unread_gauge(topic), Some(0.0));
+    }
+
+    /// Against the real broker (tansu cannot add partitions to a topic, so the topic is created
+    /// with 4, as a topic looks after 2 were added to it): its metadata lists the 4 partitions,
+    /// 2 of which are past what workers that started with 2 read; a topic the broker does not
+    /// have tells nothing, so it leaves the last report as it is.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn partitions_the_broker_has_past_those_read_are_reported_unread() {
+    async fn the_broker_metadata_tells_which_partitions_no_worker_reads() {
         let kafka = ingress::KafkaSettings {
             brokers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned()),
             options: Vec::new(),
@@ -278,78 +321,35 @@ mod tests {
         crate::topics::ensure_topics(&kafka, &[&topic], 4, 1)
             .await
             .expect("creating the topic on the broker of KAFKA_BROKERS (run infra/dev up)");
-        let url = fresh_database("unread").await;
-        let db = sinks::postgres::connect(&url).await.unwrap();
-        let consumer: Arc<BaseConsumer> = Arc::new(
-            kafka
-                .client_config()
-                .set("group.id", "sentinel-health-test")
-                .create()
-                .unwrap(),
-        );
-        let (mut unread, mut previous) = (Vec::new(), BTreeMap::new());
+        let consumer: BaseConsumer = kafka
+            .client_config()
+            .set("group.id", "sentinel-health-test")
+            .create()
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         // The broker may take a moment to describe a topic just created.
-        while unread.is_empty() {
-            refresh(
-                &db,
-                Some(Arc::clone(&consumer)),
-                &topic,
-                2,
-                &mut unread,
-                &mut previous,
-            )
-            .await
-            .expect("a refresh");
-            assert!(Instant::now() < deadline, "no unread partition reported");
+        let described = loop {
+            if let Some(described) = described_partitions(&consumer, &topic) {
+                break described;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the broker never described {topic}"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        assert_eq!(unread, vec![2, 3]);
-        assert_eq!(unread_gauge(&topic), Some(2.0));
-        let rows = db
-            .query(
-                "SELECT partition FROM pipeline_health WHERE topic = $1 ORDER BY partition",
-                &[&topic],
-            )
-            .await
-            .unwrap();
-        let partitions: Vec<i32> = rows.iter().map(|row| row.get(0)).collect();
-        assert_eq!(partitions, vec![0, 1, 2, 3]);
-
-        // Workers started with all four read them all: nothing unread.
-        refresh(&db, Some(consumer), &topic, 4, &mut unread, &mut previous)
-            .await
-            .unwrap();
-        assert!(unread.is_empty());
-        assert_eq!(unread_gauge(&topic), Some(0.0));
-        drop(db);
-        let (server, database) = url.rsplit_once('/').expect("a database URL");
-        sinks::postgres::connect(&format!("{server}/postgres"))
-            .await
-            .unwrap()
-            .batch_execute(&format!("DROP DATABASE {database} WITH (FORCE)"))
-            .await
-            .unwrap();
-    }
-
-    #[test]
-    fn partitions_at_or_past_the_count_read_at_start_are_unread() {
-        assert_eq!(unread_partitions(2, &[0, 1]), Vec::<i32>::new());
-        assert_eq!(unread_partitions(2, &[3, 0, 2, 1]), vec![2, 3]);
-        // The broker's metadata lists no partition (a topic it does not know): nothing unread.
-        assert_eq!(unread_partitions(2, &[]), Vec::<i32>::new());
-    }
-
-    #[test]
-    fn the_unread_count_is_exported_and_remembered_until_it_changes() {
-        let topic = "health-test.events.raw.v1";
-        let gauge = || unread_gauge(topic);
+        };
+        let mut sorted = described.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, vec![0, 1, 2, 3]);
         let mut reported = Vec::new();
-        report_unread(topic, unread_partitions(2, &[0, 1, 2, 3]), &mut reported);
+        report_unread(&topic, unread_partitions(2, &described), &mut reported);
         assert_eq!(reported, vec![2, 3]);
-        assert_eq!(gauge(), Some(2.0));
-        report_unread(topic, unread_partitions(4, &[0, 1, 2, 3]), &mut reported);
-        assert!(reported.is_empty());
-        assert_eq!(gauge(), Some(0.0));
+        assert_eq!(unread_gauge(&topic), Some(2.0));
+
+        let missing = format!("health-{}.absent.v1", uuid::Uuid::new_v4().simple());
+        assert_eq!(described_partitions(&consumer, &missing), None);
+
+        let admin: AdminClient<DefaultClientContext> = kafka.client_config().create().unwrap();
+        let _ = admin.delete_topics(&[&topic], &AdminOptions::new()).await;
     }
 }

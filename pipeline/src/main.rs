@@ -194,7 +194,7 @@ fn run(
     .context("loading the schema directory")?;
     let workers = if with_dataflow {
         let schemas = Arc::clone(&schemas);
-        let raw_partitions_read = Arc::new(AtomicI32::new(0));
+        let raw_partitions_read = Arc::new(AtomicI32::new(health::NOT_STARTED));
         let ctx = Arc::new(DataflowContext {
             schemas,
             runtime: runtime.handle().clone(),
@@ -227,10 +227,15 @@ fn run(
                 settings.database_url.clone(),
                 kafka.clone(),
                 topics.raw_events.clone(),
-                raw_partitions_read,
                 Duration::from_millis(settings.health_interval_ms.max(100)),
             ));
         }
+        runtime.spawn(health::watch_partitions(
+            kafka.clone(),
+            topics.raw_events.clone(),
+            raw_partitions_read,
+            Duration::from_millis(settings.health_interval_ms.max(100)),
+        ));
         let fatal = Arc::clone(&fatal);
         let config = settings.timely_config()?;
         // Forming a cluster waits for every process; HTTP (health, readiness) serves meanwhile.
