@@ -71,6 +71,8 @@ pub struct DataflowContext {
     /// only after a restart, which [`crate::health::watch_partitions`] reports
     /// (`source_partitions_unread`).
     pub raw_partitions_read: Arc<AtomicI32>,
+    /// The same for the gateway outcomes topic.
+    pub outcome_partitions_read: Arc<AtomicI32>,
 }
 
 /// Held by a worker's thread while it runs: a worker that fails (returns an error, or its
@@ -154,6 +156,8 @@ pub fn run_worker(worker: &mut Worker, ctx: &DataflowContext) -> anyhow::Result<
     }
     let outcome_partitions =
         partition_count(&ctx.kafka, &ctx.outcomes_topic, Duration::from_secs(60))?;
+    ctx.outcome_partitions_read
+        .fetch_min(outcome_partitions, Ordering::AcqRel);
     let owned_outcomes = owned_partitions(outcome_partitions, index, peers);
     let (stored, stored_outcomes, seen, stream_states) = ctx.runtime.block_on(async {
         let client = postgres::connect(&ctx.database_url).await?;

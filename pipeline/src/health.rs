@@ -1,8 +1,8 @@
 //! The `pipeline_health` view's maintainer: every few seconds, per raw-topic partition, the
 //! committed position, the broker's high watermark, the lag in records and seconds, the record
 //! rate, the dead letters so far and the share of records dead-lettered since the last sample;
-//! and, in every process running workers, the partitions the broker has that its workers do not
-//! read (added to the topic after they started).
+//! and, in every process running workers, the partitions of the topics they read that the broker
+//! has and its workers do not read (added to the topic after they started).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -164,19 +164,26 @@ async fn refresh(
     Ok(())
 }
 
-/// What the workers' partition count holds until a worker of the process has started.
+/// What a topic's partitions read hold until a worker of the process has started.
 pub const NOT_STARTED: i32 = i32::MAX;
 
-/// Every `interval`, compares the raw topic's partitions in the broker's metadata with
-/// `partitions_read`, the fewest partitions any worker of this process found at its start
-/// ([`NOT_STARTED`] until one has), and reports those no worker reads (`source_partitions_unread`,
-/// an error log). Runs in every process with workers: each reads what it found at its own start.
-/// A metadata lookup that fails, or a topic the broker does not describe cleanly, leaves the last
-/// report as it is.
+/// A topic the workers read, and the fewest of its partitions any worker of this process found
+/// at its start ([`NOT_STARTED`] until one has).
+pub struct WatchedTopic {
+    /// The topic's name.
+    pub topic: String,
+    /// The fewest partitions a worker found.
+    pub partitions_read: Arc<AtomicI32>,
+}
+
+/// Every `interval`, compares each watched topic's partitions in the broker's metadata with
+/// those the workers of this process read, and reports those no worker reads
+/// (`source_partitions_unread`, an error log). Runs in every process with workers: each reads
+/// what it found at its own start. A metadata lookup that fails, or a topic the broker does not
+/// describe cleanly, leaves that topic's last report as it is.
 pub async fn watch_partitions(
     kafka: ingress::KafkaSettings,
-    raw_topic: String,
-    partitions_read: Arc<AtomicI32>,
+    watched: Vec<WatchedTopic>,
     interval: Duration,
 ) {
     let consumer: BaseConsumer = match kafka
@@ -192,25 +199,24 @@ pub async fn watch_partitions(
         }
     };
     let consumer = Arc::new(consumer);
-    let mut reported: Vec<i32> = Vec::new();
+    let mut reported: Vec<Vec<i32>> = vec![Vec::new(); watched.len()];
     let mut tick = tokio::time::interval(interval);
     loop {
         tick.tick().await;
-        let read = partitions_read.load(Ordering::Acquire);
-        if read == NOT_STARTED {
-            continue;
-        }
-        let (client, topic) = (Arc::clone(&consumer), raw_topic.clone());
-        let described = tokio::task::spawn_blocking(move || described_partitions(&client, &topic))
-            .await
-            .ok()
-            .flatten();
-        if let Some(described) = described {
-            report_unread(
-                &raw_topic,
-                unread_partitions(read, &described),
-                &mut reported,
-            );
+        for (watch, reported) in watched.iter().zip(&mut reported) {
+            let read = watch.partitions_read.load(Ordering::Acquire);
+            if read == NOT_STARTED {
+                continue;
+            }
+            let (client, topic) = (Arc::clone(&consumer), watch.topic.clone());
+            let described =
+                tokio::task::spawn_blocking(move || described_partitions(&client, &topic))
+                    .await
+                    .ok()
+                    .flatten();
+            if let Some(described) = described {
+                report_unread(&watch.topic, unread_partitions(read, &described), reported);
+            }
         }
     }
 }
@@ -256,7 +262,7 @@ fn report_unread(topic: &str, now: Vec<i32>, reported: &mut Vec<i32>) {
             topic,
             partitions = ?now,
             "partitions were added to the topic after the workers started: no worker reads them, \
-             so the events the gateway writes there wait unprocessed until every Sentinel \
+             so the records written there wait unprocessed until every Sentinel \
              process restarts (see the lag runbook)"
         );
     }
@@ -351,5 +357,59 @@ mod tests {
 
         let admin: AdminClient<DefaultClientContext> = kafka.client_config().create().unwrap();
         let _ = admin.delete_topics(&[&topic], &AdminOptions::new()).await;
+    }
+
+    /// The watcher itself, against the real broker, over the two topics a process's workers
+    /// read: each topic is compared with its own count, and a topic no worker has started on
+    /// yet is not reported at all.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_watcher_reports_each_topic_against_its_own_partitions_read() {
+        let kafka = ingress::KafkaSettings {
+            brokers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned()),
+            options: Vec::new(),
+        };
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let raw = format!("watch-{run}.events.raw.v1");
+        let outcomes = format!("watch-{run}.gateway.outcomes.v1");
+        let unstarted = format!("watch-{run}.unstarted.v1");
+        crate::topics::ensure_topics(&kafka, &[&raw, &outcomes, &unstarted], 4, 1)
+            .await
+            .expect("creating the topics on the broker of KAFKA_BROKERS (run infra/dev up)");
+        let watched = vec![
+            WatchedTopic {
+                topic: raw.clone(),
+                partitions_read: Arc::new(AtomicI32::new(3)),
+            },
+            WatchedTopic {
+                topic: outcomes.clone(),
+                partitions_read: Arc::new(AtomicI32::new(4)),
+            },
+            WatchedTopic {
+                topic: unstarted.clone(),
+                partitions_read: Arc::new(AtomicI32::new(NOT_STARTED)),
+            },
+        ];
+        let watcher = tokio::spawn(watch_partitions(
+            kafka.clone(),
+            watched,
+            Duration::from_millis(100),
+        ));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while unread_gauge(&raw).is_none() || unread_gauge(&outcomes).is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the watcher never reported both topics"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        watcher.abort();
+        assert_eq!(unread_gauge(&raw), Some(1.0));
+        assert_eq!(unread_gauge(&outcomes), Some(0.0));
+        assert_eq!(unread_gauge(&unstarted), None);
+
+        let admin: AdminClient<DefaultClientContext> = kafka.client_config().create().unwrap();
+        let _ = admin
+            .delete_topics(&[&raw, &outcomes, &unstarted], &AdminOptions::new())
+            .await;
     }
 }

@@ -195,6 +195,7 @@ fn run(
     let workers = if with_dataflow {
         let schemas = Arc::clone(&schemas);
         let raw_partitions_read = Arc::new(AtomicI32::new(health::NOT_STARTED));
+        let outcome_partitions_read = Arc::new(AtomicI32::new(health::NOT_STARTED));
         let ctx = Arc::new(DataflowContext {
             schemas,
             runtime: runtime.handle().clone(),
@@ -221,6 +222,7 @@ fn run(
             running_workers: Arc::clone(&running_workers),
             worker_failed: Arc::new(AtomicBool::new(false)),
             raw_partitions_read: Arc::clone(&raw_partitions_read),
+            outcome_partitions_read: Arc::clone(&outcome_partitions_read),
         });
         if settings.process_index == 0 {
             runtime.spawn(health::maintain(
@@ -232,8 +234,16 @@ fn run(
         }
         runtime.spawn(health::watch_partitions(
             kafka.clone(),
-            topics.raw_events.clone(),
-            raw_partitions_read,
+            vec![
+                health::WatchedTopic {
+                    topic: topics.raw_events.clone(),
+                    partitions_read: raw_partitions_read,
+                },
+                health::WatchedTopic {
+                    topic: topics.gateway_outcomes.clone(),
+                    partitions_read: outcome_partitions_read,
+                },
+            ],
             Duration::from_millis(settings.health_interval_ms.max(100)),
         ));
         let fatal = Arc::clone(&fatal);

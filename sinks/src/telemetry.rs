@@ -201,7 +201,7 @@ static PARTITIONS_UNREAD: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 /// How many of a topic's partitions no worker reads, as of the last look at the broker's
 /// metadata.
 pub struct PartitionsUnread<'a> {
-    /// The topic (bounded: the raw topic).
+    /// The topic (bounded: the raw and the outcomes topic).
     pub topic: &'a str,
     /// How many partitions.
     pub partitions: usize,
