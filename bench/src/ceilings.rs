@@ -106,14 +106,19 @@ async fn http_ceiling(args: &CeilingArgs, mode: Mode) -> anyhow::Result<(Option<
 
 /// COPY of rows shaped like Sentinel's into a temporary copy of `events`.
 async fn postgres_ceiling(args: &CeilingArgs) -> anyhow::Result<f64> {
-    let (db, connection) =
+    let (mut db, connection) =
         tokio_postgres::connect(&args.search.load.database_url, tokio_postgres::NoTls)
             .await
             .context("connecting to PostgreSQL")?;
     tokio::spawn(connection);
+    // `events` as Sentinel creates it, so that a database no Sentinel has started on yet
+    // measures the same table.
+    sinks::postgres::migrate(&mut db)
+        .await
+        .context("migrating the database to Sentinel's schema")?;
     db.batch_execute("CREATE TEMP TABLE ceiling_events (LIKE events INCLUDING ALL)")
         .await
-        .context("creating the ceiling table (is the database migrated?)")?;
+        .context("creating the ceiling table")?;
     let filler = "x".repeat(args.search.load.payload_bytes.saturating_sub(60).max(1));
     let now = chrono::Utc::now().to_rfc3339();
     let started = Instant::now();
