@@ -189,6 +189,8 @@ async fn burst(
 #[derive(Serialize)]
 struct Results {
     machine: String,
+    /// The commit measured, and whether the checkout held changes not committed.
+    code: String,
     single: Search,
     batch: Search,
     single_at_half: Option<Report>,
@@ -210,6 +212,28 @@ struct Results {
     lingers: Result<Vec<crate::what_if::LingerRun>, String>,
     /// Batches at their maximum without the read indexes of `events`, or why not run.
     index_cost: Result<crate::what_if::Run, String>,
+}
+
+/// The commit of the checkout the report runs in (the binaries it measures are built from
+/// it), noting changes not committed: without this a report cannot be told apart from one of
+/// other code.
+fn measured_code() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+            .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    };
+    match git(&["rev-parse", "--short=12", "HEAD"]) {
+        None => "unknown (not run in a git checkout)".into(),
+        Some(commit) => match git(&["status", "--porcelain", "--untracked-files=no"]) {
+            Some(changes) if changes.is_empty() => format!("commit `{commit}`"),
+            Some(_) => format!("commit `{commit}` with changes not committed"),
+            None => format!("commit `{commit}` (whether changed is unknown)"),
+        },
+    }
 }
 
 /// The cores this process may run on (1 when unknown).
@@ -1019,6 +1043,7 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
         args.command_line
     );
     let _ = writeln!(md, "- Machine: {}", results.machine);
+    let _ = writeln!(md, "- Code: {}", results.code);
     let load = &args.ceilings.search.load;
     let _ = writeln!(
         md,
@@ -1329,7 +1354,6 @@ async fn stop_fresh(sentinels: Option<&Sentinels>, sentinel: Option<FreshSentine
     }
 }
 
-/// `bench report`.
 /// The load of one run beside the searches (profile, what-ifs): `mode` at `rate` for
 /// `--overhead-seconds`.
 fn extra_run(args: &ReportArgs, mode: Mode, rate: u64) -> load::LoadArgs {
@@ -1340,8 +1364,12 @@ fn extra_run(args: &ReportArgs, mode: Mode, rate: u64) -> load::LoadArgs {
     load
 }
 
+/// `bench report`.
 pub async fn command(args: &ReportArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out_dir)?;
+    // The code measured is the checkout the binaries were built from, read before the run
+    // writes anything.
+    let code = measured_code();
     let sentinels = match &args.sentinel_bin {
         Some(bin) => Some(
             Sentinels::connect(bin, &args.ceilings.search.load, &std::env::temp_dir())
@@ -1479,6 +1507,7 @@ pub async fn command(args: &ReportArgs) -> anyhow::Result<()> {
         code_profile_missing,
         bursts,
         machine: machine(),
+        code,
         single,
         batch,
         single_at_half,
@@ -1503,6 +1532,18 @@ pub async fn command(args: &ReportArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The tests run inside the repository's checkout, whose commit the report names.
+    #[test]
+    fn the_report_names_the_commit_it_measures() {
+        let code = measured_code();
+        let commit = code
+            .strip_prefix("commit `")
+            .and_then(|rest| rest.split('`').next())
+            .unwrap_or_else(|| panic!("no commit in {code:?}"));
+        assert_eq!(commit.len(), 12, "{code:?}");
+        assert!(commit.bytes().all(|b| b.is_ascii_hexdigit()), "{code:?}");
+    }
 
     fn parts(costs: &[(&str, f64)]) -> Vec<(String, f64)> {
         costs
