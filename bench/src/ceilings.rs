@@ -111,11 +111,18 @@ async fn postgres_ceiling(args: &CeilingArgs) -> anyhow::Result<f64> {
             .await
             .context("connecting to PostgreSQL")?;
     tokio::spawn(connection);
-    // `events` as Sentinel creates it, so that a database no Sentinel has started on yet
-    // measures the same table.
-    sinks::postgres::migrate(&mut db)
+    // A database no Sentinel has started on yet gets Sentinel's schema, so that the ceiling
+    // measures the same `events`; a database that has one is left as it is.
+    let has_events: bool = db
+        .query_one("SELECT to_regclass('events') IS NOT NULL", &[])
         .await
-        .context("migrating the database to Sentinel's schema")?;
+        .context("looking for the events table")?
+        .get(0);
+    if !has_events {
+        sinks::postgres::migrate(&mut db)
+            .await
+            .context("migrating the database to Sentinel's schema")?;
+    }
     db.batch_execute("CREATE TEMP TABLE ceiling_events (LIKE events INCLUDING ALL)")
         .await
         .context("creating the ceiling table")?;

@@ -2,7 +2,7 @@
 //! `docs/perf/results.md` (with `results.json` and `latency-vs-rate.svg` beside it).
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
 use serde::Serialize;
@@ -214,26 +214,54 @@ struct Results {
     index_cost: Result<crate::what_if::Run, String>,
 }
 
-/// The commit of the checkout the report runs in (the binaries it measures are built from
-/// it), noting changes not committed: without this a report cannot be told apart from one of
-/// other code.
-fn measured_code() -> String {
+/// The commit of the checkout this `bench` was built from (the binaries a report measures are
+/// built from the same one: `infra/dev bench` builds both), noting changes not committed outside
+/// `out_dir`, where earlier reports are written: without this a report cannot be told apart from
+/// one of other code.
+fn measured_code(out_dir: &Path) -> String {
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR"));
     let git = |args: &[&str]| {
         std::process::Command::new("git")
+            .arg("-C")
+            .arg(checkout)
             .args(args)
             .output()
             .ok()
             .filter(|output| output.status.success())
-            .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+            .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
     };
-    match git(&["rev-parse", "--short=12", "HEAD"]) {
-        None => "unknown (not run in a git checkout)".into(),
-        Some(commit) => match git(&["status", "--porcelain", "--untracked-files=no"]) {
-            Some(changes) if changes.is_empty() => format!("commit `{commit}`"),
-            Some(_) => format!("commit `{commit}` with changes not committed"),
-            None => format!("commit `{commit}` (whether changed is unknown)"),
-        },
+    let (Some(commit), Some(root)) = (
+        git(&["rev-parse", "--short=12", "HEAD"]),
+        git(&["rev-parse", "--show-toplevel"]),
+    ) else {
+        return "unknown (bench was not built in a git checkout)".into();
+    };
+    let (commit, root) = (commit.trim(), PathBuf::from(root.trim()));
+    let Some(status) = git(&["status", "--porcelain", "--untracked-files=no"]) else {
+        return format!("commit `{commit}` (whether changed is unknown)");
+    };
+    let out_dir = std::fs::canonicalize(out_dir).unwrap_or_else(|_| out_dir.to_owned());
+    let changed = changed_paths(&status)
+        .into_iter()
+        .filter(|path| !root.join(path).starts_with(&out_dir))
+        .collect::<Vec<_>>();
+    match changed.as_slice() {
+        [] => format!("commit `{commit}`"),
+        paths => format!(
+            "commit `{commit}` with changes not committed, in {}",
+            paths.join(", ")
+        ),
     }
+}
+
+/// The paths `git status --porcelain` (v1: relative to the repository's root) lists, a
+/// renamed file by its new path.
+fn changed_paths(status: &str) -> Vec<String> {
+    status
+        .lines()
+        .filter_map(|line| line.get(3..))
+        .map(|path| path.rsplit(" -> ").next().unwrap_or(path).to_owned())
+        .collect()
 }
 
 /// The cores this process may run on (1 when unknown).
@@ -1369,7 +1397,7 @@ pub async fn command(args: &ReportArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out_dir)?;
     // The code measured is the checkout the binaries were built from, read before the run
     // writes anything.
-    let code = measured_code();
+    let code = measured_code(&args.out_dir);
     let sentinels = match &args.sentinel_bin {
         Some(bin) => Some(
             Sentinels::connect(bin, &args.ceilings.search.load, &std::env::temp_dir())
@@ -1533,16 +1561,24 @@ pub async fn command(args: &ReportArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    /// The tests run inside the repository's checkout, whose commit the report names.
+    /// The tests are built in the repository's checkout, whose commit the report names.
     #[test]
     fn the_report_names_the_commit_it_measures() {
-        let code = measured_code();
+        let code = measured_code(Path::new("docs/perf"));
         let commit = code
             .strip_prefix("commit `")
             .and_then(|rest| rest.split('`').next())
             .unwrap_or_else(|| panic!("no commit in {code:?}"));
-        assert_eq!(commit.len(), 12, "{code:?}");
+        assert!(commit.len() >= 12, "{code:?}");
         assert!(commit.bytes().all(|b| b.is_ascii_hexdigit()), "{code:?}");
+    }
+
+    #[test]
+    fn changed_paths_are_read_from_porcelain_status() {
+        assert_eq!(
+            changed_paths(" M bench/src/report.rs\nR  old.md -> docs/new.md\nM  README.md\n"),
+            vec!["bench/src/report.rs", "docs/new.md", "README.md"]
+        );
     }
 
     fn parts(costs: &[(&str, f64)]) -> Vec<(String, f64)> {

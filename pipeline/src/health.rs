@@ -201,6 +201,9 @@ pub async fn watch_partitions(
     let consumer = Arc::new(consumer);
     let mut reported: Vec<Vec<i32>> = vec![Vec::new(); watched.len()];
     let mut tick = tokio::time::interval(interval);
+    // Lookups of a broker that does not answer take longer than a short interval: the next
+    // look comes an interval after the last one ends, not in a burst to catch up.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         for (watch, reported) in watched.iter().zip(&mut reported) {
@@ -360,8 +363,10 @@ mod tests {
     }
 
     /// The watcher itself, against the real broker, over the two topics a process's workers
-    /// read: each topic is compared with its own count, and a topic no worker has started on
-    /// yet is not reported at all.
+    /// read: each topic is compared with its own count; a topic no worker has started on yet,
+    /// and one the broker does not have, are not reported, and do not keep the others from
+    /// being reported. Those two come first in each look, so once the others are reported they
+    /// have been looked at.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_watcher_reports_each_topic_against_its_own_partitions_read() {
         let kafka = ingress::KafkaSettings {
@@ -372,10 +377,19 @@ mod tests {
         let raw = format!("watch-{run}.events.raw.v1");
         let outcomes = format!("watch-{run}.gateway.outcomes.v1");
         let unstarted = format!("watch-{run}.unstarted.v1");
+        let absent = format!("watch-{run}.absent.v1");
         crate::topics::ensure_topics(&kafka, &[&raw, &outcomes, &unstarted], 4, 1)
             .await
             .expect("creating the topics on the broker of KAFKA_BROKERS (run infra/dev up)");
         let watched = vec![
+            WatchedTopic {
+                topic: unstarted.clone(),
+                partitions_read: Arc::new(AtomicI32::new(NOT_STARTED)),
+            },
+            WatchedTopic {
+                topic: absent.clone(),
+                partitions_read: Arc::new(AtomicI32::new(2)),
+            },
             WatchedTopic {
                 topic: raw.clone(),
                 partitions_read: Arc::new(AtomicI32::new(3)),
@@ -383,10 +397,6 @@ mod tests {
             WatchedTopic {
                 topic: outcomes.clone(),
                 partitions_read: Arc::new(AtomicI32::new(4)),
-            },
-            WatchedTopic {
-                topic: unstarted.clone(),
-                partitions_read: Arc::new(AtomicI32::new(NOT_STARTED)),
             },
         ];
         let watcher = tokio::spawn(watch_partitions(
@@ -406,6 +416,7 @@ mod tests {
         assert_eq!(unread_gauge(&raw), Some(1.0));
         assert_eq!(unread_gauge(&outcomes), Some(0.0));
         assert_eq!(unread_gauge(&unstarted), None);
+        assert_eq!(unread_gauge(&absent), None);
 
         let admin: AdminClient<DefaultClientContext> = kafka.client_config().create().unwrap();
         let _ = admin
