@@ -278,6 +278,14 @@ mod tests {
     use rdkafka::admin::{AdminClient, AdminOptions};
     use rdkafka::client::DefaultClientContext;
 
+    /// The broker the tests run against (`KAFKA_BROKERS`, as `infra/dev up` starts it).
+    fn test_broker() -> ingress::KafkaSettings {
+        ingress::KafkaSettings {
+            brokers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned()),
+            options: Vec::new(),
+        }
+    }
+
     /// What `source_partitions_unread` holds for `topic`, if it is exported.
     fn unread_gauge(topic: &str) -> Option<f64> {
         prometheus::gather()
@@ -322,10 +330,7 @@ mod tests {
     /// have tells nothing, so it leaves the last report as it is.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_broker_metadata_tells_which_partitions_no_worker_reads() {
-        let kafka = ingress::KafkaSettings {
-            brokers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned()),
-            options: Vec::new(),
-        };
+        let kafka = test_broker();
         let topic = format!("health-{}.events.raw.v1", uuid::Uuid::new_v4().simple());
         crate::topics::ensure_topics(&kafka, &[&topic], 4, 1)
             .await
@@ -369,10 +374,7 @@ mod tests {
     /// have been looked at.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_watcher_reports_each_topic_against_its_own_partitions_read() {
-        let kafka = ingress::KafkaSettings {
-            brokers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned()),
-            options: Vec::new(),
-        };
+        let kafka = test_broker();
         let run = uuid::Uuid::new_v4().simple().to_string();
         let raw = format!("watch-{run}.events.raw.v1");
         let outcomes = format!("watch-{run}.gateway.outcomes.v1");
