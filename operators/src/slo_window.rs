@@ -1,7 +1,8 @@
-//! Operator: tumbling SLO windows. Samples — gateway outcomes (2xx/4xx good, 5xx bad) and the
-//! freshness of each stored event (processed − received within a threshold) — are summed per
-//! window; once the frontier passes a timestamp, one delta per window is emitted. Late samples
-//! simply add to their (older) window, so a window is never wrong for having closed.
+//! Operator: tumbling SLO windows. Samples — gateway outcomes (2xx/4xx good, 5xx bad) — are
+//! summed per window; once the frontier passes a timestamp, one delta per window is emitted. Late
+//! samples simply add to their (older) window, so a window is never wrong for having closed. The
+//! freshness of each stored event (processed − received within a threshold) goes to the same
+//! windows from the writer, which alone knows which events it stored ([`FreshnessObjective`]).
 
 use std::collections::BTreeMap;
 
@@ -135,6 +136,23 @@ pub fn freshness_sample(
             freshness_total: 1,
             ..SloCounts::default()
         },
+    }
+}
+
+/// How the freshness objective samples a stored event: processed − received within
+/// `threshold` is good, counted in the window of its receive time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FreshnessObjective {
+    /// Width of the tumbling SLO windows.
+    pub window: TimeDelta,
+    /// Longest processed − received that still counts as fresh.
+    pub threshold: TimeDelta,
+}
+
+impl FreshnessObjective {
+    /// The sample of one event received at `received` and stored at `processed`.
+    pub fn sample(&self, received: DateTime<Utc>, processed: DateTime<Utc>) -> SloSample {
+        freshness_sample(received, processed, self.window, self.threshold)
     }
 }
 

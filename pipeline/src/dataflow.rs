@@ -14,7 +14,7 @@ use ingress::KafkaSettings;
 use operators::decode::decode_records;
 use operators::dedup::{dedup_observed, DedupState, Deduplicated, RefusedIdentities};
 use operators::record::{DeadLetter, EventRow, PartitionProgress, SourceRecord};
-use operators::slo_window::{freshness_sample, slo_windows, GatewayOutcomes, SloSample};
+use operators::slo_window::{slo_windows, FreshnessObjective, GatewayOutcomes, SloSample};
 use operators::stream_state::{stream_state, StreamState};
 use sinks::postgres::{self, CommitBatch, EventSink, WriterSettings};
 use timely::dataflow::channels::pact::Pipeline;
@@ -195,7 +195,11 @@ pub fn run_worker(worker: &mut Worker, ctx: &DataflowContext) -> anyhow::Result<
     let (batches_tx, batches_rx) = mpsc::channel::<CommitBatch>(2);
     let sink = EventSink::new(ctx.database_url.clone(), ctx.raw_topic.clone())
         .with_dead_letter_publisher(Arc::clone(&ctx.dead_letter_topic))
-        .with_refused_identities(refused);
+        .with_refused_identities(refused)
+        .with_freshness_objective(FreshnessObjective {
+            window: ctx.slo_window,
+            threshold: ctx.freshness_threshold,
+        });
     let worker_index = index;
     let mut writer = Some(ctx.runtime.spawn(postgres::run_writer(
         sink,
@@ -289,19 +293,10 @@ pub fn run_worker(worker: &mut Worker, ctx: &DataflowContext) -> anyhow::Result<
             Deduplicated::Conflict(dead) => Err(Effect::DeadLetter(dead)),
         });
         let states = stream_state(unique.clone(), stream_states);
-        let (width, threshold) = (ctx.slo_window, ctx.freshness_threshold);
-        // One pass gives each row to the commit and its freshness sample to the SLO windows,
-        // so the row itself is not cloned for a sample of one timestamp.
-        let (stored, freshness) = unique
-            .flat_map(move |row| {
-                let now = chrono::Utc::now();
-                let sample = freshness_sample(row.received_utc, now, width, threshold);
-                [Ok(Effect::Event(row)), Err(sample)]
-            })
-            .ok_err(|effect_or_sample| effect_or_sample);
-        let windows = slo_windows(scope.concatenate([outcome_samples, freshness]));
+        // Freshness is sampled by the writer, which alone knows which events it stored.
+        let windows = slo_windows(outcome_samples);
         let effects = scope.concatenate([
-            stored,
+            unique.map(Effect::Event),
             states.map(Effect::StreamState),
             windows.map(Effect::Slo),
             rejected,

@@ -16,6 +16,7 @@ use futures::pin_mut;
 use operators::dedup::{RefusedIdentities, SeenEvent};
 use operators::error_text::error_chain;
 use operators::record::{DeadLetter, DeadLetterReason, EventIdentity, EventRow};
+use operators::slo_window::FreshnessObjective;
 use operators::stream_state::StreamState;
 use postgres_types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio::sync::mpsc;
@@ -126,6 +127,8 @@ pub struct EventSink {
     refused: Option<RefusedIdentities>,
     /// What the dataflow's stream states counted that PostgreSQL did not store.
     corrections: StreamCorrections,
+    /// How each stored event's freshness is sampled into `slo_samples`; `None` counts none.
+    freshness: Option<FreshnessObjective>,
     /// What the batch whose COMMIT went unanswered changes in `corrections`, should it have
     /// committed.
     in_doubt: Option<CorrectionChanges>,
@@ -145,6 +148,7 @@ impl EventSink {
             publisher: None,
             refused: None,
             corrections: StreamCorrections::default(),
+            freshness: None,
             in_doubt: None,
             maybe_committed: false,
         }
@@ -154,6 +158,14 @@ impl EventSink {
     /// letter) to `refused`, so that the worker's de-duplication forgets it.
     pub fn with_refused_identities(mut self, refused: RefusedIdentities) -> Self {
         self.refused = Some(refused);
+        self
+    }
+
+    /// Also adds the freshness sample of every event it stores to `slo_samples`, in the same
+    /// transaction: events it skips (copies of stored ones) or dead-letters are not counted, and
+    /// the sample is taken at the `processed_utc` the row gets.
+    pub fn with_freshness_objective(mut self, freshness: FreshnessObjective) -> Self {
+        self.freshness = Some(freshness);
         self
     }
 
@@ -211,6 +223,12 @@ impl EventSink {
     ) -> Result<(CommitReport, CorrectionChanges), SinkError> {
         let topic = self.topic.clone();
         let publisher = self.publisher.clone();
+        let context = CommitContext {
+            topic: &topic,
+            publisher: publisher.as_deref(),
+            corrections,
+            freshness: self.freshness,
+        };
         if self.maybe_committed {
             let client = self.client().await?;
             let durable = match already_committed(client, batch).await {
@@ -238,48 +256,21 @@ impl EventSink {
         }
         let mut outcome = {
             let client = self.client().await?;
-            commit_bulk(
-                client,
-                &topic,
-                batch,
-                publisher.as_deref(),
-                EventCopy::Direct,
-                corrections,
-                sent,
-            )
-            .await
+            commit_bulk(client, &context, batch, EventCopy::Direct, sent).await
         };
         if outcome
             .as_ref()
             .is_err_and(|err| err.sqlstate() == Some(UNIQUE_VIOLATION))
         {
             let client = self.client().await?;
-            outcome = commit_bulk(
-                client,
-                &topic,
-                batch,
-                publisher.as_deref(),
-                EventCopy::Staged,
-                corrections,
-                sent,
-            )
-            .await;
+            outcome = commit_bulk(client, &context, batch, EventCopy::Staged, sent).await;
         }
         if let Err(err) = &outcome {
             if err.is_data_error() {
                 tracing::warn!(sqlstate = ?err.sqlstate(), "batch rejected, isolating rows");
                 let refused = self.refused.clone();
                 let client = self.client().await?;
-                outcome = commit_isolating(
-                    client,
-                    &topic,
-                    batch,
-                    publisher.as_deref(),
-                    refused.as_ref(),
-                    corrections,
-                    sent,
-                )
-                .await;
+                outcome = commit_isolating(client, &context, batch, refused.as_ref(), sent).await;
             }
         }
         if outcome.as_ref().is_err_and(SinkError::is_retriable) {
@@ -345,15 +336,28 @@ enum EventCopy {
     Staged,
 }
 
+/// What every way of committing a batch writes it with.
+struct CommitContext<'a> {
+    /// The raw topic the batch's records come from.
+    topic: &'a str,
+    publisher: Option<&'a dyn DeadLetterPublisher>,
+    corrections: &'a StreamCorrections,
+    freshness: Option<FreshnessObjective>,
+}
+
 async fn commit_bulk(
     client: &mut Client,
-    topic: &str,
+    context: &CommitContext<'_>,
     batch: &CommitBatch,
-    publisher: Option<&dyn DeadLetterPublisher>,
     copy: EventCopy,
-    corrections: &StreamCorrections,
     sent: &mut Option<CorrectionChanges>,
 ) -> Result<(CommitReport, CorrectionChanges), SinkError> {
+    let CommitContext {
+        topic,
+        publisher,
+        corrections,
+        freshness,
+    } = *context;
     let tx = client
         .transaction()
         .await
@@ -406,7 +410,8 @@ async fn commit_bulk(
     conflicts.extend(batch.dead_letters.iter().cloned());
     report.dead_letters_written = insert_dead_letters(&tx, topic, &conflicts).await?;
     let changes = store_stream_states(&tx, batch, corrections, &not_stored).await?;
-    store_slo_samples(&tx, batch).await?;
+    let freshness = freshness.map(|objective| (objective, processed_utc));
+    store_slo_samples(&tx, batch, freshness, &not_stored).await?;
     store_offsets(&tx, batch).await?;
     notify_feed(&tx, topic, batch).await?;
     publish_dead_letters(publisher, topic, &conflicts).await?;
@@ -516,13 +521,17 @@ async fn stored_with_other_payload(
 
 async fn commit_isolating(
     client: &mut Client,
-    topic: &str,
+    context: &CommitContext<'_>,
     batch: &CommitBatch,
-    publisher: Option<&dyn DeadLetterPublisher>,
     refused: Option<&RefusedIdentities>,
-    corrections: &StreamCorrections,
     sent: &mut Option<CorrectionChanges>,
 ) -> Result<(CommitReport, CorrectionChanges), SinkError> {
+    let CommitContext {
+        topic,
+        publisher,
+        corrections,
+        freshness,
+    } = *context;
     let mut tx = client
         .transaction()
         .await
@@ -601,7 +610,8 @@ async fn commit_isolating(
     }
     report.dead_letters_written = insert_dead_letters(&tx, topic, &dead_letters).await?;
     let changes = store_stream_states(&tx, batch, corrections, &not_stored).await?;
-    store_slo_samples(&tx, batch).await?;
+    let freshness = freshness.map(|objective| (objective, processed_utc));
+    store_slo_samples(&tx, batch, freshness, &not_stored).await?;
     store_offsets(&tx, batch).await?;
     notify_feed(&tx, topic, batch).await?;
     publish_dead_letters(publisher, topic, &dead_letters).await?;
@@ -989,14 +999,29 @@ async fn upsert_stream_states(
     Ok(())
 }
 
-/// Adds the batch's deltas to their SLO windows; a sum past `bigint` stays at its maximum
-/// rather than failing the batch, and with it every commit after.
-async fn store_slo_samples(tx: &Transaction<'_>, batch: &CommitBatch) -> Result<(), SinkError> {
-    if batch.slo_samples.is_empty() {
-        return Ok(());
-    }
+/// Adds the batch's deltas to their SLO windows, with, given `freshness` (the objective and the
+/// batch's `processed_utc`), the freshness sample of each of its events PostgreSQL stored (not
+/// those at a position in `not_stored`). A sum past `bigint` stays at its maximum rather than
+/// failing the batch, and with it every commit after.
+async fn store_slo_samples(
+    tx: &Transaction<'_>,
+    batch: &CommitBatch,
+    freshness: Option<(FreshnessObjective, DateTime<Utc>)>,
+    not_stored: &HashSet<Position>,
+) -> Result<(), SinkError> {
+    let stored = batch
+        .events
+        .iter()
+        .filter(|event| !not_stored.contains(&(event.partition, event.offset)));
+    let freshness_samples = freshness
+        .into_iter()
+        .flat_map(|(objective, processed_utc)| {
+            stored
+                .clone()
+                .map(move |event| objective.sample(event.received_utc, processed_utc))
+        });
     let mut windows: std::collections::BTreeMap<DateTime<Utc>, [i64; 4]> = Default::default();
-    for sample in &batch.slo_samples {
+    for sample in batch.slo_samples.iter().copied().chain(freshness_samples) {
         let sums = windows.entry(sample.window_start).or_default();
         let counts = sample.counts;
         for (sum, add) in sums.iter_mut().zip([
@@ -1007,6 +1032,9 @@ async fn store_slo_samples(tx: &Transaction<'_>, batch: &CommitBatch) -> Result<
         ]) {
             *sum = sum.saturating_add(add);
         }
+    }
+    if windows.is_empty() {
+        return Ok(());
     }
     let starts: Vec<DateTime<Utc>> = windows.keys().copied().collect();
     let column = |i: usize| windows.values().map(|sums| sums[i]).collect::<Vec<i64>>();
@@ -1513,6 +1541,67 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(stream(&url).await, (3, id(3)), "a, b and c");
+        drop(sink);
+        drop_database(&url).await;
+    }
+
+    #[tokio::test]
+    async fn freshness_is_sampled_once_per_stored_event_at_its_processed_time() {
+        let url = fresh_database("freshness_stored").await;
+        let mut sink =
+            EventSink::new(url.clone(), "raw").with_freshness_objective(FreshnessObjective {
+                window: chrono::TimeDelta::minutes(1),
+                threshold: chrono::TimeDelta::seconds(10),
+            });
+        let received = |ago: chrono::TimeDelta, event: EventRow| EventRow {
+            received_utc: Utc::now() - ago,
+            ..event
+        };
+        // The events and the count the dataflow's stream state reports, without the outcome
+        // samples `batch` adds.
+        let only_events = |events: Vec<EventRow>, count: i64| {
+            let latest = events[events.len() - 1].clone();
+            CommitBatch {
+                slo_samples: Vec::new(),
+                ..events_batch(events, count, &latest)
+            }
+        };
+        let fresh = received(chrono::TimeDelta::seconds(1), event(1, 10, 0, None));
+        sink.commit(&only_events(vec![fresh.clone()], 1))
+            .await
+            .unwrap();
+        // A copy of the stored event (past de-duplication's memory), an event received an hour
+        // ago, and one PostgreSQL refuses (a NUL in its key): only the second is stored.
+        let copy = EventRow {
+            offset: 1,
+            ..fresh.clone()
+        };
+        let late = received(chrono::TimeDelta::hours(1), event(2, 20, 2, None));
+        let refused = received(
+            chrono::TimeDelta::seconds(1),
+            event(3, 30, 3, Some("k\0ey")),
+        );
+        let report = sink
+            .commit(&only_events(vec![copy, late, refused], 4))
+            .await
+            .unwrap();
+        assert_eq!((report.events_written, report.duplicates_skipped), (1, 1));
+        let sums = |column: &str| format!("SELECT sum({column})::int8 FROM slo_samples");
+        assert_eq!(
+            single_value(&url, &sums("freshness_total")).await,
+            2,
+            "the first event and the late one; the copy and the refused event are not counted"
+        );
+        assert_eq!(
+            single_value(&url, &sums("freshness_good")).await,
+            1,
+            "the late event took an hour, past the 10 s threshold"
+        );
+        assert_eq!(
+            single_value(&url, "SELECT count(*) FROM slo_samples").await,
+            2,
+            "each in the window of its receive time"
+        );
         drop(sink);
         drop_database(&url).await;
     }
