@@ -8,14 +8,17 @@
 //! The arrangement is worker-local (the Kafka key keeps a stream in one partition), so a stream's
 //! state commits in the same transaction as the offsets of the events that changed it.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use differential_dataflow::difference::{IsZero, Monoid, Semigroup};
 use differential_dataflow::operators::arrange::arrangement::arrange_core;
 use differential_dataflow::trace::implementations::{ValBatcher, ValBuilder, ValSpine};
 use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::{Concat, ToStream};
+use timely::dataflow::operators::{Concat, OkErr, ToStream};
 use timely::dataflow::{Scope, StreamVec};
 use uuid::Uuid;
 
@@ -23,6 +26,9 @@ use crate::record::EventRow;
 
 /// A stream's identity: tenant and stream key.
 pub type StreamId = (String, String);
+
+/// What one batch adds to a stream in the arrangement: `((stream, ()), time, summary)`.
+type SummaryUpdate = ((StreamId, ()), u64, StreamSummary);
 
 /// The latest event of a stream.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -105,12 +111,20 @@ pub struct StreamState {
 }
 
 /// Maintains the state of every stream of `events` (unique events only), starting from `seed`
-/// (the states stored before a restart, entered at time 0). Emits, at each time, the new state
-/// of every stream that changed; nothing is emitted for the seed itself.
+/// (the states stored before a restart, entered at time 0). Returns `events` themselves, passed
+/// on unchanged, and, at each time, the new state of every stream that changed; nothing is
+/// emitted for the seed itself.
+///
+/// The events pass through rather than being shared with the caller, which would clone each
+/// whole row: only the latest event of each stream in a batch has its type and payload copied,
+/// into the one summary per stream the batch adds to the arrangement.
 pub fn stream_state<'scope>(
     events: StreamVec<'scope, u64, EventRow>,
     seed: Vec<StreamState>,
-) -> StreamVec<'scope, u64, StreamState> {
+) -> (
+    StreamVec<'scope, u64, EventRow>,
+    StreamVec<'scope, u64, StreamState>,
+) {
     let scope: Scope<'scope, u64> = events.scope();
     let seeded = seed
         .into_iter()
@@ -124,18 +138,24 @@ pub fn stream_state<'scope>(
         })
         .to_stream(scope)
         .container::<Vec<_>>();
-    let updates = events.unary(Pipeline, "StreamSummaries", |_capability, _info| {
-        move |input, output| {
-            input.for_each(|capability, data| {
-                let time = *capability.least().expect("an input stamp holds a time");
-                let mut session = output.session(&capability);
-                for row in data.drain(..) {
-                    let summary = StreamSummary::of(&row);
-                    session.give((((row.tenant_id, row.stream_key), ()), time, summary));
+    let (events, updates) = events
+        .unary::<CapacityContainerBuilder<Vec<Result<EventRow, SummaryUpdate>>>, _, _, _>(
+            Pipeline,
+            "StreamSummaries",
+            |_capability, _info| {
+                move |input, output| {
+                    input.for_each(|capability, data| {
+                        let time = *capability.least().expect("an input stamp holds a time");
+                        let mut session = output.session(&capability);
+                        for (id, summary) in batch_summaries(data) {
+                            session.give(Err(((id, ()), time, summary)));
+                        }
+                        session.give_iterator(data.drain(..).map(Ok));
+                    });
                 }
-            });
-        }
-    });
+            },
+        )
+        .ok_err(|row_or_update| row_or_update);
     let updates = updates.concat(seeded);
     type In = ValSpine<StreamId, (), u64, StreamSummary>;
     type Out = ValSpine<StreamId, (LatestEvent, i64), u64, isize>;
@@ -163,7 +183,7 @@ pub fn stream_state<'scope>(
                 );
             },
         );
-    states
+    let states = states
         .as_collection(|id: &StreamId, value: &(LatestEvent, i64)| (id.clone(), value.clone()))
         .inner
         .unary(Pipeline, "StreamStateChanges", |_capability, _info| {
@@ -185,7 +205,45 @@ pub fn stream_state<'scope>(
                     }
                 });
             }
+        });
+    (events, states)
+}
+
+/// One summary per stream of `rows`: how many, and the latest, whose type and payload alone are
+/// copied. The latest is the greatest by [`LatestEvent`]'s order, as [`Semigroup`] keeps it.
+fn batch_summaries(rows: &[EventRow]) -> Vec<(StreamId, StreamSummary)> {
+    fn order(row: &EventRow) -> (DateTime<Utc>, i64, i32, &str, Uuid, &str) {
+        (
+            row.timestamp_utc,
+            row.offset,
+            row.partition,
+            &row.event_type,
+            row.event_id,
+            &row.payload_json,
+        )
+    }
+    let mut streams: HashMap<(&str, &str), (i64, &EventRow)> = HashMap::new();
+    for row in rows {
+        streams
+            .entry((&row.tenant_id, &row.stream_key))
+            .and_modify(|(count, latest)| {
+                *count += 1;
+                if order(row) > order(latest) {
+                    *latest = row;
+                }
+            })
+            .or_insert((1, row));
+    }
+    streams
+        .into_iter()
+        .map(|((tenant, stream), (count, latest))| {
+            let summary = StreamSummary {
+                count,
+                ..StreamSummary::of(latest)
+            };
+            ((tenant.to_owned(), stream.to_owned()), summary)
         })
+        .collect()
 }
 
 #[cfg(test)]
@@ -221,19 +279,31 @@ mod tests {
         }
     }
 
-    /// Feeds `batches` at times 1, 2, … and returns what the operator emitted at each time.
+    /// Feeds `batches` at times 1, 2, … and returns what the operator emitted at each time,
+    /// having checked that it passed every event on unchanged, at the time it came in.
     fn run(batches: Vec<Vec<EventRow>>, seed: Vec<StreamState>) -> Vec<(u64, Vec<StreamState>)> {
         let (tx, rx) = mpsc::channel::<Event<u64, Vec<StreamState>>>();
         let tx = Mutex::new(tx);
+        let (rows_tx, rows_rx) = mpsc::channel::<Event<u64, Vec<EventRow>>>();
+        let rows_tx = Mutex::new(rows_tx);
+        let sent: Vec<(u64, Vec<EventRow>)> = batches
+            .iter()
+            .enumerate()
+            .filter(|(_, batch)| !batch.is_empty())
+            .map(|(index, batch)| (index as u64 + 1, batch.clone()))
+            .collect();
         let batches = Mutex::new(Some(batches));
         let seed = Mutex::new(Some(seed));
         timely::execute(timely::Config::thread(), move |worker| {
             let tx = tx.lock().unwrap().clone();
+            let rows_tx = rows_tx.lock().unwrap().clone();
             let seed = seed.lock().unwrap().take().unwrap();
             let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
                 let (input, events) = scope.new_input::<EventRow>();
-                let (probe, states) = stream_state(events, seed).probe();
+                let (rows, states) = stream_state(events, seed);
+                let (probe, states) = states.probe();
                 states.capture_into(tx);
+                rows.capture_into(rows_tx);
                 (input, probe)
             });
             input.advance_to(1);
@@ -255,7 +325,40 @@ mod tests {
             }
         })
         .unwrap();
+        let mut passed = rows_rx.extract();
+        for (_, rows) in &mut passed {
+            rows.sort_by_key(|row| row.offset);
+        }
+        let mut sent = sent;
+        for (_, rows) in &mut sent {
+            rows.sort_by_key(|row| row.offset);
+        }
+        assert_eq!(passed, sent, "every event passes on unchanged, at its time");
         rx.extract()
+    }
+
+    #[test]
+    fn a_batch_adds_one_summary_per_stream_the_same_as_its_events_one_by_one() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..200 {
+            let rows: Vec<EventRow> = (0..rng.random_range(1..40))
+                .map(|offset| {
+                    let stream = ["a", "b", "c"][rng.random_range(0..3)];
+                    // Few distinct times, so that ties are broken by the offset.
+                    event(stream, rng.random_range(0..4), offset)
+                })
+                .collect();
+            let mut one_by_one: BTreeMap<StreamId, StreamSummary> = BTreeMap::new();
+            for row in &rows {
+                one_by_one
+                    .entry((row.tenant_id.clone(), row.stream_key.clone()))
+                    .or_insert_with(StreamSummary::zero)
+                    .plus_equals(&StreamSummary::of(row));
+            }
+            let batched: BTreeMap<StreamId, StreamSummary> =
+                batch_summaries(&rows).into_iter().collect();
+            assert_eq!(batched, one_by_one);
+        }
     }
 
     #[test]

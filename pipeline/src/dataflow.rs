@@ -292,7 +292,7 @@ pub fn run_worker(worker: &mut Worker, ctx: &DataflowContext) -> anyhow::Result<
             Deduplicated::Duplicate(_) => Err(Effect::Duplicate),
             Deduplicated::Conflict(dead) => Err(Effect::DeadLetter(dead)),
         });
-        let states = stream_state(unique.clone(), stream_states);
+        let (unique, states) = stream_state(unique, stream_states);
         // Freshness is sampled by the writer, which alone knows which events it stored.
         let windows = slo_windows(outcome_samples);
         let effects = scope.concatenate([
