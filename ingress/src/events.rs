@@ -606,16 +606,18 @@ async fn write_owned(state: &IngressState, submission: Submission) -> Result<Ing
 /// The span of one event's receive hop: its trace position and identity, for every log line
 /// written while the event is handled.
 fn receive_span(submission: &Submission) -> tracing::Span {
+    // Text fields are recorded as `&str`, not through `Display`: a span is opened for every
+    // event, so each field's formatting counts.
     tracing::info_span!(
         "gateway.receive",
-        trace_id = %submission.trace.trace_id_hex(),
-        span_id = %submission.trace.span_id_hex(),
-        tenant_id = %submission.key.tenant_id,
+        trace_id = submission.trace.trace_id_hex().as_str(),
+        span_id = submission.trace.span_id_hex().as_str(),
+        tenant_id = submission.key.tenant_id.as_str(),
         event_id = %submission.envelope.event_id,
-        idempotency_key = %submission.key.key,
-        stream_key = %submission.envelope.stream_key,
-        source = %submission.envelope.source,
-        event_type = %submission.envelope.event_type,
+        idempotency_key = submission.key.key.as_str(),
+        stream_key = submission.envelope.stream_key.as_str(),
+        source = submission.envelope.source.as_str(),
+        event_type = submission.envelope.event_type.as_str(),
     )
 }
 
@@ -977,14 +979,16 @@ pub async fn post_batch(
         }
     };
     // Every line takes its key's turn now, in line order; then one task (not one per line)
-    // writes them all concurrently, and finishes them even if the client goes away.
+    // writes them all concurrently, and finishes them even if the client goes away. Each line's
+    // future is boxed where it is made: it is large, and is otherwise copied whole by each
+    // collection it passes through.
     let (places, ingests): (Vec<_>, Vec<_>) = submissions
         .into_iter()
         .map(|(slot, line, submission)| {
             let span = receive_span(&submission);
             (
                 (slot, line),
-                ingest(state.clone(), submission).instrument(span),
+                Box::pin(ingest(state.clone(), submission).instrument(span)),
             )
         })
         .unzip();
