@@ -340,8 +340,11 @@ enum EventCopy {
 struct CommitContext<'a> {
     /// The raw topic the batch's records come from.
     topic: &'a str,
+    /// Where dead letters are published before the commit.
     publisher: Option<&'a dyn DeadLetterPublisher>,
+    /// What the stream states counted that PostgreSQL did not store.
     corrections: &'a StreamCorrections,
+    /// How the stored events' freshness is sampled, if it is.
     freshness: Option<FreshnessObjective>,
 }
 
