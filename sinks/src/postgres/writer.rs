@@ -348,6 +348,30 @@ struct CommitContext<'a> {
     freshness: Option<FreshnessObjective>,
 }
 
+/// Everything a batch writes besides its events, once they are in: `dead_letters`, the stream
+/// states and SLO windows (less the events at a position in `not_stored`), the offsets and the
+/// feed's cue; then publishes the dead letters. Returns the dead-letter rows written and what the
+/// batch changes in the stream corrections.
+async fn store_batch_effects(
+    tx: &Transaction<'_>,
+    context: &CommitContext<'_>,
+    batch: &CommitBatch,
+    dead_letters: &[DeadLetter],
+    not_stored: &HashSet<Position>,
+    processed_utc: DateTime<Utc>,
+) -> Result<(u64, CorrectionChanges), SinkError> {
+    let written = insert_dead_letters(tx, context.topic, dead_letters).await?;
+    let changes = store_stream_states(tx, batch, context.corrections, not_stored).await?;
+    let freshness = context
+        .freshness
+        .map(|objective| (objective, processed_utc));
+    store_slo_samples(tx, batch, freshness, not_stored).await?;
+    store_offsets(tx, batch).await?;
+    notify_feed(tx, context.topic, batch).await?;
+    publish_dead_letters(context.publisher, context.topic, dead_letters).await?;
+    Ok((written, changes))
+}
+
 async fn commit_bulk(
     client: &mut Client,
     context: &CommitContext<'_>,
@@ -355,12 +379,6 @@ async fn commit_bulk(
     copy: EventCopy,
     sent: &mut Option<CorrectionChanges>,
 ) -> Result<(CommitReport, CorrectionChanges), SinkError> {
-    let CommitContext {
-        topic,
-        publisher,
-        corrections,
-        freshness,
-    } = *context;
     let tx = client
         .transaction()
         .await
@@ -411,13 +429,9 @@ async fn commit_bulk(
     }
     report.id_conflicts = conflicts.len() as u64;
     conflicts.extend(batch.dead_letters.iter().cloned());
-    report.dead_letters_written = insert_dead_letters(&tx, topic, &conflicts).await?;
-    let changes = store_stream_states(&tx, batch, corrections, &not_stored).await?;
-    let freshness = freshness.map(|objective| (objective, processed_utc));
-    store_slo_samples(&tx, batch, freshness, &not_stored).await?;
-    store_offsets(&tx, batch).await?;
-    notify_feed(&tx, topic, batch).await?;
-    publish_dead_letters(publisher, topic, &conflicts).await?;
+    let (written, changes) =
+        store_batch_effects(&tx, context, batch, &conflicts, &not_stored, processed_utc).await?;
+    report.dead_letters_written = written;
     *sent = Some(changes.clone());
     tx.commit()
         .await
@@ -529,12 +543,6 @@ async fn commit_isolating(
     refused: Option<&RefusedIdentities>,
     sent: &mut Option<CorrectionChanges>,
 ) -> Result<(CommitReport, CorrectionChanges), SinkError> {
-    let CommitContext {
-        topic,
-        publisher,
-        corrections,
-        freshness,
-    } = *context;
     let mut tx = client
         .transaction()
         .await
@@ -611,13 +619,16 @@ async fn commit_isolating(
             Err(err) => return Err(err),
         }
     }
-    report.dead_letters_written = insert_dead_letters(&tx, topic, &dead_letters).await?;
-    let changes = store_stream_states(&tx, batch, corrections, &not_stored).await?;
-    let freshness = freshness.map(|objective| (objective, processed_utc));
-    store_slo_samples(&tx, batch, freshness, &not_stored).await?;
-    store_offsets(&tx, batch).await?;
-    notify_feed(&tx, topic, batch).await?;
-    publish_dead_letters(publisher, topic, &dead_letters).await?;
+    let (written, changes) = store_batch_effects(
+        &tx,
+        context,
+        batch,
+        &dead_letters,
+        &not_stored,
+        processed_utc,
+    )
+    .await?;
+    report.dead_letters_written = written;
     // Handed over before the commit, so that no replay of these dead letters (which needs them
     // committed) reaches de-duplication first. Should the commit fail, a retry of the batch
     // refuses the same rows again: a refusal depends on the row alone (`events` has no
