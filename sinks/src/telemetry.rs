@@ -59,7 +59,7 @@ static FRESHNESS: LazyLock<HistogramVec> = LazyLock::new(|| {
 static STORED_BY_TYPE: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "processor_stored_events_total",
-        "Events the dataflow handed to PostgreSQL, by event type",
+        "Events the dataflow stored in PostgreSQL, by event type",
         &["event_type"]
     )
     .expect("registering processor_stored_events_total")
@@ -281,18 +281,13 @@ impl BatchCommitted<'_> {
                 .inc_by(report.rejected_by_database);
         }
         let mut last_received = std::collections::BTreeMap::new();
-        let mut by_type: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
         for event in &self.batch.events {
-            let freshness = (self.processed_utc - event.received_utc).num_microseconds();
-            by_type
-                .entry(event.event_type.as_str())
-                .or_default()
-                .push(freshness.unwrap_or(0).max(0) as f64 / 1e6);
             last_received
                 .entry(event.partition)
                 .and_modify(|at: &mut DateTime<Utc>| *at = (*at).max(event.received_utc))
                 .or_insert(event.received_utc);
         }
+        let by_type = stored_freshness_by_type(self.batch, self.report, self.processed_utc);
         if !by_type.is_empty() {
             let mut labels = EVENT_TYPE_LABELS.lock().unwrap_or_else(|p| p.into_inner());
             for (event_type, samples) in by_type {
@@ -313,6 +308,28 @@ impl BatchCommitted<'_> {
         BATCH_RECORDS.observe(self.batch.record_count() as f64);
         COMMIT_DURATION.observe(self.duration.as_secs_f64() * 1000.0);
     }
+}
+
+/// `processed_utc − received_utc`, in seconds, of each event of `batch` its transaction stored,
+/// by event type: a copy the writer skipped, an id conflict or a row PostgreSQL refused is not
+/// stored, so it is neither fresh nor counted as stored.
+fn stored_freshness_by_type<'b>(
+    batch: &'b CommitBatch,
+    report: &CommitReport,
+    processed_utc: DateTime<Utc>,
+) -> std::collections::BTreeMap<&'b str, Vec<f64>> {
+    let mut by_type: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+    for event in &batch.events {
+        if report.not_stored.contains(&(event.partition, event.offset)) {
+            continue;
+        }
+        let freshness = (processed_utc - event.received_utc).num_microseconds();
+        by_type
+            .entry(event.event_type.as_str())
+            .or_default()
+            .push(freshness.unwrap_or(0).max(0) as f64 / 1e6);
+    }
+    by_type
 }
 
 /// A batch commit failed transiently and will be retried.
@@ -336,6 +353,45 @@ impl BatchRetried {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use operators::record::EventRow;
+
+    #[test]
+    fn freshness_and_stored_counts_leave_out_what_was_not_stored() {
+        let processed_utc = DateTime::from_timestamp(1_800_000_010, 0).unwrap();
+        let event = |offset: i64, event_type: &str, seconds_before: i64| EventRow {
+            event_id: uuid::Uuid::from_u128(offset as u128),
+            tenant_id: "acme".into(),
+            source: "s".into(),
+            event_type: event_type.into(),
+            stream_key: "k".into(),
+            timestamp_utc: processed_utc,
+            schema_version: 1,
+            payload_json: "{}".into(),
+            received_utc: processed_utc - chrono::TimeDelta::seconds(seconds_before),
+            trace_id: None,
+            trace_parent: None,
+            payload_hash: String::new(),
+            idempotency_key: None,
+            partition: 0,
+            offset,
+            key: None,
+            original: Vec::new(),
+        };
+        let batch = CommitBatch {
+            events: vec![event(0, "a", 1), event(1, "a", 2), event(2, "b", 3)],
+            ..CommitBatch::default()
+        };
+        let report = CommitReport {
+            not_stored: [(0, 1)].into(),
+            ..CommitReport::default()
+        };
+        let by_type = stored_freshness_by_type(&batch, &report, processed_utc);
+        assert_eq!(
+            by_type,
+            [("a", vec![1.0]), ("b", vec![3.0])].into(),
+            "the copy at offset 1 is neither a freshness sample nor a stored event"
+        );
+    }
 
     #[test]
     fn event_type_labels_stay_bounded() {

@@ -70,7 +70,7 @@ impl CommitBatch {
 }
 
 /// What one committed transaction did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CommitReport {
     /// The `processed_utc` stamped on the batch's events.
     pub processed_utc: chrono::DateTime<chrono::Utc>,
@@ -84,6 +84,9 @@ pub struct CommitReport {
     pub rejected_by_database: u64,
     /// Events whose id was stored before with another payload, dead-lettered instead.
     pub id_conflicts: u64,
+    /// The raw-topic positions (partition, offset) of the batch's events this transaction did
+    /// not store: copies skipped, id conflicts and rows the database rejected.
+    pub not_stored: std::collections::HashSet<(i32, i64)>,
 }
 
 #[cfg(test)]

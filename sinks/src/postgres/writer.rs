@@ -432,6 +432,7 @@ async fn commit_bulk(
     let (written, changes) =
         store_batch_effects(&tx, context, batch, &conflicts, &not_stored, processed_utc).await?;
     report.dead_letters_written = written;
+    report.not_stored = not_stored;
     *sent = Some(changes.clone());
     tx.commit()
         .await
@@ -629,6 +630,7 @@ async fn commit_isolating(
     )
     .await?;
     report.dead_letters_written = written;
+    report.not_stored = not_stored;
     // Handed over before the commit, so that no replay of these dead letters (which needs them
     // committed) reaches de-duplication first. Should the commit fail, a retry of the batch
     // refuses the same rows again: a refusal depends on the row alone (`events` has no
@@ -1600,6 +1602,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((report.events_written, report.duplicates_skipped), (1, 1));
+        assert_eq!(
+            report.not_stored,
+            [(0, 1), (0, 3)].into(),
+            "the copy and the refused event, by position, for the metrics"
+        );
         let sums = |column: &str| format!("SELECT sum({column})::int8 FROM slo_samples");
         assert_eq!(
             single_value(&url, &sums("freshness_total")).await,
