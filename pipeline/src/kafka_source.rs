@@ -64,7 +64,8 @@ pub struct TopicAssignment {
 /// partition. tansu 0.6.0 waits it out even when records are ready (and returns only what was
 /// there when the fetch began), so there a record waits one to two of it before the dataflow
 /// sees it: 50 ms rather than 100 took about 100 ms off freshness p99 on the development broker
-/// at no measurable CPU (docs/perf/results.md). `SENTINEL_KAFKA_OPTIONS` overrides it.
+/// at no CPU the bench machine could measure (25 ms cost about a fifth more per event, one run).
+/// `SENTINEL_KAFKA_OPTIONS` overrides it.
 const CONSUMER_FETCH_WAIT_MS: &str = "50";
 
 /// A consumer statically assigned to the given topics' partitions, starting at the stored
