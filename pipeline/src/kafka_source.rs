@@ -63,9 +63,10 @@ pub struct TopicAssignment {
 /// answers a fetch as soon as records are ready, so this only paces the fetches of an idle
 /// partition. tansu 0.6.0 waits it out even when records are ready (and returns only what was
 /// there when the fetch began), so there a record waits one to two of it before the dataflow
-/// sees it: 50 ms rather than 100 took about 100 ms off freshness p99 on the development broker
-/// at no CPU the bench machine could measure (25 ms cost about a fifth more per event, one run).
-/// `SENTINEL_KAFKA_OPTIONS` overrides it.
+/// sees it: 50 ms rather than 100 took about 100 ms off freshness p99 on the development broker.
+/// It costs tansu there: it lists every batch a partition holds on every fetch, so twice the
+/// fetches cost it about a third more CPU per event over a minute of single events (23 → 31 µs,
+/// the whole machine +4%), and more as its topic grows. `SENTINEL_KAFKA_OPTIONS` overrides it.
 const CONSUMER_FETCH_WAIT_MS: &str = "50";
 
 /// A consumer statically assigned to the given topics' partitions, starting at the stored
