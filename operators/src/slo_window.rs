@@ -122,23 +122,6 @@ pub fn window_start(at: DateTime<Utc>, width: TimeDelta) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms - ms.rem_euclid(width_ms)).unwrap_or(at)
 }
 
-/// The freshness sample of one event, in the window of its receive time.
-pub fn freshness_sample(
-    received: DateTime<Utc>,
-    processed: DateTime<Utc>,
-    width: TimeDelta,
-    threshold: TimeDelta,
-) -> SloSample {
-    SloSample {
-        window_start: window_start(received, width),
-        counts: SloCounts {
-            freshness_good: i64::from(processed - received <= threshold),
-            freshness_total: 1,
-            ..SloCounts::default()
-        },
-    }
-}
-
 /// How the freshness objective samples a stored event: processed − received within
 /// `threshold` is good, counted in the window of its receive time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,9 +133,17 @@ pub struct FreshnessObjective {
 }
 
 impl FreshnessObjective {
-    /// The sample of one event received at `received` and stored at `processed`.
+    /// The sample of one event received at `received` and stored at `processed`, in the
+    /// window of its receive time.
     pub fn sample(&self, received: DateTime<Utc>, processed: DateTime<Utc>) -> SloSample {
-        freshness_sample(received, processed, self.window, self.threshold)
+        SloSample {
+            window_start: window_start(received, self.window),
+            counts: SloCounts {
+                freshness_good: i64::from(processed - received <= self.threshold),
+                freshness_total: 1,
+                ..SloCounts::default()
+            },
+        }
     }
 }
 
@@ -224,19 +215,12 @@ mod tests {
 
     #[test]
     fn freshness_is_good_within_the_threshold() {
-        let (minute, ten) = (TimeDelta::minutes(1), TimeDelta::seconds(10));
-        assert_eq!(
-            freshness_sample(at(0), at(10), minute, ten)
-                .counts
-                .freshness_good,
-            1
-        );
-        assert_eq!(
-            freshness_sample(at(0), at(11), minute, ten)
-                .counts
-                .freshness_good,
-            0
-        );
+        let objective = FreshnessObjective {
+            window: TimeDelta::minutes(1),
+            threshold: TimeDelta::seconds(10),
+        };
+        assert_eq!(objective.sample(at(0), at(10)).counts.freshness_good, 1);
+        assert_eq!(objective.sample(at(0), at(11)).counts.freshness_good, 0);
     }
 
     #[test]
@@ -308,7 +292,11 @@ mod tests {
                     vec![
                         outcome(3, 4, 0),
                         outcome(1, 1, 30),
-                        freshness_sample(at(10), at(12), minute, TimeDelta::seconds(10)),
+                        FreshnessObjective {
+                            window: minute,
+                            threshold: TimeDelta::seconds(10),
+                        }
+                        .sample(at(10), at(12)),
                         outcome(2, 2, 61),
                     ]
                     .to_stream(scope)

@@ -4,8 +4,8 @@
 //! A stream's events of one batch enter as one update whose *difference* is a [`StreamSummary`]
 //! — a semigroup that adds counts and keeps the latest event — so the arrangement consolidates
 //! to one entry per stream and memory stays proportional to the number of streams, not of
-//! events. Out-of-order
-//! arrivals never move a stream backwards, because the maximum does not care about arrival order.
+//! events. Out-of-order arrivals never move a stream backwards, because the maximum does not
+//! care about arrival order.
 //! The arrangement is worker-local (the Kafka key keeps a stream in one partition), so a stream's
 //! state commits in the same transaction as the offsets of the events that changed it.
 
