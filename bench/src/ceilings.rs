@@ -77,20 +77,20 @@ async fn trivial_server() -> anyhow::Result<String> {
                 answer
             }),
         );
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    listener.set_nonblocking(true)?;
-    let addr = listener.local_addr()?;
     // Its own multi-threaded runtime, like Sentinel's: the generator runs on one thread.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    std::thread::spawn(move || {
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener)?;
-            axum::serve(listener, app).await
-        })
-    });
+    // The listen backlog Sentinel ships with (`SENTINEL_LISTEN_BACKLOG`), so that both queue a
+    // burst of new connections alike.
+    let listener = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(([127, 0, 0, 1], 0).into())?;
+        socket.listen(4096)
+    })?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || runtime.block_on(async move { axum::serve(listener, app).await }));
     Ok(format!("http://{addr}"))
 }
 

@@ -123,6 +123,18 @@ pub struct Settings {
     )]
     pub http_addr: SocketAddr,
 
+    /// Connections the kernel queues on the HTTP listener before Sentinel accepts them (capped
+    /// by `net.core.somaxconn`). A full queue drops a client's connection attempt, which its
+    /// kernel retries only after a second: room for a burst of clients connecting at once.
+    #[arg(
+        long,
+        env = "SENTINEL_LISTEN_BACKLOG",
+        value_parser = clap::value_parser!(u32).range(1..),
+        default_value_t = 4096,
+        global = true
+    )]
+    pub listen_backlog: u32,
+
     /// PostgreSQL connection URL.
     #[arg(
         long,
@@ -697,6 +709,7 @@ mod tests {
         let help = Cli::command().render_long_help().to_string();
         for var in [
             "SENTINEL_HTTP_ADDR",
+            "SENTINEL_LISTEN_BACKLOG",
             "DATABASE_URL",
             "KAFKA_BROKERS",
             "SENTINEL_WORKERS",

@@ -360,8 +360,7 @@ fn run(
     let app = server::app(ingress, serving, readiness);
     let addr = settings.http_addr;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
+        let listener = server::listen(addr, settings.listen_backlog)
             .with_context(|| format!("binding {addr}"))?;
         tracing::info!(addr = %listener.local_addr()?, ingress = with_ingress, dataflow = with_dataflow, "sentinel listening");
         axum::serve(listener, app)

@@ -1,6 +1,7 @@
 //! The one HTTP listener: the gateway's routes (when this role runs them), `/health`, `/ready`,
 //! and problem+json answers for unknown paths and methods.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,21 @@ pub struct Readiness {
     pub topic: String,
     /// When this role runs the dataflow: running workers and how many there should be.
     pub dataflow: Option<(Arc<AtomicUsize>, usize)>,
+}
+
+/// Binds the HTTP listener at `addr` with room for `backlog` connections not yet accepted (the
+/// standard library's bind leaves 128, which a burst of clients connecting at once overflows).
+pub fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As the standard library's bind does: a restarted Sentinel can bind while the connections
+    // of the one before it are still in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -172,4 +188,32 @@ pub fn app(
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::listen;
+
+    /// Connections beyond the standard library's backlog of 128, none accepted yet, all
+    /// complete at once: none waits out a dropped connection attempt's one-second retry.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_connections_waits_in_the_backlog() {
+        let listener = listen("127.0.0.1:0".parse().unwrap(), 1024).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connects = (0..400).map(|_| {
+            tokio::time::timeout(
+                Duration::from_millis(500),
+                tokio::net::TcpStream::connect(addr),
+            )
+        });
+        let connected = futures::future::join_all(connects).await;
+        let waited = connected.iter().filter(|c| !matches!(c, Ok(Ok(_)))).count();
+        assert_eq!(
+            waited, 0,
+            "{waited} of 400 connections did not complete in 500 ms"
+        );
+        drop(listener);
+    }
 }
