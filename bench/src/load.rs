@@ -407,6 +407,26 @@ pub struct Report {
     pub rows_exact: bool,
     pub idempotency: ClaimCost,
     pub server: ServerTails,
+    /// Connection attempts the kernel dropped on a full listen queue while the run sent, on
+    /// every listener of the machine (Linux's `ListenOverflows`; `None` where unreadable). Each
+    /// such client waits about a second for its retry, which shows in the latency's tail.
+    pub dropped_connects: Option<u64>,
+}
+
+/// The kernel's count of connection attempts dropped on a full listen queue, machine-wide.
+fn listen_overflows() -> Option<u64> {
+    parse_listen_overflows(&std::fs::read_to_string("/proc/net/netstat").ok()?)
+}
+
+/// `ListenOverflows` of the `TcpExt:` lines of `/proc/net/netstat` (a line of names, then a
+/// line of values).
+fn parse_listen_overflows(netstat: &str) -> Option<u64> {
+    let mut tcp_ext = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (tcp_ext.next()?, tcp_ext.next()?);
+    let column = names
+        .split_whitespace()
+        .position(|n| n == "ListenOverflows")?;
+    values.split_whitespace().nth(column)?.parse().ok()
 }
 
 /// How a run observed each event become visible.
@@ -504,6 +524,7 @@ pub async fn run(args: &LoadArgs, quiet: bool) -> anyhow::Result<Report> {
     let metrics_before = scrape(&client, &args.url).await;
     let answered: Answered = Arc::default();
     let mut generator = Generator::new(args.clone(), run.clone(), Arc::clone(&answered));
+    let overflows_before = listen_overflows();
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(requests as usize);
     let mut last_progress = Instant::now();
@@ -579,6 +600,9 @@ pub async fn run(args: &LoadArgs, quiet: bool) -> anyhow::Result<Report> {
         task.await?;
     }
     let sending = started.elapsed();
+    let dropped_connects = overflows_before
+        .zip(listen_overflows())
+        .map(|(before, after)| after.saturating_sub(before));
     if !quiet {
         progress(requests, requests, &tally);
         eprintln!();
@@ -618,6 +642,7 @@ pub async fn run(args: &LoadArgs, quiet: bool) -> anyhow::Result<Report> {
         unexpected_answers: tally.unexpected.load(Ordering::Relaxed),
         unexpected_by_status: tally.unexpected_by_status.lock().expect("statuses").clone(),
         transport_errors: tally.errors.load(Ordering::Relaxed),
+        dropped_connects,
         gateway_latency_ms: percentiles(&latency.lock().expect("histogram"), 1000.0),
         freshness_ms: percentiles(&freshness, 1000.0),
         freshness_source,
@@ -816,7 +841,7 @@ pub fn markdown(report: &Report) -> String {
     };
     format!(
         "## bench run {run} ({mode:?}, target {rate} events/s for {duration} s, {connections} connections)\n\n\
-         - at most {peak} requests in flight{pool_note}\n\
+         - at most {peak} requests in flight{pool_note}{dropped_note}\n\
          - sent {sent} events at {achieved:.0} events/s; {ok} answered as expected, {unexpected} unexpected{by_status}, {errors} transport errors\n\
          - rows: {stored} stored, {expected} expected (one per new event accepted) — {verdict}\n\
          - idempotency store: {claims:.0} claims in {claim_statements:.0} statements ({per_statement:.1} per statement), \
@@ -833,6 +858,13 @@ pub fn markdown(report: &Report) -> String {
             " (every connection busy: requests waited for one)"
         } else {
             ""
+        },
+        dropped_note = match report.dropped_connects {
+            Some(dropped) if dropped > 0 => format!(
+                "; the kernel dropped {dropped} connection attempts on a full listen queue \
+                 (machine-wide), each retried about a second later"
+            ),
+            _ => String::new(),
         },
         sent = report.events_sent,
         achieved = report.achieved_events_per_second,
@@ -858,6 +890,16 @@ pub fn markdown(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_overflows_are_read_from_the_tcp_ext_lines() {
+        let netstat = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\n\
+                       TcpExt: 0 47 47\n\
+                       IpExt: InNoRoutes ListenOverflows\n\
+                       IpExt: 0 9\n";
+        assert_eq!(parse_listen_overflows(netstat), Some(47));
+        assert_eq!(parse_listen_overflows("IpExt: A\nIpExt: 1\n"), None);
+    }
 
     fn scrape_of(samples: &[(&str, f64)]) -> std::collections::HashMap<String, f64> {
         samples

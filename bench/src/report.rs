@@ -77,6 +77,8 @@ struct Burst {
     /// Received → visible of the burst's events: how far behind the dataflow fell.
     freshness_ms: load::Percentiles,
     freshness_source: load::FreshnessSource,
+    /// Connection attempts the kernel dropped on a full listen queue during the burst.
+    dropped_connects: Option<u64>,
     peak_lag_seconds: f64,
     /// Seconds after the burst's last intended send until `processor_lag_seconds` was back
     /// under 1 s for good (0 when it never passed 1 s after the burst ended).
@@ -180,6 +182,7 @@ async fn burst(
         backlog_seconds: (sending - burst_end).max(0.0),
         freshness_ms: during.freshness_ms.clone(),
         freshness_source: during.freshness_source,
+        dropped_connects: during.dropped_connects,
         peak_lag_seconds: samples.iter().map(|&(_, lag)| lag).fold(0.0, f64::max),
         recovery_seconds: lag_recovery(&samples, burst_end),
         rows_exact: during.rows_exact,
@@ -942,16 +945,21 @@ fn hold_section(md: &mut String, args: &ReportArgs, results: &Results) {
     );
 }
 
-/// How the report's freshness was observed, and which runs had to fall back.
+/// How the report's freshness was observed, which runs had to fall back, and which runs had
+/// connection attempts dropped on a full listen queue (a one-second tail for each).
 fn freshness_note(md: &mut String, results: &Results) {
-    let mut sources: Vec<(String, load::FreshnessSource)> = Vec::new();
+    let mut sources: Vec<(String, load::FreshnessSource, Option<u64>)> = Vec::new();
     for (mode, search) in [("single", &results.single), ("batch", &results.batch)] {
         for step in &search.steps {
             let name = format!(
                 "the {mode} search's step at {}",
                 step.report.target_events_per_second
             );
-            sources.push((name, step.report.freshness_source));
+            sources.push((
+                name,
+                step.report.freshness_source,
+                step.report.dropped_connects,
+            ));
         }
     }
     for (mode, hold) in [
@@ -965,7 +973,11 @@ fn freshness_note(md: &mut String, results: &Results) {
                     window + 1,
                     attempt.rate
                 );
-                sources.push((name, run.report.freshness_source));
+                sources.push((
+                    name,
+                    run.report.freshness_source,
+                    run.report.dropped_connects,
+                ));
             }
         }
     }
@@ -977,6 +989,7 @@ fn freshness_note(md: &mut String, results: &Results) {
             sources.push((
                 format!("the {name} run at half the maximum"),
                 run.freshness_source,
+                run.dropped_connects,
             ));
         }
     }
@@ -984,12 +997,13 @@ fn freshness_note(md: &mut String, results: &Results) {
         sources.push((
             format!("the {} burst", burst.mode.name()),
             burst.freshness_source,
+            burst.dropped_connects,
         ));
     }
     let fell_back: Vec<&str> = sources
         .iter()
-        .filter(|(_, source)| *source != load::FreshnessSource::Feed)
-        .map(|(name, _)| name.as_str())
+        .filter(|(_, source, _)| *source != load::FreshnessSource::Feed)
+        .map(|(name, _, _)| name.as_str())
         .collect();
     let _ = writeln!(
         md,
@@ -1003,6 +1017,25 @@ fn freshness_note(md: &mut String, results: &Results) {
                 sources.len(),
                 fell_back.join(", ")
             )
+        }
+    );
+    let dropped: Vec<String> = sources
+        .iter()
+        .filter_map(|(name, _, dropped)| match dropped {
+            Some(n) if *n > 0 => Some(format!("{name} ({n})")),
+            _ => None,
+        })
+        .collect();
+    let unread = sources.iter().filter(|(_, _, d)| d.is_none()).count();
+    let _ = writeln!(
+        md,
+        "- New connections: a connection attempt the kernel drops on a full listen queue is retried by the client only a second later (Linux's `ListenOverflows`, counted machine-wide during each run). {}\n",
+        if !dropped.is_empty() {
+            format!("Dropped in {} of {} runs, whose latency tails include those retries: {}.", dropped.len(), sources.len(), dropped.join(", "))
+        } else if unread > 0 {
+            format!("Not readable in {unread} of {} runs; none dropped in the others.", sources.len())
+        } else {
+            format!("None was dropped in any of the {} runs.", sources.len())
         }
     );
 }
