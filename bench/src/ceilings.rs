@@ -77,20 +77,36 @@ async fn trivial_server() -> anyhow::Result<String> {
                 answer
             }),
         );
-    // Its own multi-threaded runtime, like Sentinel's: the generator runs on one thread.
+    // Its own multi-threaded runtime, like Sentinel's: the generator runs on one thread. It
+    // listens with the backlog Sentinel ships with (`SENTINEL_LISTEN_BACKLOG`), so that both
+    // queue a burst of new connections alike.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    // The listen backlog Sentinel ships with (`SENTINEL_LISTEN_BACKLOG`), so that both queue a
-    // burst of new connections alike.
-    let listener = runtime.block_on(async {
-        let socket = tokio::net::TcpSocket::new_v4()?;
-        socket.bind(([127, 0, 0, 1], 0).into())?;
-        socket.listen(4096)
-    })?;
-    let addr = listener.local_addr()?;
-    std::thread::spawn(move || runtime.block_on(async move { axum::serve(listener, app).await }));
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpSocket::new_v4().and_then(|socket| {
+                socket.bind(([127, 0, 0, 1], 0).into())?;
+                socket.listen(4096)
+            });
+            let listener = match listener.and_then(|l| l.local_addr().map(|addr| (l, addr))) {
+                Ok((listener, addr)) => {
+                    let _ = bound_tx.send(Ok(addr));
+                    listener
+                }
+                Err(err) => {
+                    let _ = bound_tx.send(Err(err));
+                    return;
+                }
+            };
+            let _ = axum::serve(listener, app).await;
+        })
+    });
+    let addr = bound_rx
+        .recv()
+        .context("the trivial server's thread ended before it listened")??;
     Ok(format!("http://{addr}"))
 }
 
