@@ -947,7 +947,7 @@ fn hold_section(md: &mut String, args: &ReportArgs, results: &Results) {
 
 /// How the report's freshness was observed, which runs had to fall back, and which runs had
 /// connection attempts dropped on a full listen queue (a one-second tail for each).
-fn freshness_note(md: &mut String, results: &Results) {
+fn observation_notes(md: &mut String, results: &Results) {
     let mut sources: Vec<(String, load::FreshnessSource, Option<u64>)> = Vec::new();
     for (mode, search) in [("single", &results.single), ("batch", &results.batch)] {
         for step in &search.steps {
@@ -1122,7 +1122,7 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
             String::new()
         }
     );
-    freshness_note(&mut md, results);
+    observation_notes(&mut md, results);
     reproduce_section(&mut md, args, results);
     let _ = writeln!(md, "## Maximum sustained rate\n");
     let held_for = results
