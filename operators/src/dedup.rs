@@ -2,11 +2,11 @@
 //! retention window; a repeat with another payload is not dropped but dead-lettered.
 //!
 //! Memory is bounded by the retention: identities older than the newest receive time minus the
-//! retention are forgotten. The state is seeded at start from what is already stored, so a
+//! retention are no longer matched, and their memory is dropped a quarter of a retention at a
+//! time. The state is seeded at start from what is already stored, so a
 //! duplicate that arrives after a restart is still recognised.
 
-use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -80,36 +80,38 @@ pub enum Deduplicated {
     Conflict(DeadLetter),
 }
 
-/// A payload's canonical hash as 32 bytes (the SHA-256 its hex spells).
-type PayloadDigest = [u8; 32];
+/// A payload's canonical hash as its first 16 bytes (of the SHA-256 its hex spells). Two
+/// payloads of one identity are told apart by it unless their SHA-256 digests share 128 bits:
+/// as unlikely as the [`KeyDigest`] colliding.
+type PayloadDigest = [u8; 16];
 
 /// A tenant and one of its idempotency keys, as the first 16 bytes of their SHA-256: a fixed
 /// size whatever the key's length. Telling two apart by this digest fails only on a SHA-256
 /// collision, and a caller can only choose keys of its own tenant.
 type KeyDigest = [u8; 16];
 
-/// What is remembered of one identity: the payload it was accepted with and when it came.
-#[derive(Debug, Clone, Copy)]
+/// What is remembered of one identity: the payload it was accepted with and when it came
+/// (microseconds since the Unix epoch, the precision PostgreSQL stores the receive time in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Remembered {
     payload: PayloadDigest,
-    received: DateTime<Utc>,
+    received: i64,
 }
 
-/// One accepted identity, in the order it was remembered.
-#[derive(Debug, Clone, Copy)]
-struct Arrival {
-    received: DateTime<Utc>,
-    event_id: Uuid,
-    key: Option<KeyDigest>,
+/// A receive time in microseconds since the Unix epoch.
+fn micros(time: DateTime<Utc>) -> i64 {
+    time.timestamp_micros()
 }
 
-/// The 32 bytes of a hex SHA-256; any other text (never written by Sentinel) by its own
+/// The first 16 bytes of a hex SHA-256; any other text (never written by Sentinel) by its own
 /// SHA-256, so that equal texts still compare equal.
 fn payload_digest(hash: &str) -> PayloadDigest {
-    let mut digest = [0u8; 32];
-    if hex::decode_to_slice(hash, &mut digest).is_err() {
-        digest = Sha256::digest(hash.as_bytes()).into();
+    let mut full = [0u8; 32];
+    if hex::decode_to_slice(hash, &mut full).is_err() {
+        full = Sha256::digest(hash.as_bytes()).into();
     }
+    let mut digest = [0u8; 16];
+    digest.copy_from_slice(&full[..16]);
     digest
 }
 
@@ -126,46 +128,46 @@ fn key_digest(tenant_id: &str, key: Option<&str>) -> Option<KeyDigest> {
     Some(short)
 }
 
-/// Forgets `key`'s entry if it is still the one received at `received` (a later arrival of the
-/// same identity, accepted once that one had expired, replaced it and stays).
-fn forget<K: std::hash::Hash + Eq>(
-    map: &mut HashMap<K, Remembered>,
-    key: K,
-    received: DateTime<Utc>,
-) {
-    if let Entry::Occupied(entry) = map.entry(key) {
-        if entry.get().received == received {
-            entry.remove();
-        }
-    }
-}
+/// How many generations one retention spans: each identity is looked up in every generation
+/// alive (at most this many plus one), and a generation is dropped whole once its newest
+/// possible receive time is past the retention, so memory holds up to a quarter of a retention
+/// more than the retention itself.
+const GENERATIONS_PER_RETENTION: i64 = 4;
 
-/// What the operator remembers: fixed-size entries per identity (two hash-map entries and one
-/// arrival, ~170 bytes, 300-660 of resident memory with the tables' spare room as `bench`
-/// measures it: the tables grow in steps), none with a heap allocation of its own.
-///
-/// Arrivals are forgotten in the order they came, once the oldest is past the retention; an
-/// identity that came out of receive-time order may so be kept a little longer than the
-/// retention, but a lookup checks its receive time, so no event is judged by it after that.
-#[derive(Debug, Clone)]
-pub struct DedupState {
-    retention: TimeDelta,
-    newest: Option<DateTime<Utc>>,
+/// The identities received within one span of receive time.
+#[derive(Debug, Clone, Default)]
+struct Generation {
     by_id: HashMap<Uuid, Remembered>,
     by_key: HashMap<KeyDigest, Remembered>,
-    arrivals: VecDeque<Arrival>,
+}
+
+/// What the operator remembers: per identity, one entry of 40 bytes for its event id and one
+/// for its tenant and key (an id or digest, 16 bytes of payload digest, the receive time),
+/// none with a heap allocation of its own, in the hash tables of the generation of its receive
+/// time. A generation is dropped whole once every receive time it may hold is past the
+/// retention, so no per-identity queue of arrivals is kept; a lookup checks each entry's
+/// receive time, so no event is judged by an identity past the retention.
+#[derive(Debug, Clone)]
+pub struct DedupState {
+    /// The retention, in microseconds.
+    retention: i64,
+    /// The span of receive time one generation holds, in microseconds.
+    generation_span: i64,
+    newest: Option<i64>,
+    /// Generations by the index of their span of receive time (`received / generation_span`).
+    generations: BTreeMap<i64, Generation>,
     refused: Option<RefusedIdentities>,
 }
 
 impl DedupState {
     /// An empty state forgetting identities after `retention`.
     pub fn new(retention: TimeDelta) -> Self {
+        let retention = retention.num_microseconds().unwrap_or(i64::MAX).max(0);
         Self {
             retention,
+            generation_span: (retention / GENERATIONS_PER_RETENTION).max(1),
             newest: None,
-            by_id: HashMap::new(),
-            by_key: HashMap::new(),
-            arrivals: VecDeque::new(),
+            generations: BTreeMap::new(),
             refused: None,
         }
     }
@@ -183,16 +185,23 @@ impl DedupState {
             return;
         };
         for identity in refused {
-            let payload = payload_digest(&identity.payload_hash);
-            let received = identity.received_utc;
-            let is_it = |entry: &Remembered| entry.payload == payload && entry.received == received;
-            if self.by_id.get(&identity.event_id).is_some_and(is_it) {
-                self.by_id.remove(&identity.event_id);
+            let refused = Remembered {
+                payload: payload_digest(&identity.payload_hash),
+                received: micros(identity.received_utc),
+            };
+            let Some(generation) = self
+                .generations
+                .get_mut(&self.generation_of(refused.received))
+            else {
+                continue;
+            };
+            if generation.by_id.get(&identity.event_id) == Some(&refused) {
+                generation.by_id.remove(&identity.event_id);
             }
             let key = key_digest(&identity.tenant_id, identity.idempotency_key.as_deref());
             if let Some(key) = key {
-                if self.by_key.get(&key).is_some_and(is_it) {
-                    self.by_key.remove(&key);
+                if generation.by_key.get(&key) == Some(&refused) {
+                    generation.by_key.remove(&key);
                 }
             }
         }
@@ -202,81 +211,104 @@ impl DedupState {
     pub fn seeded(retention: TimeDelta, seen: impl IntoIterator<Item = SeenEvent>) -> Self {
         let mut state = Self::new(retention);
         for event in seen {
-            state.advance(event.received_utc);
+            let received = micros(event.received_utc);
+            state.advance(received);
             let key = key_digest(&event.tenant_id, event.idempotency_key.as_deref());
             state.remember(
                 event.event_id,
                 key,
-                payload_digest(&event.payload_hash),
-                event.received_utc,
+                Remembered {
+                    payload: payload_digest(&event.payload_hash),
+                    received,
+                },
             );
         }
         state.expire();
         state
     }
 
-    /// Identities currently remembered.
+    /// Event ids currently held in memory (those of the oldest generation kept included,
+    /// though some may be past the retention already).
     pub fn len(&self) -> usize {
-        self.by_id.len()
+        self.generations.values().map(|g| g.by_id.len()).sum()
     }
 
     /// Whether nothing is remembered.
     pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
+        self.len() == 0
     }
 
-    fn advance(&mut self, received: DateTime<Utc>) {
+    fn generation_of(&self, received: i64) -> i64 {
+        received.div_euclid(self.generation_span)
+    }
+
+    fn advance(&mut self, received: i64) {
         self.newest = Some(self.newest.map_or(received, |n| n.max(received)));
     }
 
     /// Identities received before this are forgotten.
-    fn horizon(&self) -> Option<DateTime<Utc>> {
-        self.newest.map(|newest| newest - self.retention)
+    fn horizon(&self) -> Option<i64> {
+        self.newest
+            .map(|newest| newest.saturating_sub(self.retention))
     }
 
+    /// Drops the generations whose every receive time is before the horizon.
     fn expire(&mut self) {
         let Some(horizon) = self.horizon() else {
             return;
         };
-        while let Some(oldest) = self.arrivals.front().copied() {
-            if oldest.received >= horizon {
+        // Generation g holds receive times up to (g + 1) * span - 1.
+        let first_kept = self.generation_of(horizon);
+        while let Some(entry) = self.generations.first_entry() {
+            if *entry.key() >= first_kept {
                 break;
             }
-            self.arrivals.pop_front();
-            forget(&mut self.by_id, oldest.event_id, oldest.received);
-            if let Some(key) = oldest.key {
-                forget(&mut self.by_key, key, oldest.received);
-            }
+            entry.remove();
         }
     }
 
-    fn remember(
-        &mut self,
-        event_id: Uuid,
-        key: Option<KeyDigest>,
-        payload: PayloadDigest,
-        received: DateTime<Utc>,
-    ) {
-        let entry = Remembered { payload, received };
-        if let Some(key) = key {
-            self.by_key.insert(key, entry);
+    /// Remembers an accepted identity, unless it is past the retention already (it would never
+    /// be looked at again: the horizon only moves forward).
+    fn remember(&mut self, event_id: Uuid, key: Option<KeyDigest>, entry: Remembered) {
+        if self
+            .horizon()
+            .is_some_and(|horizon| entry.received < horizon)
+        {
+            return;
         }
-        self.by_id.insert(event_id, entry);
-        self.arrivals.push_back(Arrival {
-            received,
-            event_id,
-            key,
-        });
+        let generation = self
+            .generations
+            .entry(self.generation_of(entry.received))
+            .or_default();
+        if let Some(key) = key {
+            generation.by_key.insert(key, entry);
+        }
+        generation.by_id.insert(event_id, entry);
+    }
+
+    /// The live entry of an identity, newest generation first.
+    fn find<K: std::hash::Hash + Eq>(
+        &self,
+        horizon: i64,
+        map: fn(&Generation) -> &HashMap<K, Remembered>,
+        key: &K,
+    ) -> Option<Remembered> {
+        self.generations
+            .values()
+            .rev()
+            .filter_map(|generation| map(generation).get(key))
+            .find(|entry| entry.received >= horizon)
+            .copied()
     }
 
     /// Judges one event and remembers it when it is new.
     pub fn judge(&mut self, row: EventRow) -> Deduplicated {
-        self.advance(row.received_utc);
+        let received = micros(row.received_utc);
+        self.advance(received);
         self.expire();
         let horizon = self.horizon().expect("advanced above");
-        let live = |entry: &&Remembered| entry.received >= horizon;
         let payload = payload_digest(&row.payload_hash);
-        if let Some(entry) = self.by_id.get(&row.event_id).filter(live) {
+        if let Some(entry) = self.find(horizon, |g| &g.by_id, &row.event_id) {
             if entry.payload == payload {
                 return Deduplicated::Duplicate(row);
             }
@@ -289,7 +321,8 @@ impl DedupState {
             );
         }
         let key = key_digest(&row.tenant_id, row.idempotency_key.as_deref());
-        if let Some(entry) = key.and_then(|key| self.by_key.get(&key)).filter(live) {
+        let same_key = key.and_then(|key| self.find(horizon, |g| &g.by_key, &key));
+        if let Some(entry) = same_key {
             if entry.payload == payload {
                 return Deduplicated::Duplicate(row);
             }
@@ -302,7 +335,7 @@ impl DedupState {
                 row.into_dead_letter(DeadLetterReason::IdempotencyKeyConflict, message),
             );
         }
-        self.remember(row.event_id, key, payload, row.received_utc);
+        self.remember(row.event_id, key, Remembered { payload, received });
         Deduplicated::Unique(row)
     }
 }
@@ -441,8 +474,21 @@ mod tests {
         let mut state = DedupState::new(TimeDelta::seconds(10));
         assert_eq!(verdict(&state.judge(row(1, None, "a", 0, 0))), "unique");
         assert_eq!(verdict(&state.judge(row(2, None, "a", 11, 1))), "unique");
-        assert_eq!(state.len(), 1, "event 1 expired");
-        assert_eq!(verdict(&state.judge(row(1, None, "a", 12, 2))), "unique");
+        assert_eq!(
+            verdict(&state.judge(row(1, None, "a", 12, 2))),
+            "unique",
+            "event 1 is past the retention"
+        );
+        // Its memory goes with its generation (a quarter of the retention, here 0-2.5 s),
+        // once the horizon (newest minus 10 s) has passed all of it.
+        assert_eq!(state.len(), 3, "held until its generation is past");
+        assert_eq!(verdict(&state.judge(row(3, None, "a", 13, 3))), "unique");
+        assert_eq!(
+            state.len(),
+            3,
+            "event 1 at 0 s forgotten, events 2, 1 and 3 held"
+        );
+        assert_eq!(verdict(&state.judge(row(2, None, "a", 14, 4))), "duplicate");
     }
 
     #[test]
@@ -556,6 +602,15 @@ mod tests {
                 .map(|r| verdict(&state.judge(r)))
                 .collect();
             assert_eq!(got, oracle(&rows, retention), "seed {seed}");
+            // Memory: no generation is kept once all it may hold is past the retention.
+            let horizon = state.horizon().expect("judged some");
+            for index in state.generations.keys() {
+                let newest_held = (index + 1) * state.generation_span - 1;
+                assert!(
+                    newest_held >= horizon,
+                    "seed {seed}: generation {index} kept"
+                );
+            }
         }
     }
 

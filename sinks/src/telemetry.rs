@@ -136,7 +136,7 @@ static LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 static DEDUP_STATE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "dedup_state_entries",
-        "Identities (event ids and idempotency keys) the de-duplication remembers, per worker",
+        "Events the de-duplication holds in memory (the retention, and up to a quarter of it more), per worker",
         &["worker"]
     )
     .expect("registering dedup_state_entries")
