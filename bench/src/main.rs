@@ -1,9 +1,10 @@
 //! `bench`: Sentinel's benchmarks — an open-loop load generator (`load`), the search for the
 //! highest sustained rate (`find-max`), the machine's ceilings measured with the same tools
-//! (`ceilings`), the cost of observability (`overhead`, part of the report), and the performance
-//! report that runs them all (`report`).
+//! (`ceilings`), the cost of observability (`overhead`, part of the report), the de-duplication's
+//! memory per event (`dedup-memory`), and the performance report that runs them all (`report`).
 
 mod ceilings;
+mod dedup_memory;
 mod feed;
 mod find_max;
 mod http;
@@ -41,6 +42,8 @@ enum Command {
     /// One run against a fresh Sentinel under Linux `perf`: where inside Sentinel and
     /// PostgreSQL the CPU goes.
     Profile(profile::ProfileArgs),
+    /// The de-duplication's resident memory per remembered event, in this process alone.
+    DedupMemory(dedup_memory::DedupMemoryArgs),
 }
 
 /// Runs `work` on a connection of its own to `database_url`, closed once `work` is done.
@@ -66,5 +69,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Ceilings(args) => ceilings::command(&args).await,
         Command::Report(args) => report::command(&args).await,
         Command::Profile(args) => profile::command(&args).await,
+        Command::DedupMemory(args) => dedup_memory::command(&args),
     }
 }

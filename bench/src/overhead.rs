@@ -688,7 +688,7 @@ pub async fn measure(
 }
 
 /// The resident memory of process `pid` (`VmRSS` of `/proc/<pid>/status`), bytes.
-fn resident_bytes(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn resident_bytes(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     vm_rss_bytes(&status).ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/{pid}/status"))
 }

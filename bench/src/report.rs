@@ -215,6 +215,9 @@ struct Results {
     lingers: Result<Vec<crate::what_if::LingerRun>, String>,
     /// Batches at their maximum without the read indexes of `events`, or why not run.
     index_cost: Result<crate::what_if::Run, String>,
+    /// The de-duplication's memory alone (`bench dedup-memory`) at each rate it ran at, or why
+    /// not run.
+    dedup_memory: Result<Vec<crate::dedup_memory::DedupMemory>, String>,
 }
 
 /// The commit of the checkout this `bench` was built from (the binaries a report measures are
@@ -510,7 +513,7 @@ fn what_limits(md: &mut String, results: &Results) {
             100.0 * busy
         );
     }
-    memory_section(md, shipped, batch);
+    memory_section(md, shipped, batch, &results.dedup_memory);
     connection_section(
         md,
         &shipped.postgres_by_connection,
@@ -543,29 +546,58 @@ fn what_limits(md: &mut String, results: &Results) {
     }
 }
 
+/// The rates of receive time `bench dedup-memory` runs at for the report, events/s: the hash
+/// tables grow in doubling steps, so what an event costs depends on where the retention's count
+/// falls between two steps.
+const DEDUP_MEMORY_RATES: [u64; 3] = [600, 1_000, 1_500];
+
 /// What Sentinel's memory grows by per event: the de-duplication remembers every event for its
 /// retention, so this is what a steady rate costs until the first events expire.
 fn memory_section(
     md: &mut String,
     single: &crate::overhead::Variant,
     batch: Option<&crate::overhead::Profile>,
+    dedup: &Result<Vec<crate::dedup_memory::DedupMemory>, String>,
 ) {
     const RETENTION_SECONDS: f64 = 86_400.0;
-    let per_event = batch.map_or(single.resident_growth_per_event, |b| {
-        b.resident_growth_per_event
-    });
-    let _ = writeln!(
+    let _ = write!(
         md,
-        "Sentinel's resident memory grew by {:.0} bytes per event sent in the single-event run ({} events) and {} in the batch run. Nearly all of it is the de-duplication's memory of each event, kept for `SENTINEL_DEDUP_RETENTION_SECONDS` (24 h by default): at a steady rate it grows until the first events expire, so 1,000 events/s for the default retention needs about {:.0} GB (at {:.0} bytes per event). Size the machine, or the retention, for it; the `dedup_state_entries` metric tells how many events each worker remembers.\n",
+        "Sentinel's resident memory grew by {:.0} bytes per event sent in the single-event run ({} events) and {} in the batch run; a run this short also fills buffers, caches and connection pools that stop growing. ",
         single.resident_growth_per_event,
         single.report.events_sent,
         batch.map_or("—".into(), |b| format!(
             "{:.0} bytes per event ({} events)",
             b.resident_growth_per_event, b.report.events_sent
         )),
-        1_000.0 * RETENTION_SECONDS * per_event / 1e9,
-        per_event,
     );
+    let _ = write!(
+        md,
+        "What keeps growing with the rate is the de-duplication's memory of each event, kept for `SENTINEL_DEDUP_RETENTION_SECONDS` (24 h by default) and then dropped a quarter of a retention at a time. "
+    );
+    match dedup {
+        Ok(runs) if !runs.is_empty() => {
+            let peak = |f: fn(f64, f64) -> f64| {
+                runs.iter()
+                    .map(|run| run.peak_bytes_per_retained_event)
+                    .reduce(f)
+                    .unwrap_or_default()
+            };
+            let (low, high) = (peak(f64::min), peak(f64::max));
+            let rates: Vec<String> = runs.iter().map(|run| run.rate.to_string()).collect();
+            let retention = runs[0].retention_seconds;
+            let _ = writeln!(
+                md,
+                "Measured alone (`cargo run -p bench --release -- dedup-memory --rate R --retention-seconds {retention}`: unique events judged at receive times a steady rate apart for three retentions, at R = {} events/s), its resident memory at its peak was {low:.0}-{high:.0} bytes per event of one retention (the hash tables grow in doubling steps, so it depends on where the count falls between two). So 1,000 events/s for the default retention needs about {:.0}-{:.0} GB. Size the machine, or the retention, for it; the `dedup_state_entries` metric tells how many events each worker holds.\n",
+                rates.join(", "),
+                1_000.0 * RETENTION_SECONDS * low / 1e9,
+                1_000.0 * RETENTION_SECONDS * high / 1e9,
+            );
+        }
+        Ok(_) => {}
+        Err(why) => {
+            let _ = writeln!(md, "Its memory alone was not measured: {why}.\n");
+        }
+    }
 }
 
 /// Inside Sentinel and PostgreSQL: the named code paths' shares of each one's CPU samples.
@@ -1086,7 +1118,7 @@ fn reproduce_section(md: &mut String, args: &ReportArgs, results: &Results) {
     }
     let _ = writeln!(
         md,
-        "- the ceilings: `{bench} ceilings` (HTTP against a trivial handler, COPY into a copy of `events`, raw produce to `KAFKA_BROKERS`)\n"
+        "- the ceilings: `{bench} ceilings` (HTTP against a trivial handler, COPY into a copy of `events`, raw produce to `KAFKA_BROKERS`)\n- the de-duplication's memory alone: `{bench} dedup-memory --rate 1000` (no broker or database; this process only)\n"
     );
 }
 
@@ -1558,7 +1590,11 @@ pub async fn command(args: &ReportArgs) -> anyhow::Result<()> {
     };
     let checkpoint_settings =
         crate::io_meter::checkpoint_settings(&args.ceilings.search.load.database_url).await;
+    eprintln!("report: the de-duplication's memory alone");
+    let dedup_memory = crate::dedup_memory::in_child_processes(&DEDUP_MEMORY_RATES)
+        .map_err(|err| format!("{err:#}"));
     let results = Results {
+        dedup_memory,
         checkpoint_settings,
         lingers,
         index_cost,
