@@ -211,20 +211,35 @@ impl DedupState {
     pub fn seeded(retention: TimeDelta, seen: impl IntoIterator<Item = SeenEvent>) -> Self {
         let mut state = Self::new(retention);
         for event in seen {
-            let received = micros(event.received_utc);
-            state.advance(received);
-            let key = key_digest(&event.tenant_id, event.idempotency_key.as_deref());
-            state.remember(
+            state.seed(
                 event.event_id,
-                key,
-                Remembered {
-                    payload: payload_digest(&event.payload_hash),
-                    received,
-                },
+                &event.tenant_id,
+                event.idempotency_key.as_deref(),
+                &event.payload_hash,
+                event.received_utc,
             );
         }
-        state.expire();
         state
+    }
+
+    /// Remembers one event stored earlier, in any order of receive time (of two stored with the
+    /// same identity, the later received is kept): what a restart loads, one row at a time.
+    pub fn seed(
+        &mut self,
+        event_id: Uuid,
+        tenant_id: &str,
+        idempotency_key: Option<&str>,
+        payload_hash: &str,
+        received_utc: DateTime<Utc>,
+    ) {
+        let received = micros(received_utc);
+        self.advance(received);
+        self.expire();
+        let entry = Remembered {
+            payload: payload_digest(payload_hash),
+            received,
+        };
+        self.remember(event_id, key_digest(tenant_id, idempotency_key), entry);
     }
 
     /// Event ids currently held in memory (those of the oldest generation kept included,
@@ -280,10 +295,25 @@ impl DedupState {
             .generations
             .entry(self.generation_of(entry.received))
             .or_default();
+        // What this replaces was received earlier (judged: past the retention; seeded: an older
+        // copy loaded later), unless seeding loads the older copy second: keep the later one.
+        let keep_later = |held: &mut Remembered| {
+            if held.received <= entry.received {
+                *held = entry;
+            }
+        };
         if let Some(key) = key {
-            generation.by_key.insert(key, entry);
+            generation
+                .by_key
+                .entry(key)
+                .and_modify(keep_later)
+                .or_insert(entry);
         }
-        generation.by_id.insert(event_id, entry);
+        generation
+            .by_id
+            .entry(event_id)
+            .and_modify(keep_later)
+            .or_insert(entry);
     }
 
     /// The live entry of an identity, newest generation first.
@@ -503,6 +533,34 @@ mod tests {
             verdict(&state.judge(row(9, None, "other", 6, 2))),
             "duplicate_event_id_conflict"
         );
+    }
+
+    #[test]
+    fn seeding_in_any_order_keeps_the_later_of_two_copies_of_a_key() {
+        // The same key stored twice (reused once its claim had expired), loaded newest first.
+        let newer = SeenEvent::of(&row(2, Some("k"), "new", 5, 1));
+        let older = SeenEvent::of(&row(1, Some("k"), "old", 1, 0));
+        let mut state = DedupState::seeded(TimeDelta::hours(1), [newer, older]);
+        assert_eq!(
+            verdict(&state.judge(row(3, Some("k"), "new", 6, 2))),
+            "duplicate"
+        );
+        assert_eq!(
+            verdict(&state.judge(row(4, Some("k"), "old", 7, 3))),
+            "idempotency_key_conflict"
+        );
+        assert_eq!(
+            verdict(&state.judge(row(1, None, "old", 8, 4))),
+            "duplicate"
+        );
+    }
+
+    #[test]
+    fn seeding_skips_what_is_past_the_retention_whatever_the_order() {
+        let recent = SeenEvent::of(&row(2, None, "a", 100, 1));
+        let stale = SeenEvent::of(&row(1, None, "a", 0, 0));
+        let state = DedupState::seeded(TimeDelta::seconds(10), [recent, stale]);
+        assert_eq!(state.len(), 1);
     }
 
     #[test]

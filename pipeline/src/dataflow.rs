@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use ingress::KafkaSettings;
 use operators::decode::decode_records;
-use operators::dedup::{dedup_observed, DedupState, Deduplicated, RefusedIdentities};
+use operators::dedup::{dedup_observed, Deduplicated, RefusedIdentities};
 use operators::record::{DeadLetter, EventRow, PartitionProgress, SourceRecord};
 use operators::slo_window::{slo_windows, FreshnessObjective, GatewayOutcomes, SloSample};
 use operators::stream_state::{stream_state, StreamState};
@@ -163,12 +163,12 @@ pub fn run_worker(worker: &mut Worker, ctx: &DataflowContext) -> anyhow::Result<
         let client = postgres::connect(&ctx.database_url).await?;
         let offsets = postgres::load_offsets(&client, &ctx.raw_topic).await?;
         let outcome_offsets = postgres::load_offsets(&client, &ctx.outcomes_topic).await?;
-        let seen = postgres::load_recent_events(&client, &owned, ctx.dedup_retention).await?;
+        let seen = postgres::load_dedup_state(&client, &owned, ctx.dedup_retention).await?;
         let states = postgres::load_stream_states(&client, &owned).await?;
         Ok::<_, sinks::postgres::SinkError>((offsets, outcome_offsets, seen, states))
     })?;
     let refused = RefusedIdentities::default();
-    let dedup_state = DedupState::seeded(ctx.dedup_retention, seen).forgetting(refused.clone());
+    let dedup_state = seen.forgetting(refused.clone());
     tracing::info!(
         worker = index,
         partitions = ?owned_partitions(partitions, index, peers),

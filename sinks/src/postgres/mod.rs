@@ -12,7 +12,7 @@ mod writer;
 pub use batch::{CommitBatch, CommitReport};
 pub use error::SinkError;
 pub use migrate::migrate;
-pub use offsets::{load_offsets, load_recent_events, load_stream_states};
+pub use offsets::{load_dedup_state, load_offsets, load_stream_states};
 pub use writer::{run_writer, DeadLetterPublisher, EventSink, WriterSettings, FEED_CHANNEL};
 
 use tokio_postgres::{Client, Config, NoTls};

@@ -3,6 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use futures::TryStreamExt as _;
+use operators::dedup::DedupState;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 use super::SinkError;
@@ -22,32 +25,34 @@ pub async fn load_offsets(client: &Client, topic: &str) -> Result<BTreeMap<i32, 
         .collect())
 }
 
-/// Identities of the events of `partitions` received in the last `retention`, oldest first.
-pub async fn load_recent_events(
+/// De-duplication's memory of the events of `partitions` received in the last `retention`,
+/// built as the rows stream in: a restart after a day of events holds each row only while it is
+/// read, not all of them at once, and PostgreSQL does not sort them (the state takes them in any
+/// order).
+pub async fn load_dedup_state(
     client: &Client,
     partitions: &[i32],
     retention: chrono::TimeDelta,
-) -> Result<Vec<operators::dedup::SeenEvent>, SinkError> {
+) -> Result<DedupState, SinkError> {
     let since = chrono::Utc::now() - retention;
     let rows = client
-        .query(
+        .query_raw(
             "SELECT id, tenant_id, idempotency_key, payload_hash, received_utc FROM events \
-             WHERE source_partition = ANY($1) AND received_utc >= $2 AND payload_hash IS NOT NULL \
-             ORDER BY received_utc",
-            &[&partitions, &since],
+             WHERE source_partition = ANY($1) AND received_utc >= $2 AND payload_hash IS NOT NULL",
+            [&partitions as &(dyn ToSql + Sync), &since],
         )
         .await
         .map_err(SinkError::statement("loading recent event identities"))?;
-    Ok(rows
-        .iter()
-        .map(|row| operators::dedup::SeenEvent {
-            event_id: row.get(0),
-            tenant_id: row.get(1),
-            idempotency_key: row.get(2),
-            payload_hash: row.get(3),
-            received_utc: row.get(4),
-        })
-        .collect())
+    let mut rows = std::pin::pin!(rows);
+    let mut state = DedupState::new(retention);
+    while let Some(row) = rows
+        .try_next()
+        .await
+        .map_err(SinkError::statement("loading recent event identities"))?
+    {
+        state.seed(row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    }
+    Ok(state)
 }
 
 /// The stored state of every stream whose latest event came from one of `partitions`.
