@@ -617,6 +617,31 @@ fn key_columns(ops: &[Op]) -> (Vec<&str>, Vec<&str>, Vec<&str>) {
     (tenants, keys, hashes)
 }
 
+/// Most expired claims one purge statement deletes: a statement this size is short, so it holds
+/// its locks and its share of the WAL briefly, while the claims keep being written.
+pub const PURGE_BATCH: i64 = 10_000;
+
+/// Deletes every claim past its retention, [`PURGE_BATCH`] at a time (each batch a statement and
+/// transaction of its own), until a batch finds fewer: one purge clears whatever expired since
+/// the last, at any rate of claims. Returns how many claims it deleted.
+pub async fn purge_expired(client: &Client) -> Result<u64, StoreUnavailable> {
+    let mut purged = 0;
+    loop {
+        let deleted = client
+            .execute(
+                "DELETE FROM idempotency WHERE ctid = ANY (ARRAY( \
+                    SELECT ctid FROM idempotency WHERE expires_utc < now() LIMIT $1))",
+                &[&PURGE_BATCH],
+            )
+            .await
+            .map_err(unavailable)?;
+        purged += deleted;
+        if deleted < PURGE_BATCH as u64 {
+            return Ok(purged);
+        }
+    }
+}
+
 async fn run_purge(settings: IdempotencySettings) {
     let mut interval = tokio::time::interval(settings.purge_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -624,14 +649,7 @@ async fn run_purge(settings: IdempotencySettings) {
         interval.tick().await;
         let purged = async {
             let client = connect(&settings.database_url).await?;
-            client
-                .execute(
-                    "DELETE FROM idempotency WHERE ctid = ANY (ARRAY( \
-                        SELECT ctid FROM idempotency WHERE expires_utc < now() LIMIT 10000))",
-                    &[],
-                )
-                .await
-                .map_err(unavailable)
+            purge_expired(&client).await
         }
         .await;
         match purged {

@@ -837,6 +837,34 @@ async fn the_record_carries_the_shared_headers() {
     );
 }
 
+/// Claims expire faster than one batch a purge interval: at 1,000 events/s, a minute's
+/// interval expires 60,000 claims, six batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_purge_deletes_every_expired_claim_however_many_batches_they_fill() {
+    let env = TestEnv::new("purge").await;
+    let mut db = env.db().await;
+    sinks::postgres::migrate(&mut db).await.unwrap();
+    let expired = 2 * ingress::idempotency::PURGE_BATCH + 500;
+    db.execute(
+        "INSERT INTO idempotency (tenant_id, idempotency_key, payload_hash, event_id, state, \
+            lease_until_utc, expires_utc) \
+         SELECT 'acme', 'key-' || n, 'hash', gen_random_uuid(), 'completed', now(), \
+            CASE WHEN n <= $1::bigint THEN now() - interval '1 s' ELSE now() + interval '1 h' END \
+         FROM generate_series(1, $1::bigint + 7) AS n",
+        &[&expired],
+    )
+    .await
+    .unwrap();
+    let purged = ingress::idempotency::purge_expired(&db).await.unwrap();
+    assert_eq!(purged, expired as u64);
+    let left: i64 = db
+        .query_one("SELECT count(*) FROM idempotency", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 7, "the claims within their retention are kept");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_expire_after_the_retention_and_are_purged() {
     let env = TestEnv::new("expiry").await;
