@@ -151,6 +151,8 @@ struct Generation {
 pub struct DedupState {
     /// The retention, in microseconds.
     retention: i64,
+    /// How long an idempotency key is matched, in microseconds: at most the retention.
+    key_retention: i64,
     /// The span of receive time one generation holds, in microseconds.
     generation_span: i64,
     newest: Option<i64>,
@@ -165,11 +167,23 @@ impl DedupState {
         let retention = retention.num_microseconds().unwrap_or(i64::MAX).max(0);
         Self {
             retention,
+            key_retention: retention,
             generation_span: (retention / GENERATIONS_PER_RETENTION).max(1),
             newest: None,
             generations: BTreeMap::new(),
             refused: None,
         }
+    }
+
+    /// This state, matching a tenant's idempotency key only for `key_retention` (when shorter
+    /// than the retention): the gateway frees a key once its claim expires
+    /// (`SENTINEL_IDEMPOTENCY_RETENTION_SECONDS`), even for another payload, so an event it
+    /// accepted under a freed key is new, not a conflict with the key's first event. Event ids
+    /// are still matched for the whole retention.
+    pub fn matching_keys_for(mut self, key_retention: TimeDelta) -> Self {
+        let key_retention = key_retention.num_microseconds().unwrap_or(i64::MAX).max(0);
+        self.key_retention = key_retention.min(self.retention);
+        self
     }
 
     /// This state, also forgetting what `refused` hands over (see [`RefusedIdentities`]).
@@ -351,7 +365,11 @@ impl DedupState {
             );
         }
         let key = key_digest(&row.tenant_id, row.idempotency_key.as_deref());
-        let same_key = key.and_then(|key| self.find(horizon, |g| &g.by_key, &key));
+        let key_horizon = self
+            .newest
+            .expect("advanced above")
+            .saturating_sub(self.key_retention);
+        let same_key = key.and_then(|key| self.find(key_horizon, |g| &g.by_key, &key));
         if let Some(entry) = same_key {
             if entry.payload == payload {
                 return Deduplicated::Duplicate(row);
@@ -522,6 +540,31 @@ mod tests {
     }
 
     #[test]
+    fn a_key_freed_by_the_gateway_is_new_while_its_event_id_is_still_matched() {
+        let mut state =
+            DedupState::new(TimeDelta::seconds(100)).matching_keys_for(TimeDelta::seconds(10));
+        assert_eq!(
+            verdict(&state.judge(row(1, Some("k"), "a", 0, 0))),
+            "unique"
+        );
+        assert_eq!(
+            verdict(&state.judge(row(2, Some("k"), "b", 5, 1))),
+            "idempotency_key_conflict",
+            "within the claim's retention the key is taken"
+        );
+        assert_eq!(
+            verdict(&state.judge(row(3, Some("k"), "c", 11, 2))),
+            "unique",
+            "the gateway freed the key: another payload under it is a new event"
+        );
+        assert_eq!(
+            verdict(&state.judge(row(1, Some("other"), "z", 50, 3))),
+            "duplicate_event_id_conflict",
+            "event ids are matched for the whole retention"
+        );
+    }
+
+    #[test]
     fn a_seeded_state_recognises_what_was_stored_before_a_restart() {
         let stored = SeenEvent::of(&row(9, Some("k9"), "h", 0, 0));
         let mut state = DedupState::seeded(TimeDelta::hours(1), [stored]);
@@ -598,7 +641,11 @@ mod tests {
     }
 
     /// The from-scratch recomputation the operator must agree with.
-    fn oracle(rows: &[EventRow], retention: TimeDelta) -> Vec<&'static str> {
+    fn oracle(
+        rows: &[EventRow],
+        retention: TimeDelta,
+        key_retention: TimeDelta,
+    ) -> Vec<&'static str> {
         let mut accepted: Vec<&EventRow> = Vec::new();
         let mut newest: Option<DateTime<Utc>> = None;
         let mut out = Vec::new();
@@ -616,7 +663,8 @@ mod tests {
                     "duplicate_event_id_conflict"
                 }
             } else if let Some(same_key) = live.iter().find(|a| {
-                row.idempotency_key.is_some()
+                a.received_utc >= newest.unwrap() - key_retention.min(retention)
+                    && row.idempotency_key.is_some()
                     && a.idempotency_key == row.idempotency_key
                     && a.tenant_id == row.tenant_id
             }) {
@@ -639,6 +687,8 @@ mod tests {
         for seed in 0..500u64 {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let retention = TimeDelta::seconds(rng.random_range(1..30));
+            // Keys matched for the whole retention, or for less (a shorter claim retention).
+            let key_retention = TimeDelta::seconds(rng.random_range(0..40));
             let rows: Vec<EventRow> = (0..rng.random_range(1..80))
                 .map(|offset| {
                     let id = rng.random_range(0..12u128);
@@ -653,13 +703,13 @@ mod tests {
                     row
                 })
                 .collect();
-            let mut state = DedupState::new(retention);
+            let mut state = DedupState::new(retention).matching_keys_for(key_retention);
             let got: Vec<&str> = rows
                 .iter()
                 .cloned()
                 .map(|r| verdict(&state.judge(r)))
                 .collect();
-            assert_eq!(got, oracle(&rows, retention), "seed {seed}");
+            assert_eq!(got, oracle(&rows, retention, key_retention), "seed {seed}");
             // Memory: no generation is kept once all it may hold is past the retention.
             let horizon = state.horizon().expect("judged some");
             for index in state.generations.keys() {

@@ -54,6 +54,9 @@ pub struct DataflowContext {
     pub envelope_limits: operators::envelope::EnvelopeLimits,
     /// How long de-duplication remembers an event.
     pub dedup_retention: chrono::TimeDelta,
+    /// How long the gateway holds an idempotency key (its claims' retention): de-duplication
+    /// matches keys no longer than this.
+    pub idempotency_retention: chrono::TimeDelta,
     /// The payload schemas, reloaded when their directory changes.
     pub schemas: operators::validate::SharedRegistry,
     /// Where dead letters are published besides the table.
@@ -168,7 +171,9 @@ pub fn run_worker(worker: &mut Worker, ctx: &DataflowContext) -> anyhow::Result<
         Ok::<_, sinks::postgres::SinkError>((offsets, outcome_offsets, seen, states))
     })?;
     let refused = RefusedIdentities::default();
-    let dedup_state = seen.forgetting(refused.clone());
+    let dedup_state = seen
+        .matching_keys_for(ctx.idempotency_retention)
+        .forgetting(refused.clone());
     tracing::info!(
         worker = index,
         partitions = ?owned_partitions(partitions, index, peers),

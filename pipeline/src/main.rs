@@ -208,6 +208,10 @@ fn run(
             group_id: format!("{}sentinel-pipeline", settings.topic_prefix),
             envelope_limits: settings.envelope_limits(),
             dedup_retention: chrono::TimeDelta::seconds(settings.dedup_retention_seconds),
+            idempotency_retention: i64::try_from(settings.idempotency_retention_seconds)
+                .ok()
+                .and_then(chrono::TimeDelta::try_seconds)
+                .unwrap_or(chrono::TimeDelta::MAX),
             dead_letter_topic: Arc::new(dead_letter_topic::DeadLetterTopic::new(
                 producer.clone(),
                 topics.dead_letters.clone(),

@@ -914,6 +914,18 @@ async fn claims_expire_after_the_retention_and_are_purged() {
     let again = post_event(&client, base, &acme, "short-lived", &event("acme", 2)).await;
     assert_eq!(again.status(), 202);
     assert!(again.headers().get("idempotent-replayed").is_none());
+    // And the dataflow, whose de-duplication remembers events for 24 h, stores it as the new
+    // event it is rather than dead-lettering it as a conflict with the key's first event.
+    assert_eq!(env.wait_for_events(2, Duration::from_secs(20)).await, 2);
+    let dead_letters: i64 = db
+        .query_one("SELECT count(*) FROM dead_letter", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        dead_letters, 0,
+        "the event accepted under the freed key was dead-lettered"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
