@@ -91,7 +91,7 @@ pub fn measure(args: &DedupMemoryArgs) -> anyhow::Result<DedupMemory> {
     let retention = TimeDelta::seconds(args.retention_seconds as i64);
     let before = crate::overhead::resident_bytes(pid)?;
     let mut state = DedupState::new(retention);
-    let mut template = row(0, start);
+    let mut template = row(start);
     let mut after_one = (0, 0.0);
     let (mut most_remembered, mut most_resident) = (0usize, 0u64);
     // Read memory a few hundred times a retention: often enough to catch the peak before a
@@ -101,7 +101,7 @@ pub fn measure(args: &DedupMemoryArgs) -> anyhow::Result<DedupMemory> {
         template.event_id = Uuid::from_u128(u128::from(n) * 0x9E37_79B9_7F4A_7C15);
         template.idempotency_key = Some(format!("key-{n}"));
         template.payload_hash = format!("{:064x}", u128::from(n) * 0x2545_F491_4F6C_DD1D);
-        template.received_utc = start + step * (n as i32);
+        template.received_utc = start + step * i32::try_from(n)?;
         match state.judge(template.clone()) {
             Deduplicated::Unique(_) => {}
             other => anyhow::bail!("event {n} was not unique: {other:?}"),
@@ -127,9 +127,9 @@ pub fn measure(args: &DedupMemoryArgs) -> anyhow::Result<DedupMemory> {
 }
 
 /// An event as the dataflow judges it; only its identity matters here.
-fn row(id: u128, received: DateTime<Utc>) -> EventRow {
+fn row(received: DateTime<Utc>) -> EventRow {
     EventRow {
-        event_id: Uuid::from_u128(id),
+        event_id: Uuid::nil(),
         tenant_id: "tenant-1".into(),
         source: "bench".into(),
         event_type: "order.created".into(),

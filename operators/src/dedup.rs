@@ -277,8 +277,12 @@ impl DedupState {
 
     /// Identities received before this are forgotten.
     fn horizon(&self) -> Option<i64> {
-        self.newest
-            .map(|newest| newest.saturating_sub(self.retention))
+        self.horizon_for(self.retention)
+    }
+
+    /// What was received before this is past `retention` (microseconds).
+    fn horizon_for(&self, retention: i64) -> Option<i64> {
+        self.newest.map(|newest| newest.saturating_sub(retention))
     }
 
     /// Drops the generations whose every receive time is before the horizon.
@@ -366,9 +370,8 @@ impl DedupState {
         }
         let key = key_digest(&row.tenant_id, row.idempotency_key.as_deref());
         let key_horizon = self
-            .newest
-            .expect("advanced above")
-            .saturating_sub(self.key_retention);
+            .horizon_for(self.key_retention)
+            .expect("advanced above");
         let same_key = key.and_then(|key| self.find(key_horizon, |g| &g.by_key, &key));
         if let Some(entry) = same_key {
             if entry.payload == payload {

@@ -162,16 +162,16 @@ pub fn run_worker(worker: &mut Worker, ctx: &DataflowContext) -> anyhow::Result<
     ctx.outcome_partitions_read
         .fetch_min(outcome_partitions, Ordering::AcqRel);
     let owned_outcomes = owned_partitions(outcome_partitions, index, peers);
-    let (stored, stored_outcomes, seen, stream_states) = ctx.runtime.block_on(async {
+    let (stored, stored_outcomes, remembered, stream_states) = ctx.runtime.block_on(async {
         let client = postgres::connect(&ctx.database_url).await?;
         let offsets = postgres::load_offsets(&client, &ctx.raw_topic).await?;
         let outcome_offsets = postgres::load_offsets(&client, &ctx.outcomes_topic).await?;
-        let seen = postgres::load_dedup_state(&client, &owned, ctx.dedup_retention).await?;
+        let remembered = postgres::load_dedup_state(&client, &owned, ctx.dedup_retention).await?;
         let states = postgres::load_stream_states(&client, &owned).await?;
-        Ok::<_, sinks::postgres::SinkError>((offsets, outcome_offsets, seen, states))
+        Ok::<_, sinks::postgres::SinkError>((offsets, outcome_offsets, remembered, states))
     })?;
     let refused = RefusedIdentities::default();
-    let dedup_state = seen
+    let dedup_state = remembered
         .matching_keys_for(ctx.idempotency_retention)
         .forgetting(refused.clone());
     tracing::info!(
