@@ -189,6 +189,15 @@ async fn burst(
     }))
 }
 
+/// The same loads as two shipped runs, with one timely worker instead of two.
+#[derive(Serialize)]
+struct OneWorker {
+    /// Single events at half their maximum; compared with the overhead run.
+    single: crate::what_if::SettingRun,
+    /// Batches at their maximum; compared with the batch profile run.
+    batch: crate::what_if::SettingRun,
+}
+
 #[derive(Serialize)]
 struct Results {
     machine: String,
@@ -212,7 +221,10 @@ struct Results {
     /// PostgreSQL's checkpoint settings, as the hold section quotes them.
     checkpoint_settings: Option<String>,
     /// Single events at half their maximum with one linger shorter, or why not run.
-    lingers: Result<Vec<crate::what_if::LingerRun>, String>,
+    lingers: Result<Vec<crate::what_if::SettingRun>, String>,
+    /// Single events at half their maximum and batches at their maximum with one timely worker,
+    /// or why not run.
+    one_worker: Result<OneWorker, String>,
     /// Batches at their maximum without the read indexes of `events`, or why not run.
     index_cost: Result<crate::what_if::Run, String>,
     /// The de-duplication's memory alone (`bench dedup-memory`) at each rate it ran at, or why
@@ -748,6 +760,97 @@ fn index_cost_section(md: &mut String, results: &Results) {
     );
 }
 
+/// Runs `single` and `batch` against fresh Sentinels with one timely worker.
+async fn one_worker(
+    sentinels: &crate::overhead::Sentinels,
+    single: &crate::load::LoadArgs,
+    batch: &crate::load::LoadArgs,
+) -> anyhow::Result<OneWorker> {
+    use crate::what_if::{with_settings, WORKERS};
+    let mut single = with_settings(sentinels, single, &[(WORKERS, 1)]).await?;
+    let mut batch = with_settings(sentinels, batch, &[(WORKERS, 1)]).await?;
+    match (single.pop(), batch.pop()) {
+        (Some(single), Some(batch)) => Ok(OneWorker { single, batch }),
+        _ => anyhow::bail!("a run with one worker returned nothing"),
+    }
+}
+
+/// What one timely worker instead of two costs and answers, against the shipped runs of the
+/// same loads.
+fn one_worker_section(md: &mut String, results: &Results) {
+    use crate::overhead::{BROKER_PART, POSTGRES_PART, SENTINEL_PART};
+    let one = match &results.one_worker {
+        Ok(one) => one,
+        Err(why) => {
+            let _ = writeln!(md, "No runs with one timely worker: {why}.\n");
+            return;
+        }
+    };
+    let pairs = [
+        (
+            "single",
+            results
+                .overhead
+                .first()
+                .map(|v| (&v.report, &v.cpu_by_process)),
+            &one.single,
+        ),
+        (
+            "batch",
+            results
+                .batch_profile
+                .as_ref()
+                .map(|p| (&p.report, &p.cpu_by_process)),
+            &one.batch,
+        ),
+    ];
+    let _ = writeln!(md, "### One timely worker or two\n");
+    let _ = writeln!(
+        md,
+        "Sentinel ships with `{}=2`: two timely workers, each reading its own partition with a consumer of its own and committing through a PostgreSQL writer of its own. On this machine the two workers share 2 cores with the gateway, the broker, PostgreSQL and the generator. The same loads as two runs above, single events at half their maximum (the overhead run) and batches at their maximum (the CPU run), each once more against a fresh Sentinel with `{}=1` (its topics then have one partition). CPU is per event sent, from `/proc/*/stat`.\n",
+        crate::what_if::WORKERS,
+        crate::what_if::WORKERS,
+    );
+    let _ = writeln!(
+        md,
+        "| mode | rate | workers | gateway p50 | p99 | freshness p99 | CPU µs/event: Sentinel | PostgreSQL | tansu | all |\n|---|---|---|---|---|---|---|---|---|---|"
+    );
+    let row =
+        |md: &mut String, mode: &str, workers: &str, report: &Report, cpu: &[(String, f64)]| {
+            let _ = writeln!(
+            md,
+            "| {mode} | {} | {workers} | {:.2} | {:.2} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            report.target_events_per_second,
+            report.gateway_latency_ms.p50,
+            report.gateway_latency_ms.p99,
+            report.freshness_ms.p99,
+            part_us(cpu, SENTINEL_PART),
+            part_us(cpu, POSTGRES_PART),
+            part_us(cpu, BROKER_PART),
+            cpu_total(cpu),
+        );
+        };
+    let mut changes = Vec::new();
+    for (mode, shipped, one) in &pairs {
+        let Some((report, cpu)) = shipped else {
+            continue;
+        };
+        row(md, mode, "2 (shipped)", report, cpu);
+        row(md, mode, "1", &one.run.report, &one.run.cpu_by_process);
+        let (all, all_one) = (cpu_total(cpu), cpu_total(&one.run.cpu_by_process));
+        changes.push(format!(
+            "{mode} events {:+.0}% ({all:.0} → {all_one:.0} µs)",
+            100.0 * (all_one / all.max(f64::MIN_POSITIVE) - 1.0)
+        ));
+    }
+    let _ = writeln!(
+        md,
+        "\nWhat one worker changed in the whole machine's CPU per event: {}. One run each: a difference of a few percent is within this machine's variance from run to run. A worker with a partition of its own also means fewer, larger produce batches for the broker and one PostgreSQL transaction per tick instead of two. Where the dataflow does not need a second core, `{}=1` is the cheaper choice; a machine with more cores than the gateway needs gives the dataflow more workers.\n",
+        changes.join("; "),
+        crate::what_if::WORKERS,
+    );
+}
+
 /// The sum of CPU costs per event, µs.
 fn cpu_total(parts: &[(String, f64)]) -> f64 {
     parts.iter().map(|(_, us)| us).sum()
@@ -799,9 +902,8 @@ fn linger_section(md: &mut String, results: &Results) {
         );
     };
     row(md, "as shipped", &shipped.report, &shipped.cpu_by_process);
-    let label = |run: &crate::what_if::LingerRun| format!("`{}={}`", run.variable, run.linger_ms);
     for run in runs {
-        row(md, &label(run), &run.run.report, &run.run.cpu_by_process);
+        row(md, &run.label(), &run.run.report, &run.run.cpu_by_process);
     }
     let _ = writeln!(md);
     let shipped_all = cpu_total(&shipped.cpu_by_process);
@@ -815,7 +917,7 @@ fn linger_section(md: &mut String, results: &Results) {
         let _ = writeln!(
             md,
             "With {}: gateway p50 {:.2} ms (as shipped {:.2}), p99 {:.2} ms (as shipped {:.2}); {} spent {:.0} µs per event (as shipped {:.0}), the whole machine {:.0} (as shipped {:.0}, {:+.0}%).",
-            label(run),
+            run.label(),
             run.run.report.gateway_latency_ms.p50,
             shipped.report.gateway_latency_ms.p50,
             run.run.report.gateway_latency_ms.p99,
@@ -1244,6 +1346,7 @@ fn markdown(args: &ReportArgs, results: &Results) -> String {
     }
     let _ = writeln!(md, "\n![latency against rate](latency-vs-rate.svg)\n");
     linger_section(&mut md, results);
+    one_worker_section(&mut md, results);
     let _ = writeln!(md, "## Targets\n");
     let _ = writeln!(md, "| target | measured | verdict |\n|---|---|---|");
     if let Some(max) = results.single.max_sustained {
@@ -1577,7 +1680,7 @@ pub async fn command(args: &ReportArgs) -> anyhow::Result<()> {
                 load.rate
             );
             use crate::what_if::{CLAIM_LINGER, PRODUCE_LINGER};
-            crate::what_if::lingers(
+            crate::what_if::with_settings(
                 sentinels,
                 &load,
                 &[(CLAIM_LINGER, 0), (PRODUCE_LINGER, 1), (PRODUCE_LINGER, 0)],
@@ -1588,12 +1691,28 @@ pub async fn command(args: &ReportArgs) -> anyhow::Result<()> {
         (None, _) => Err("they need `--sentinel-bin`".into()),
         (_, None) => Err("the single-event search found no maximum".into()),
     };
+    let one_worker = match (sentinels, single_max, batch_max) {
+        (Some(sentinels), Some(single_max), Some(batch_max)) => {
+            let single = extra_run(args, Mode::Single, (single_max / 2.0).round() as u64);
+            let batch = extra_run(args, Mode::Batch, batch_max.round() as u64);
+            eprintln!(
+                "report: one timely worker: single events at {} events/s, batches at {} events/s",
+                single.rate, batch.rate
+            );
+            one_worker(sentinels, &single, &batch)
+                .await
+                .map_err(|err| format!("a run failed: {err:#}"))
+        }
+        (None, _, _) => Err("they need `--sentinel-bin`".into()),
+        _ => Err("a search found no maximum".into()),
+    };
     let checkpoint_settings =
         crate::io_meter::checkpoint_settings(&args.ceilings.search.load.database_url).await;
     eprintln!("report: the de-duplication's memory alone");
     let dedup_memory = crate::dedup_memory::in_child_processes(&DEDUP_MEMORY_RATES)
         .map_err(|err| format!("{err:#}"));
     let results = Results {
+        one_worker,
         dedup_memory,
         checkpoint_settings,
         lingers,

@@ -1,8 +1,9 @@
-//! What two choices cost, each measured against a fresh Sentinel to compare with the same load
+//! What three choices cost, each measured against a fresh Sentinel to compare with the same load
 //! as shipped: the B-tree indexes of `events` that serve reads (queries, a live-feed
-//! subscriber's resume), which the writer maintains for every event; and the two lingers, the
+//! subscriber's resume), which the writer maintains for every event; the two lingers, the
 //! producer's and the idempotency claims', which trade gateway latency for the broker's and
-//! PostgreSQL's CPU.
+//! PostgreSQL's CPU; and the number of timely workers, each with its own consumer, partition
+//! and PostgreSQL writer.
 
 use anyhow::Context;
 use serde::Serialize;
@@ -59,36 +60,45 @@ pub async fn without_read_indexes(sentinels: &Sentinels, load: &LoadArgs) -> any
 pub const PRODUCE_LINGER: &str = "SENTINEL_PRODUCE_LINGER_MS";
 /// The idempotency claims' linger: how long a small claim group waits for more claims.
 pub const CLAIM_LINGER: &str = "SENTINEL_IDEMPOTENCY_LINGER_MS";
+/// The timely workers of the process (shipped: 2).
+pub const WORKERS: &str = "SENTINEL_WORKERS";
 
-/// A run with one linger set otherwise than shipped.
+/// A run with one setting otherwise than shipped.
 #[derive(Debug, Clone, Serialize)]
-pub struct LingerRun {
-    /// The linger's variable: [`PRODUCE_LINGER`] or [`CLAIM_LINGER`].
+pub struct SettingRun {
+    /// The setting's variable, such as [`PRODUCE_LINGER`], [`CLAIM_LINGER`] or [`WORKERS`].
     pub variable: &'static str,
-    /// Its value in the run, in milliseconds.
-    pub linger_ms: u64,
+    /// Its value in the run.
+    pub value: u64,
     /// The run.
     pub run: Run,
 }
 
-/// Runs `load` once per (variable, milliseconds) in `lingers`, each against a fresh Sentinel
-/// started with that one setting.
-pub async fn lingers(
+impl SettingRun {
+    /// `VARIABLE=value`, as a shell would set it.
+    pub fn label(&self) -> String {
+        format!("`{}={}`", self.variable, self.value)
+    }
+}
+
+/// Runs `load` once per (variable, value) in `settings`, each against a fresh Sentinel started
+/// with that one setting.
+pub async fn with_settings(
     sentinels: &Sentinels,
     load: &LoadArgs,
-    lingers: &[(&'static str, u64)],
-) -> anyhow::Result<Vec<LingerRun>> {
+    settings: &[(&'static str, u64)],
+) -> anyhow::Result<Vec<SettingRun>> {
     let mut runs = Vec::new();
-    for &(variable, linger_ms) in lingers {
-        let env = [(variable, linger_ms.to_string())];
+    for &(variable, value) in settings {
+        let env = [(variable, value.to_string())];
         let (report, cpu_by_process) = sentinels
             .on_fresh_with(&env, load, async |load: &LoadArgs, pid: u32| {
                 metered_run(load, pid).await
             })
             .await?;
-        runs.push(LingerRun {
+        runs.push(SettingRun {
             variable,
-            linger_ms,
+            value,
             run: Run {
                 report,
                 cpu_by_process,
