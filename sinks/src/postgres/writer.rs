@@ -208,8 +208,12 @@ impl EventSink {
             }
             Err(err) => {
                 // Should the COMMIT have landed unanswered, its changes apply when the retry
-                // finds the batch durable.
-                self.in_doubt = sent.filter(|_| self.maybe_committed);
+                // finds the batch durable. An attempt that sent no transaction (it could not
+                // connect, or not ask whether the batch is durable) leaves an earlier attempt's
+                // doubt as it was: that COMMIT may still have landed.
+                if sent.is_some() {
+                    self.in_doubt = sent.filter(|_| self.maybe_committed);
+                }
                 Err(err)
             }
         }
@@ -1557,6 +1561,43 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(stream(&url).await, (3, id(3)), "a, b and c");
+        drop(sink);
+        drop_database(&url).await;
+    }
+
+    #[tokio::test]
+    async fn a_lost_commit_answer_keeps_its_corrections_through_a_retry_that_cannot_connect() {
+        let (url, mut sink) = one_stored_event("stream_corrections_in_doubt_unreachable").await;
+        let id = uuid::Uuid::from_u128;
+        let b = event(2, 20, 2, None);
+        let copy_and_b = events_batch(vec![event(1, 10, 1, None), b.clone()], 3, &b);
+        let mut sent = None;
+        let corrections = std::mem::take(&mut sink.corrections);
+        sink.commit_with(&copy_and_b, &corrections, &mut sent)
+            .await
+            .unwrap();
+        sink.corrections = corrections;
+        sink.in_doubt = sent;
+        sink.client = None;
+        sink.maybe_committed = true;
+        // The first retry cannot reach PostgreSQL (it is still restarting, say): nothing is
+        // sent, so whether the batch committed is still unknown.
+        sink.url = "postgres://postgres@127.0.0.1:1/unreachable".to_owned();
+        let unreachable = sink.commit(&copy_and_b).await;
+        assert!(unreachable.is_err_and(|err| err.is_retriable()));
+        assert!(sink.maybe_committed && sink.in_doubt.is_some());
+        // The next retry finds the batch durable and applies what it left in doubt.
+        sink.url = url.clone();
+        sink.commit(&copy_and_b).await.unwrap();
+        let c = event(3, 30, 3, None);
+        sink.commit(&events_batch(vec![c.clone()], 4, &c))
+            .await
+            .unwrap();
+        assert_eq!(
+            stream(&url).await,
+            (3, id(3)),
+            "a, b and c; the copy not counted"
+        );
         drop(sink);
         drop_database(&url).await;
     }
