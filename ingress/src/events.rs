@@ -584,7 +584,7 @@ async fn write_owned(state: &IngressState, submission: Submission) -> Result<Ing
                 offset = ack.offset,
                 "event acknowledged by the broker"
             );
-            if let Err(err) = claims.complete(key, payload_hash).await {
+            if let Err(err) = claims.complete(key, payload_hash, received_at).await {
                 // The event is durable; a retry after the lease re-sends it and the dataflow's
                 // de-duplication absorbs the copy.
                 tracing::warn!(error = %err, "claim not completed after the broker's ack");
@@ -595,7 +595,7 @@ async fn write_owned(state: &IngressState, submission: Submission) -> Result<Ing
             })
         }
         Err(err) => {
-            if let Err(release) = claims.release(key, payload_hash).await {
+            if let Err(release) = claims.release(key, payload_hash, received_at).await {
                 tracing::warn!(error = %release, "claim not released; it frees itself after its lease");
             }
             Err(publish_problem(err))

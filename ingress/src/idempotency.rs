@@ -27,7 +27,8 @@ use uuid::Uuid;
 pub struct IdempotencySettings {
     /// PostgreSQL URL of the claim store.
     pub database_url: String,
-    /// How long a completed claim is kept (and replayed).
+    /// How long a claim is kept (and replayed), from when it was made; never less than its
+    /// lease.
     pub retention: Duration,
     /// How long an in-flight claim is protected before a retry may take it over.
     pub lease: Duration,
@@ -103,10 +104,12 @@ enum Op {
     Complete {
         key: ClaimKey,
         payload_hash: String,
+        received_at: DateTime<Utc>,
     },
     Release {
         key: ClaimKey,
         payload_hash: String,
+        received_at: DateTime<Utc>,
     },
 }
 
@@ -152,7 +155,9 @@ impl ClaimStore {
         outcome
     }
 
-    /// Marks a claim completed: from now on its answer is replayed. Returns once the
+    /// Marks this request's claim completed: from now on its answer is replayed. The claim is
+    /// told apart by its answer's receive time, so a request that outlived its lease does not
+    /// complete the claim a later request took over. Returns once the
     /// completion is queued: it is written with the next group, before any claim queued after
     /// it. If it is never written (the store fails), the claim stays in flight and a retry after
     /// its lease re-sends the same event, which the dataflow's de-duplication absorbs.
@@ -160,20 +165,33 @@ impl ClaimStore {
         &self,
         key: ClaimKey,
         payload_hash: String,
+        received_at: DateTime<Utc>,
     ) -> Result<(), StoreUnavailable> {
-        self.enqueue(Op::Complete { key, payload_hash }).await
+        self.enqueue(Op::Complete {
+            key,
+            payload_hash,
+            received_at,
+        })
+        .await
     }
 
-    /// Gives up a claim whose event was not acknowledged: its lease ends now, so a retry of the
-    /// same payload takes it over, and a different payload is still refused. Returns once
+    /// Gives up this request's claim (told apart by its answer's receive time, like
+    /// [`ClaimStore::complete`]) whose event was not acknowledged: its lease ends now, so a retry
+    /// of the same payload takes it over, and a different payload is still refused. Returns once
     /// queued, like [`ClaimStore::complete`]; if never written, the claim frees itself after
     /// its lease.
     pub async fn release(
         &self,
         key: ClaimKey,
         payload_hash: String,
+        received_at: DateTime<Utc>,
     ) -> Result<(), StoreUnavailable> {
-        self.enqueue(Op::Release { key, payload_hash }).await
+        self.enqueue(Op::Release {
+            key,
+            payload_hash,
+            received_at,
+        })
+        .await
     }
 
     async fn enqueue(&self, op: Op) -> Result<(), StoreUnavailable> {
@@ -370,8 +388,8 @@ async fn write_group(
     settings: &IdempotencySettings,
     group: &Group,
 ) -> Result<Vec<Row>, tokio_postgres::Error> {
-    let (tenants, keys, hashes) = key_columns(&group.completes);
-    let (release_tenants, release_keys, release_hashes) = key_columns(&group.releases);
+    let completed = key_columns(&group.completes);
+    let released = key_columns(&group.releases);
     let claim_columns = claim_columns(&group.claims);
     let lease_ms = settings.lease.as_millis() as f64;
     let retention_ms = settings.retention.as_millis() as f64;
@@ -383,7 +401,15 @@ async fn write_group(
             return Ok(0);
         }
         client
-            .execute(&db.complete, &[&tenants, &keys, &hashes])
+            .execute(
+                &db.complete,
+                &[
+                    &completed.tenants,
+                    &completed.keys,
+                    &completed.hashes,
+                    &completed.received,
+                ],
+            )
             .await
     };
     let releases = async {
@@ -393,7 +419,12 @@ async fn write_group(
         client
             .execute(
                 &db.release,
-                &[&release_tenants, &release_keys, &release_hashes],
+                &[
+                    &released.tenants,
+                    &released.keys,
+                    &released.hashes,
+                    &released.received,
+                ],
             )
             .await
     };
@@ -438,13 +469,15 @@ fn fail_all(ops: Vec<Op>, err: &StoreUnavailable) {
 }
 
 /// Claims every key it can (new, expired, or in flight past its lease with the same payload)
-/// and returns the keys it claimed.
+/// and returns the keys it claimed. A claim expires after the retention or its lease, whichever
+/// ends later: a retention shorter than the lease must not let another payload take the key
+/// while the first request may still be writing its event.
 const CLAIM_SQL: &str = "INSERT INTO idempotency AS cur (tenant_id, idempotency_key, \
         payload_hash, event_id, received_utc, trace_id, state, lease_until_utc, expires_utc) \
      SELECT tenant_id, idempotency_key, payload_hash, event_id, received_utc, trace_id, \
         'in_flight', \
         clock_timestamp() + make_interval(secs => $7::float8 / 1000), \
-        clock_timestamp() + make_interval(secs => $8::float8 / 1000) \
+        clock_timestamp() + make_interval(secs => GREATEST($7::float8, $8::float8) / 1000) \
      FROM UNNEST($1::text[], $2::text[], $3::text[], $4::uuid[], $5::timestamptz[], \
                  $6::bytea[]) \
         AS i(tenant_id, idempotency_key, payload_hash, event_id, received_utc, trace_id) \
@@ -468,19 +501,24 @@ const HELD_SQL: &str = "SELECT cur.tenant_id, cur.idempotency_key, cur.payload_h
      JOIN idempotency cur ON cur.tenant_id = i.tenant_id \
                          AND cur.idempotency_key = i.idempotency_key";
 
+/// Completes the claims of the requests that made them: a claim taken over after its lease
+/// carries the receive time of the request that took it, so the request that lost it matches
+/// nothing.
 const COMPLETE_SQL: &str = "UPDATE idempotency AS cur SET state = 'completed', \
         completed_utc = now() \
-     FROM UNNEST($1::text[], $2::text[], $3::text[]) \
-        AS u(tenant_id, idempotency_key, payload_hash) \
+     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[]) \
+        AS u(tenant_id, idempotency_key, payload_hash, received_utc) \
      WHERE cur.tenant_id = u.tenant_id AND cur.idempotency_key = u.idempotency_key \
-       AND cur.payload_hash = u.payload_hash";
+       AND cur.payload_hash = u.payload_hash AND cur.received_utc = u.received_utc";
 
+/// Ends the lease of the claims of the requests that made them, matched like [`COMPLETE_SQL`].
 const RELEASE_SQL: &str = "UPDATE idempotency AS cur \
         SET lease_until_utc = clock_timestamp() - interval '1 ms' \
-     FROM UNNEST($1::text[], $2::text[], $3::text[]) \
-        AS u(tenant_id, idempotency_key, payload_hash) \
+     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[]) \
+        AS u(tenant_id, idempotency_key, payload_hash, received_utc) \
      WHERE cur.tenant_id = u.tenant_id AND cur.idempotency_key = u.idempotency_key \
-       AND cur.payload_hash = u.payload_hash AND cur.state = 'in_flight'";
+       AND cur.payload_hash = u.payload_hash AND cur.received_utc = u.received_utc \
+       AND cur.state = 'in_flight'";
 
 /// The claims of a group as the columns the claim statement unnests.
 #[derive(Default)]
@@ -597,24 +635,36 @@ fn stored_answer(row: &Row) -> Option<StoredAnswer> {
     })
 }
 
-fn key_columns(ops: &[Op]) -> (Vec<&str>, Vec<&str>, Vec<&str>) {
-    let mut tenants = Vec::with_capacity(ops.len());
-    let mut keys = Vec::with_capacity(ops.len());
-    let mut hashes = Vec::with_capacity(ops.len());
+/// The completions or releases of a group as the columns their statement unnests.
+#[derive(Default)]
+struct KeyColumns<'a> {
+    tenants: Vec<&'a str>,
+    keys: Vec<&'a str>,
+    hashes: Vec<&'a str>,
+    received: Vec<DateTime<Utc>>,
+}
+
+fn key_columns(ops: &[Op]) -> KeyColumns<'_> {
+    let mut columns = KeyColumns::default();
     for op in ops {
         if let Op::Complete {
-            key, payload_hash, ..
+            key,
+            payload_hash,
+            received_at,
         }
         | Op::Release {
-            key, payload_hash, ..
+            key,
+            payload_hash,
+            received_at,
         } = op
         {
-            tenants.push(key.tenant_id.as_str());
-            keys.push(key.key.as_str());
-            hashes.push(payload_hash.as_str());
+            columns.tenants.push(key.tenant_id.as_str());
+            columns.keys.push(key.key.as_str());
+            columns.hashes.push(payload_hash.as_str());
+            columns.received.push(*received_at);
         }
     }
-    (tenants, keys, hashes)
+    columns
 }
 
 /// Most expired claims one purge statement deletes: a statement this size is short, so it holds
@@ -629,8 +679,11 @@ pub async fn purge_expired(client: &Client) -> Result<u64, StoreUnavailable> {
     loop {
         let deleted = client
             .execute(
+                // The outer condition again: a claim taken over since the inner select found
+                // it expired has a new version, which must stay.
                 "DELETE FROM idempotency WHERE ctid = ANY (ARRAY( \
-                    SELECT ctid FROM idempotency WHERE expires_utc < now() LIMIT $1))",
+                    SELECT ctid FROM idempotency WHERE expires_utc < now() LIMIT $1)) \
+                 AND expires_utc < now()",
                 &[&PURGE_BATCH],
             )
             .await

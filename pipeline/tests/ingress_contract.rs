@@ -875,6 +875,8 @@ async fn claims_expire_after_the_retention_and_are_purged() {
             &[
                 ("SENTINEL_IDEMPOTENCY_RETENTION_SECONDS", "1"),
                 ("SENTINEL_IDEMPOTENCY_PURGE_INTERVAL_SECONDS", "1"),
+                // A claim lasts at least its lease, the produce timeout and 5 s: 6 s here.
+                ("SENTINEL_PRODUCE_TIMEOUT_MS", "1000"),
             ],
         )
         .await;
@@ -1018,4 +1020,134 @@ async fn a_duplicate_queued_behind_a_conflicting_request_still_replays() {
     assert_eq!(answer["results"][1]["status"], 202, "{answer}");
     assert_eq!(answer["results"][1]["replayed"], true, "{answer}");
     assert_eq!(answer["results"][1]["eventId"], first["eventId"]);
+}
+
+/// A request whose produce outlived its lease (a broker slower than the produce timeout, on
+/// another gateway instance, say) must not complete or release the claim a retry took over:
+/// its late release would let a third request send the event again while the retry is still
+/// sending it, and its late completion would replay the retry's answer though the retry failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_lost_its_claim_to_a_takeover_leaves_the_new_claim_alone() {
+    use ingress::idempotency::{
+        ClaimKey, ClaimOutcome, ClaimStore, IdempotencySettings, StoredAnswer,
+    };
+    let env = TestEnv::new("takeover").await;
+    let mut db = env.db().await;
+    sinks::postgres::migrate(&mut db).await.unwrap();
+    let store = ClaimStore::start(IdempotencySettings {
+        database_url: env.database_url.clone(),
+        retention: Duration::from_secs(3600),
+        lease: Duration::from_millis(300),
+        max_batch: 100,
+        linger: Duration::ZERO,
+        purge_interval: Duration::from_secs(3600),
+    });
+    let key = ClaimKey {
+        tenant_id: "acme".into(),
+        key: "slow-broker".into(),
+    };
+    let answer = |received_at| StoredAnswer {
+        event_id: Uuid::from_u128(7),
+        received_at,
+        trace_id: [1; 16],
+    };
+    let first = answer(chrono::Utc::now());
+    let claim = |answer| store.claim(key.clone(), "hash".into(), answer);
+    assert_eq!(claim(first).await.unwrap(), ClaimOutcome::Claimed);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The lease is over: a retry of the same payload takes the claim over.
+    let retry = answer(chrono::Utc::now());
+    assert_eq!(claim(retry).await.unwrap(), ClaimOutcome::Claimed);
+    // The first request's produce fails at last: its release must not end the retry's lease.
+    store
+        .release(key.clone(), "hash".into(), first.received_at)
+        .await
+        .unwrap();
+    let third = answer(chrono::Utc::now());
+    assert!(
+        matches!(claim(third).await.unwrap(), ClaimOutcome::InFlight { .. }),
+        "the retry still holds the key"
+    );
+    // Nor may its late completion complete the retry's claim.
+    store
+        .complete(key.clone(), "hash".into(), first.received_at)
+        .await
+        .unwrap();
+    assert!(matches!(
+        claim(third).await.unwrap(),
+        ClaimOutcome::InFlight { .. }
+    ));
+    // The retry's own completion does, and its answer is what replays.
+    store
+        .complete(key.clone(), "hash".into(), retry.received_at)
+        .await
+        .unwrap();
+    match claim(third).await.unwrap() {
+        ClaimOutcome::Replay(replayed) => {
+            assert_eq!(
+                replayed.received_at.timestamp_micros(),
+                retry.received_at.timestamp_micros()
+            )
+        }
+        other => panic!("expected the retry's answer replayed, got {other:?}"),
+    }
+}
+
+/// A retention shorter than the lease (SENTINEL_IDEMPOTENCY_RETENTION_SECONDS under the produce
+/// timeout and 5 s) must not free a key while its first request may still be writing: another
+/// payload taking it then would make one key yield two events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_outlives_a_retention_shorter_than_its_lease() {
+    use ingress::idempotency::{
+        ClaimKey, ClaimOutcome, ClaimStore, IdempotencySettings, StoredAnswer,
+    };
+    let env = TestEnv::new("short_retention").await;
+    let mut db = env.db().await;
+    sinks::postgres::migrate(&mut db).await.unwrap();
+    let store = ClaimStore::start(IdempotencySettings {
+        database_url: env.database_url.clone(),
+        retention: Duration::from_millis(100),
+        lease: Duration::from_secs(2),
+        max_batch: 100,
+        linger: Duration::ZERO,
+        purge_interval: Duration::from_millis(100),
+    });
+    let key = ClaimKey {
+        tenant_id: "acme".into(),
+        key: "short-retention".into(),
+    };
+    let answer = StoredAnswer {
+        event_id: Uuid::from_u128(9),
+        received_at: chrono::Utc::now(),
+        trace_id: [2; 16],
+    };
+    assert_eq!(
+        store
+            .claim(key.clone(), "first".into(), answer)
+            .await
+            .unwrap(),
+        ClaimOutcome::Claimed
+    );
+    // Past the retention, within the lease, with the purge running.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        store
+            .claim(key.clone(), "other".into(), answer)
+            .await
+            .unwrap(),
+        ClaimOutcome::Mismatch,
+        "another payload took a key whose first request may still be writing"
+    );
+    let kept: i64 = db
+        .query_one("SELECT count(*) FROM idempotency", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 1, "the purge kept the claim within its lease");
+    // Once the lease is over too, the key is free.
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    assert_eq!(
+        store.claim(key, "other".into(), answer).await.unwrap(),
+        ClaimOutcome::Claimed
+    );
 }
