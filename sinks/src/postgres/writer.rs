@@ -447,32 +447,21 @@ async fn commit_bulk(
 
 /// Moves staged events into `events`: an id stored before with the same payload is skipped, one
 /// stored with another payload (e.g. from another partition, which the worker-local
-/// de-duplication cannot see) is a conflict and becomes a dead letter.
+/// de-duplication cannot see) is a conflict and becomes a dead letter. Conflicts are looked for
+/// after the insert, by position: the insert waits for any other transaction writing one of
+/// its ids, so the check then sees that transaction's row, which a check before the insert, in
+/// an older snapshot, would miss (its event skipped as a copy, neither stored nor
+/// dead-lettered).
 async fn merge_staged(
     tx: &Transaction<'_>,
     events: &[operators::record::EventRow],
     staged: u64,
 ) -> Result<Merged, SinkError> {
-    let conflicting: Vec<uuid::Uuid> = tx
-        .query(
-            "DELETE FROM events_staging s USING events e \
-             WHERE e.id = s.id AND e.payload_hash <> s.payload_hash RETURNING s.id",
-            &[],
-        )
-        .await
-        .map_err(SinkError::statement(
-            "checking staged events for id conflicts",
-        ))?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    let conflicts: Vec<DeadLetter> = events
-        .iter()
-        .filter(|event| conflicting.contains(&event.event_id))
-        .map(id_conflict)
-        .collect();
-    let inserted: HashSet<Position> = tx
-        .query(
+    let positions = |rows: Vec<tokio_postgres::Row>| -> HashSet<Position> {
+        rows.iter().map(|row| (row.get(0), row.get(1))).collect()
+    };
+    let inserted = positions(
+        tx.query(
             &format!(
                 "INSERT INTO events ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} \
                  FROM events_staging ON CONFLICT (id) DO NOTHING \
@@ -481,12 +470,26 @@ async fn merge_staged(
             &[],
         )
         .await
-        .map_err(SinkError::statement("inserting staged events"))?
+        .map_err(SinkError::statement("inserting staged events"))?,
+    );
+    let conflicting = positions(
+        tx.query(
+            "SELECT s.source_partition, s.source_offset FROM events_staging s \
+             JOIN events e ON e.id = s.id WHERE e.payload_hash <> s.payload_hash",
+            &[],
+        )
+        .await
+        .map_err(SinkError::statement(
+            "checking staged events for id conflicts",
+        ))?,
+    );
+    let conflicts: Vec<DeadLetter> = events
         .iter()
-        .map(|row| (row.get(0), row.get(1)))
+        .filter(|event| conflicting.contains(&(event.partition, event.offset)))
+        .map(id_conflict)
         .collect();
     let written = inserted.len() as u64;
-    let skipped = staged - conflicting.len() as u64 - written;
+    let skipped = staged - conflicts.len() as u64 - written;
     let not_stored = events
         .iter()
         .map(|event| (event.partition, event.offset))
@@ -1561,6 +1564,55 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(stream(&url).await, (3, id(3)), "a, b and c");
+        drop(sink);
+        drop_database(&url).await;
+    }
+
+    #[tokio::test]
+    async fn an_id_written_with_two_payloads_in_one_batch_stores_one_and_dead_letters_the_other() {
+        let url = fresh_database("id_twice_in_a_batch").await;
+        let mut sink = EventSink::new(url.clone(), "raw");
+        // The same id at offsets 0 and 1 with other payloads, as two partitions' workers would
+        // write it at once: the insert keeps one, and the other is a conflict, not a copy.
+        let first = event(1, 10, 0, None);
+        let other = EventRow {
+            payload_json: r#"{"n":"other"}"#.into(),
+            payload_hash: format!("{:064x}", 2),
+            offset: 1,
+            ..first.clone()
+        };
+        let report = sink
+            .commit(&events_batch(vec![first, other.clone()], 2, &other))
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                report.events_written,
+                report.duplicates_skipped,
+                report.id_conflicts
+            ),
+            (1, 0, 1)
+        );
+        assert_eq!(report.not_stored.len(), 1);
+        let (stored, dead) = (
+            single_value(&url, "SELECT count(*) FROM events").await,
+            single_value(
+                &url,
+                "SELECT count(*) FROM dead_letter \
+                 WHERE reason_code = 'duplicate_event_id_conflict'",
+            )
+            .await,
+        );
+        assert_eq!(
+            (stored, dead),
+            (1, 1),
+            "one stored, the other dead-lettered"
+        );
+        let dead_offset = single_value(&url, "SELECT source_offset FROM dead_letter").await;
+        assert!(
+            report.not_stored.contains(&(0, dead_offset)),
+            "the dead letter is the event not stored"
+        );
         drop(sink);
         drop_database(&url).await;
     }
