@@ -594,9 +594,18 @@ async fn write_owned(state: &IngressState, submission: Submission) -> Result<Ing
                 replayed: false,
             })
         }
-        Err(err) => {
+        Err(err) if err.is_retriable() => {
+            // The broker may still append the record: the key stays with this payload.
             if let Err(release) = claims.release(key, payload_hash, received_at).await {
                 tracing::warn!(error = %release, "claim not released; it frees itself after its lease");
+            }
+            Err(publish_problem(err))
+        }
+        Err(err) => {
+            // Refused for good (too large, say): nothing was written under the key, so a
+            // corrected event may use it.
+            if let Err(forget) = claims.forget(key, payload_hash, received_at).await {
+                tracing::warn!(error = %forget, "claim not forgotten; it frees itself after its lease");
             }
             Err(publish_problem(err))
         }

@@ -12,7 +12,8 @@
 //! fillfactor leaves, stays on the row's page without touching an index. A claim whose request
 //! failed or crashed keeps its payload hash but not its lease, so a retry of the same payload
 //! takes it over at once (or after the lease, if the process died) while a different payload is
-//! still refused: one key never yields two events.
+//! still refused: one key never yields two events. Only a claim whose event the broker refused
+//! for good (too large, say) is deleted, since nothing was written under its key.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -111,6 +112,11 @@ enum Op {
         payload_hash: String,
         received_at: DateTime<Utc>,
     },
+    Forget {
+        key: ClaimKey,
+        payload_hash: String,
+        received_at: DateTime<Utc>,
+    },
 }
 
 /// Handle to the claim store; cheap to clone.
@@ -194,6 +200,24 @@ impl ClaimStore {
         .await
     }
 
+    /// Deletes this request's claim (told apart like [`ClaimStore::complete`]) whose event the
+    /// broker refused for good: nothing was written under the key, so any payload may take it,
+    /// a corrected one included. Returns once queued; if never written, the claim frees itself
+    /// for the same payload after its lease, like a released one.
+    pub async fn forget(
+        &self,
+        key: ClaimKey,
+        payload_hash: String,
+        received_at: DateTime<Utc>,
+    ) -> Result<(), StoreUnavailable> {
+        self.enqueue(Op::Forget {
+            key,
+            payload_hash,
+            received_at,
+        })
+        .await
+    }
+
     async fn enqueue(&self, op: Op) -> Result<(), StoreUnavailable> {
         self.ops
             .send(op)
@@ -245,6 +269,7 @@ struct Prepared {
     held: Statement,
     complete: Statement,
     release: Statement,
+    forget: Statement,
 }
 
 impl Prepared {
@@ -261,11 +286,12 @@ impl Prepared {
             )
             .await
             .map_err(unavailable)?;
-        let (claim, held, complete, release) = tokio::try_join!(
+        let (claim, held, complete, release, forget) = tokio::try_join!(
             client.prepare(CLAIM_SQL),
             client.prepare(HELD_SQL),
             client.prepare(COMPLETE_SQL),
             client.prepare(RELEASE_SQL),
+            client.prepare(FORGET_SQL),
         )
         .map_err(unavailable)?;
         Ok(Self {
@@ -274,6 +300,7 @@ impl Prepared {
             held,
             complete,
             release,
+            forget,
         })
     }
 }
@@ -315,6 +342,7 @@ async fn run_batches(settings: IdempotencySettings, mut queue: mpsc::Receiver<Op
                 Op::Claim { .. } => group.claims.push(op),
                 Op::Complete { .. } => group.completes.push(op),
                 Op::Release { .. } => group.releases.push(op),
+                Op::Forget { .. } => group.forgets.push(op),
             }
         }
         group.emit_counts();
@@ -330,10 +358,14 @@ async fn run_batches(settings: IdempotencySettings, mut queue: mpsc::Receiver<Op
             }
             Err(err) => {
                 let err = unavailable(err);
-                let (completes, releases) = (group.completes.len(), group.releases.len());
-                if completes + releases > 0 {
-                    tracing::warn!(error = %err, completes, releases,
-                        "idempotency claims not completed or released; they free themselves after their lease");
+                let (completes, releases, forgets) = (
+                    group.completes.len(),
+                    group.releases.len(),
+                    group.forgets.len(),
+                );
+                if completes + releases + forgets > 0 {
+                    tracing::warn!(error = %err, completes, releases, forgets,
+                        "idempotency claims not completed, released or forgotten; they free themselves after their lease");
                 }
                 fail_all(group.claims, &err);
                 store = None;
@@ -364,6 +396,7 @@ struct Group {
     claims: Vec<Op>,
     completes: Vec<Op>,
     releases: Vec<Op>,
+    forgets: Vec<Op>,
 }
 
 impl Group {
@@ -371,6 +404,7 @@ impl Group {
         for (kind, operations) in [
             ("complete", self.completes.len()),
             ("release", self.releases.len()),
+            ("forget", self.forgets.len()),
             ("claim", self.claims.len()),
         ] {
             if operations > 0 {
@@ -380,8 +414,8 @@ impl Group {
     }
 }
 
-/// Writes one group in one transaction: completions and releases first, so that a claim of the
-/// same key sees them, then the claims. Every statement is sent before the first answer comes
+/// Writes one group in one transaction: completions, releases and forgets first, so that a claim
+/// of the same key sees them, then the claims. Every statement is sent before the first answer comes
 /// back (one round trip, one WAL flush). Returns the rows of the keys claimed.
 async fn write_group(
     db: &Prepared,
@@ -390,6 +424,7 @@ async fn write_group(
 ) -> Result<Vec<Row>, tokio_postgres::Error> {
     let completed = key_columns(&group.completes);
     let released = key_columns(&group.releases);
+    let forgotten = key_columns(&group.forgets);
     let claim_columns = claim_columns(&group.claims);
     let lease_ms = settings.lease.as_millis() as f64;
     let retention_ms = settings.retention.as_millis() as f64;
@@ -428,6 +463,22 @@ async fn write_group(
             )
             .await
     };
+    let forgets = async {
+        if group.forgets.is_empty() {
+            return Ok(0);
+        }
+        client
+            .execute(
+                &db.forget,
+                &[
+                    &forgotten.tenants,
+                    &forgotten.keys,
+                    &forgotten.hashes,
+                    &forgotten.received,
+                ],
+            )
+            .await
+    };
     let claims = async {
         if group.claims.is_empty() {
             return Ok(Vec::new());
@@ -450,11 +501,12 @@ async fn write_group(
     };
     let commit = client.batch_execute("COMMIT");
     // Polled in this order, so sent in this order, on one connection.
-    let (began, completed, released, claimed, committed) =
-        tokio::join!(begin, completes, releases, claims, commit);
+    let (began, completed, released, forgot, claimed, committed) =
+        tokio::join!(begin, completes, releases, forgets, claims, commit);
     began?;
     completed?;
     released?;
+    forgot?;
     let rows = claimed?;
     committed?;
     Ok(rows)
@@ -515,6 +567,15 @@ const COMPLETE_SQL: &str = "UPDATE idempotency AS cur SET state = 'completed', \
 const RELEASE_SQL: &str = "UPDATE idempotency AS cur \
         SET lease_until_utc = clock_timestamp() - interval '1 ms' \
      FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[]) \
+        AS u(tenant_id, idempotency_key, payload_hash, received_utc) \
+     WHERE cur.tenant_id = u.tenant_id AND cur.idempotency_key = u.idempotency_key \
+       AND cur.payload_hash = u.payload_hash AND cur.received_utc = u.received_utc \
+       AND cur.state = 'in_flight'";
+
+/// Deletes the claims of the requests that made them (matched like [`COMPLETE_SQL`]) whose events
+/// the broker refused for good.
+const FORGET_SQL: &str = "DELETE FROM idempotency AS cur \
+     USING UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[]) \
         AS u(tenant_id, idempotency_key, payload_hash, received_utc) \
      WHERE cur.tenant_id = u.tenant_id AND cur.idempotency_key = u.idempotency_key \
        AND cur.payload_hash = u.payload_hash AND cur.received_utc = u.received_utc \
@@ -653,6 +714,11 @@ fn key_columns(ops: &[Op]) -> KeyColumns<'_> {
             received_at,
         }
         | Op::Release {
+            key,
+            payload_hash,
+            received_at,
+        }
+        | Op::Forget {
             key,
             payload_hash,
             received_at,

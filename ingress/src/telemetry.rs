@@ -103,7 +103,7 @@ pub fn register() {
     for kind in ["unavailable", "rejected"] {
         PRODUCE_ERRORS.with_label_values(&[kind]);
     }
-    for kind in ["claim", "complete", "release"] {
+    for kind in ["claim", "complete", "release", "forget"] {
         CLAIM_STATEMENTS.with_label_values(&[kind]);
         CLAIM_OPERATIONS.with_label_values(&[kind]);
     }

@@ -1151,3 +1151,43 @@ async fn a_claim_outlives_a_retention_shorter_than_its_lease() {
         ClaimOutcome::Claimed
     );
 }
+
+/// An event the broker refuses for good (here: larger than the producer's record limit) leaves
+/// nothing under its key, so the client's corrected event may use the same key; an event the
+/// broker may still append keeps the key for its payload (see
+/// `a_broker_failure_between_claim_and_ack_does_not_swallow_the_retry`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_broker_refused_frees_its_key_for_a_corrected_one() {
+    let env = TestEnv::new("refused_frees_key").await;
+    let sentinel = env
+        .start_with(
+            "up",
+            "up",
+            &[("SENTINEL_KAFKA_OPTIONS", "message.max.bytes=4000")],
+        )
+        .await;
+    let base = sentinel.base_url.as_str();
+    let client = reqwest::Client::new();
+    let acme = ingest_token("acme");
+    let mut too_large = event("acme", 1);
+    too_large["payload"] = serde_json::json!({ "blob": "x".repeat(8_000) });
+    problem_of(
+        post_event(&client, base, &acme, "corrected", &too_large).await,
+        413,
+        "/problems/event-too-large",
+        "an event over the producer's record limit",
+    )
+    .await;
+    let corrected = event("acme", 2);
+    let accepted = post_event(&client, base, &acme, "corrected", &corrected).await;
+    assert_eq!(
+        accepted.status(),
+        202,
+        "the key was held for a refused event"
+    );
+    assert!(accepted.headers().get("idempotent-replayed").is_none());
+    let replayed = post_event(&client, base, &acme, "corrected", &corrected).await;
+    assert_eq!(replayed.status(), 202);
+    assert_eq!(replayed.headers()["idempotent-replayed"], "true");
+    assert_eq!(env.wait_for_events(1, Duration::from_secs(20)).await, 1);
+}
