@@ -449,6 +449,90 @@ async fn a_slow_subscriber_is_evicted_and_the_pipeline_keeps_its_pace() {
     );
     assert!(text.contains("event: lagged"), "it was told it lagged");
     assert!(sentinel.metric("sse_evictions_total").await >= 1.0);
+
+    // Resuming from the `lagged` message's id loses nothing: what it got before and what it
+    // gets after are every event of the tenant, once.
+    let messages = sse_messages(&dechunked(&received));
+    let mut got: std::collections::HashSet<String> = messages
+        .iter()
+        .filter(|(event, _, _)| event == "event")
+        .map(|(_, _, data)| event_id_of(data))
+        .collect();
+    let resume_from = messages
+        .iter()
+        .find(|(event, _, _)| event == "lagged")
+        .and_then(|(_, id, _)| id.clone())
+        .expect("the lagged message has an id");
+    let client = reqwest::Client::new();
+    let mut resumed = SseReader::open(
+        &client,
+        &sentinel.base_url,
+        &read_token("slow"),
+        "",
+        Some(&resume_from),
+    )
+    .await;
+    while got.len() < 1_500 {
+        let Some(message) = resumed.next(Duration::from_secs(10)).await else {
+            break;
+        };
+        if message.event == "event" {
+            got.insert(event_id_of(&message.data));
+        }
+    }
+    assert_eq!(
+        got.len(),
+        1_500,
+        "every event, before the eviction or after the resume"
+    );
+}
+
+/// The body of a raw HTTP/1.1 response with chunked transfer encoding, chunks joined.
+fn dechunked(response: &[u8]) -> Vec<u8> {
+    let start = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("the response has headers")
+        + 4;
+    let mut rest = &response[start..];
+    let mut body = Vec::new();
+    while let Some(line_end) = rest.windows(2).position(|w| w == b"\r\n") {
+        let size_text = std::str::from_utf8(&rest[..line_end]).expect("a chunk size");
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
+            .expect("a hexadecimal chunk size");
+        if size == 0 || rest.len() < line_end + 2 + size {
+            break;
+        }
+        body.extend_from_slice(&rest[line_end + 2..line_end + 2 + size]);
+        rest = &rest[line_end + 2 + size + 2..];
+    }
+    body
+}
+
+/// `(event, id, data)` of every SSE message in `body`.
+fn sse_messages(body: &[u8]) -> Vec<(String, Option<String>, String)> {
+    String::from_utf8_lossy(body)
+        .split("\n\n")
+        .filter_map(|block| {
+            let (mut event, mut id, mut data) = ("message".to_owned(), None, None::<String>);
+            for line in block.lines() {
+                let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                let value = value.strip_prefix(' ').unwrap_or(value);
+                match field {
+                    "event" => event = value.to_owned(),
+                    "id" => id = Some(value.to_owned()),
+                    "data" => data = Some(value.to_owned()),
+                    _ => {}
+                }
+            }
+            data.map(|data| (event, id, data))
+        })
+        .collect()
+}
+
+fn event_id_of(data: &str) -> String {
+    let data: serde_json::Value = serde_json::from_str(data).expect("SSE data is JSON");
+    data["eventId"].as_str().expect("an event id").to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -196,6 +196,23 @@ async fn send(outbox: &Outbox, event: Event) -> Result<(), End> {
     }
 }
 
+/// Puts `partition` of `position` back to where it was `before` the item just advanced past,
+/// when that item was not sent: the `lagged` message's id must not count it, or a client
+/// resuming from that id would never get it.
+fn unsent_stays_ahead(
+    position: &mut FeedPosition,
+    partition: i32,
+    before: Option<i64>,
+    sent: &Result<(), End>,
+) {
+    if sent.is_err() {
+        match before {
+            Some(next) => position.0.insert(partition, next),
+            None => position.0.remove(&partition),
+        };
+    }
+}
+
 fn message(item: &FeedItem, position: &FeedPosition) -> Event {
     Event::default()
         .id(position.to_string())
@@ -221,6 +238,7 @@ async fn serve_subscriber(
                 Err(broadcast::error::RecvError::Closed) => return Err(End::Closed),
             };
             for item in &batch.items {
+                let before = position.0.get(&item.partition).copied();
                 if item.kind != FeedKind::Slo {
                     if position.has_seen(item.partition, item.offset) {
                         continue;
@@ -228,7 +246,9 @@ async fn serve_subscriber(
                     position.advance(item.partition, item.offset + 1);
                 }
                 if filter.admits(item) {
-                    send(&outbox, message(item, &position)).await?;
+                    let sent = send(&outbox, message(item, &position)).await;
+                    unsent_stays_ahead(&mut position, item.partition, before, &sent);
+                    sent?;
                 }
             }
             for &(partition, next) in &batch.progress {
@@ -307,8 +327,11 @@ async fn backfill(
         let complete = (rows.len() as i64) < BACKFILL_PAGE;
         for row in &rows {
             let item = feed_item(row);
+            let before = position.0.get(&item.partition).copied();
             position.advance(item.partition, item.offset + 1);
-            send(outbox, message(&item, position)).await?;
+            let sent = send(outbox, message(&item, position)).await;
+            unsent_stays_ahead(position, item.partition, before, &sent);
+            sent?;
         }
         if complete {
             return Ok(());
