@@ -31,14 +31,16 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if let Ok(value) = parse_json(data) {
-        let hash = canonical_hash(&value);
+        let Ok(hash) = canonical_hash(&value) else {
+            return;
+        };
         assert_eq!(hash.len(), 64);
         let reparsed: serde_json::Value =
             serde_json::from_str(&serde_json::to_string(&value).expect("serialises"))
                 .expect("parses");
         assert_eq!(
-            canonical_hash(&reparsed),
-            hash,
+            canonical_hash(&reparsed).ok(),
+            Some(hash),
             "the hash survives a round trip"
         );
     }

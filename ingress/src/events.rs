@@ -641,7 +641,8 @@ fn submission(
     received_at: DateTime<Utc>,
 ) -> Result<Submission, ApiError> {
     let document = parse_json(&value).map_err(envelope_problem)?;
-    let payload_hash = canonical_hash(&document);
+    let payload_hash =
+        canonical_hash(&document).map_err(|inexact| envelope_problem(inexact.into()))?;
     let envelope = envelope_from_value(document, &state.inner.settings.limits, received_at)
         .map_err(envelope_problem)?;
     if envelope.tenant_id != principal.tenant {

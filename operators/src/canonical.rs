@@ -7,6 +7,11 @@
 //! ECMAScript's shortest round-trip spelling (`ryu-js`). It is the output of `serde_jcs`, which
 //! the tests hold it to, at a fraction of the cost: `serde_jcs` buffers every member and re-parses
 //! every name, and the gateway hashes every event it receives.
+//!
+//! RFC 8785 hashes every number as an IEEE 754 double, which holds integers exactly only up to
+//! ±2^53: beyond, two different integers (9007199254740993 and 9007199254740992) would share a
+//! hash, so a changed payload would replay as the same one. A document holding such an integer
+//! is refused ([`InexactNumber`]); I-JSON (RFC 7493) asks for such numbers as strings.
 
 use std::cmp::Ordering;
 
@@ -14,29 +19,60 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+/// An integer no IEEE 754 double holds exactly, so RFC 8785 cannot hash it apart from its
+/// neighbours (not retriable: the document must change).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the integer {number} is beyond what a double holds exactly (±2^53): send it as a string")]
+pub struct InexactNumber {
+    /// JSON pointer (RFC 6901) to the number.
+    pub pointer: String,
+    /// The number as sent.
+    pub number: String,
+}
+
+impl InexactNumber {
+    /// Never retriable: the same document is refused again.
+    pub fn is_retriable(&self) -> bool {
+        false
+    }
+}
+
 /// The RFC 8785 canonical serialisation of `value`.
-pub fn canonical_json(value: &Value) -> String {
+pub fn canonical_json(value: &Value) -> Result<String, InexactNumber> {
     let mut out = Vec::with_capacity(256);
-    write_canonical(value, &mut out);
-    String::from_utf8(out).expect("the canonical form of a string-keyed document is UTF-8")
+    write_canonical(value, &mut out)?;
+    Ok(String::from_utf8(out).expect("the canonical form of a string-keyed document is UTF-8"))
 }
 
 /// Lowercase hex SHA-256 of the canonical form of `value`: the idempotency payload hash.
-pub fn canonical_hash(value: &Value) -> String {
+pub fn canonical_hash(value: &Value) -> Result<String, InexactNumber> {
     let mut out = Vec::with_capacity(512);
-    write_canonical(value, &mut out);
-    hex::encode(Sha256::digest(&out))
+    write_canonical(value, &mut out)?;
+    Ok(hex::encode(Sha256::digest(&out)))
 }
 
-fn write_canonical(value: &Value, out: &mut Vec<u8>) {
+fn write_canonical(value: &Value, out: &mut Vec<u8>) -> Result<(), InexactNumber> {
     match value {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(true) => out.extend_from_slice(b"true"),
         Value::Bool(false) => out.extend_from_slice(b"false"),
         Value::Number(number) => {
             // RFC 8785 numbers are IEEE 754 doubles; a serde_json number (no arbitrary
-            // precision) always has one, and it is always finite.
+            // precision) always has one, and it is always finite. Parsed integers keep their
+            // exact value, which the double must hold.
             let double = number.as_f64().expect("a serde_json number is a double");
+            let exact = match (number.as_i64(), number.as_u64()) {
+                // `as` saturates: 2^63 (i64::MAX rounded up) would come back as i64::MAX.
+                (Some(integer), _) => double < 2f64.powi(63) && double as i64 == integer,
+                (None, Some(integer)) => double < 2f64.powi(64) && double as u64 == integer,
+                (None, None) => true,
+            };
+            if !exact {
+                return Err(InexactNumber {
+                    pointer: String::new(),
+                    number: number.to_string(),
+                });
+            }
             out.extend_from_slice(ryu_js::Buffer::new().format_finite(double).as_bytes());
         }
         Value::String(text) => write_string(text, out),
@@ -46,15 +82,27 @@ fn write_canonical(value: &Value, out: &mut Vec<u8>) {
                 if index > 0 {
                     out.push(b',');
                 }
-                write_canonical(item, out);
+                write_canonical(item, out).map_err(|err| err.under(&index.to_string()))?;
             }
             out.push(b']');
         }
-        Value::Object(members) => write_object(members, out),
+        Value::Object(members) => write_object(members, out)?,
+    }
+    Ok(())
+}
+
+impl InexactNumber {
+    /// The same number, its pointer prefixed by the member or index `segment` it sits under.
+    fn under(self, segment: &str) -> Self {
+        let escaped = segment.replace('~', "~0").replace('/', "~1");
+        Self {
+            pointer: format!("/{escaped}{}", self.pointer),
+            ..self
+        }
     }
 }
 
-fn write_object(members: &Map<String, Value>, out: &mut Vec<u8>) {
+fn write_object(members: &Map<String, Value>, out: &mut Vec<u8>) -> Result<(), InexactNumber> {
     let mut sorted: Vec<(&String, &Value)> = members.iter().collect();
     // serde_json's map iterates in UTF-8 byte order, which is UTF-16 order unless names mix
     // characters above U+FFFF with ones from U+E000: sort only when that happened.
@@ -68,9 +116,10 @@ fn write_object(members: &Map<String, Value>, out: &mut Vec<u8>) {
         }
         write_string(name, out);
         out.push(b':');
-        write_canonical(member, out);
+        write_canonical(member, out).map_err(|err| err.under(name))?;
     }
     out.push(b'}');
+    Ok(())
 }
 
 fn utf16_order(a: &str, b: &str) -> Ordering {
@@ -88,7 +137,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn hash_of(text: &str) -> String {
-        canonical_hash(&serde_json::from_str(text).unwrap())
+        canonical_hash(&serde_json::from_str(text).unwrap()).unwrap()
     }
 
     #[test]
@@ -122,7 +171,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            canonical_json(&value),
+            canonical_json(&value).unwrap(),
             r#"{"literals":[null,true,false],"numbers":[333333333.3333333,1e+30,4.5,0.002,1e-27],"string":"€$\u000f\nA'B\"\\\\\"/"}"#
         );
     }
@@ -208,16 +257,55 @@ mod tests {
         })
     }
 
+    /// Whether every integer of `value` is one an IEEE 754 double holds exactly.
+    fn integers_are_exact(value: &Value) -> bool {
+        match value {
+            Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+                (Some(i), _) => i128::from(i) == n.as_f64().unwrap() as i128,
+                (None, Some(u)) => i128::from(u) == n.as_f64().unwrap() as i128,
+                (None, None) => true,
+            },
+            Value::Array(items) => items.iter().all(integers_are_exact),
+            Value::Object(members) => members.values().all(integers_are_exact),
+            _ => true,
+        }
+    }
+
+    #[test]
+    fn integers_a_double_cannot_hold_are_refused_where_they_are() {
+        let refused =
+            |text: &str| canonical_hash(&serde_json::from_str(text).unwrap()).expect_err(text);
+        // 2^53 + 1 would hash as 2^53: a changed payload would replay as the old one.
+        let err = refused(r#"{"payload":{"ids":[1,{"a/b":9007199254740993}]}}"#);
+        assert_eq!(err.pointer, "/payload/ids/1/a~1b");
+        assert_eq!(err.number, "9007199254740993");
+        refused(&i64::MAX.to_string());
+        refused(&u64::MAX.to_string());
+        refused("-9007199254740993");
+        // Integers a double holds exactly, however large, and every float are hashed.
+        for exact in [
+            "9007199254740992",
+            "1152921504606846976",
+            &i64::MIN.to_string(),
+            "-9007199254740992",
+            "9007199254740993.0",
+            "1e300",
+        ] {
+            assert!(hash_of(exact).len() == 64, "{exact}");
+        }
+        assert_ne!(hash_of("9007199254740992"), hash_of("9007199254740994"));
+    }
+
     #[test]
     fn names_sort_by_utf16_code_units() {
         // UTF-8 puts U+E000 before U+10000; UTF-16 (a surrogate pair from 0xD800) after.
         let value = serde_json::json!({"\u{e000}": 1, "\u{10000}": 2, "a": [0.1, 1e21, -0.0]});
         assert_eq!(
-            canonical_json(&value),
+            canonical_json(&value).unwrap(),
             "{\"a\":[0.1,1e+21,0],\"\u{10000}\":2,\"\u{e000}\":1}"
         );
         assert_eq!(
-            canonical_json(&value),
+            canonical_json(&value).unwrap(),
             serde_jcs::to_string(&value).unwrap()
         );
     }
@@ -225,20 +313,26 @@ mod tests {
     proptest! {
         #[test]
         fn the_canonical_form_is_serde_jcs_output(value in wide_json_value()) {
-            prop_assert_eq!(canonical_json(&value), serde_jcs::to_string(&value).unwrap());
+            match canonical_json(&value) {
+                Ok(canonical) => {
+                    prop_assert!(integers_are_exact(&value));
+                    prop_assert_eq!(canonical, serde_jcs::to_string(&value).unwrap());
+                }
+                Err(_) => prop_assert!(!integers_are_exact(&value), "refused {}", value),
+            }
         }
 
         #[test]
         fn any_spelling_of_a_document_has_one_hash(value in json_value()) {
             let respelled = respell(&value);
             let reparsed: Value = serde_json::from_str(&respelled).unwrap();
-            prop_assert_eq!(canonical_hash(&value), canonical_hash(&reparsed), "{}", respelled);
+            prop_assert_eq!(canonical_hash(&value).unwrap(), canonical_hash(&reparsed).unwrap(), "{}", respelled);
         }
 
         #[test]
         fn any_change_of_content_changes_the_hash(value in json_value(), other in json_value()) {
             prop_assume!(value != other);
-            prop_assert_ne!(canonical_hash(&value), canonical_hash(&other));
+            prop_assert_ne!(canonical_hash(&value).unwrap(), canonical_hash(&other).unwrap());
         }
     }
 }

@@ -95,7 +95,7 @@ pub fn decode_record(
         // Trust the gateway's hash; compute it for records from other producers.
         let hash = match &record.headers.payload_hash {
             Some(hash) => hash.clone(),
-            None => canonical_hash(&document),
+            None => canonical_hash(&document)?,
         };
         envelope_from_value(document, limits, received_utc).map(|envelope| (envelope, hash))
     });

@@ -103,6 +103,14 @@ pub enum EnvelopeError {
     },
 }
 
+impl From<crate::canonical::InexactNumber> for EnvelopeError {
+    fn from(err: crate::canonical::InexactNumber) -> Self {
+        Self::Invalid {
+            violations: vec![Violation::new(err.pointer.clone(), err.to_string())],
+        }
+    }
+}
+
 fn describe(violations: &[Violation]) -> String {
     let mut text = format!(
         "event has {} violation{}:",
