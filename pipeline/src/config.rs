@@ -230,6 +230,8 @@ pub struct Settings {
     #[arg(
         long,
         env = "SENTINEL_PRODUCE_TIMEOUT_MS",
+        // librdkafka reads 0 as "never time out": requests would wait out a broker outage.
+        value_parser = clap::value_parser!(u64).range(1..=MAX_SECONDS as u64 * 1_000),
         default_value_t = 10_000,
         global = true
     )]
@@ -314,6 +316,7 @@ pub struct Settings {
     #[arg(
         long,
         env = "SENTINEL_JWT_LEEWAY_SECONDS",
+        value_parser = clap::value_parser!(u64).range(0..=3_600),
         default_value_t = 30,
         global = true
     )]
@@ -351,6 +354,7 @@ pub struct Settings {
     #[arg(
         long,
         env = "SENTINEL_SLO_INGESTION_OBJECTIVE",
+        value_parser = parse_objective,
         default_value_t = 0.999,
         global = true
     )]
@@ -360,6 +364,7 @@ pub struct Settings {
     #[arg(
         long,
         env = "SENTINEL_SLO_FRESHNESS_OBJECTIVE",
+        value_parser = parse_objective,
         default_value_t = 0.99,
         global = true
     )]
@@ -576,6 +581,21 @@ fn parse_key_values(text: &str) -> Result<KafkaOptions, String> {
     Ok(KafkaOptions(pairs))
 }
 
+/// An SLO objective: a share strictly between 0 and 1, so that its error budget (1 - objective)
+/// is a share too and burn rates are finite.
+fn parse_objective(text: &str) -> Result<f64, String> {
+    let objective: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if objective > 0.0 && objective < 1.0 {
+        Ok(objective)
+    } else {
+        Err(format!(
+            "{text} is not a share strictly between 0 and 1 (0.999 is 99.9%)"
+        ))
+    }
+}
+
 impl Settings {
     /// The timely configuration: this process alone, or one process of a cluster.
     pub fn timely_config(&self) -> anyhow::Result<timely::Config> {
@@ -780,6 +800,20 @@ mod tests {
         ]);
         assert_eq!(cluster.topic_partitions(), 6);
         assert!(Cli::try_parse_from(["sentinel", "up", "--workers", "0"]).is_err());
+        // (flag, a value it refuses, one it takes): the value taken shows the flag exists, so
+        // that the refusal is the value's.
+        for (flag, refused, taken) in [
+            ("--produce-timeout-ms", "0", "1"),
+            ("--jwt-leeway-seconds", "18446744073709551615", "3600"),
+            ("--slo-ingestion-objective", "1", "0.95"),
+            ("--slo-freshness-objective", "0", "0.5"),
+            ("--slo-freshness-objective", "1.5", "0.999"),
+            ("--slo-ingestion-objective", "NaN", "0.9"),
+        ] {
+            let parse = |value| Cli::try_parse_from(["sentinel", "up", flag, value]);
+            assert!(parse(refused).is_err(), "{flag} {refused}");
+            assert!(parse(taken).is_ok(), "{flag} {taken}");
+        }
         let chosen = parse(&["sentinel", "up", "--topic-partitions", "12"]);
         assert_eq!(chosen.topic_partitions(), 12);
         assert!(Cli::try_parse_from(["sentinel", "up", "--topic-partitions", "0"]).is_err());
