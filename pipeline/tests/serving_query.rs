@@ -325,6 +325,23 @@ async fn formats_limits_and_errors() {
     assert_eq!(lines[1]["note"], serde_json::Value::Null);
     let refused = query(&client, base, sql, Some("image/png")).await;
     assert_eq!(refused.status(), 406);
+    // A result column may have any name, that of the row Sentinel wraps the query in included.
+    let named_q: serde_json::Value = query(
+        &client,
+        base,
+        "SELECT type AS q FROM events WHERE source = 'billing' ORDER BY id",
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(named_q["columns"][0]["name"], "q", "{named_q}");
+    assert_eq!(
+        named_q["rows"].as_array().map(Vec::len),
+        Some(2),
+        "{named_q}"
+    );
 
     // Row cap: 6 rows exist, 4 come back, flagged.
     let capped: serde_json::Value = query(&client, base, "SELECT id FROM events", None)

@@ -338,7 +338,7 @@ async fn run(
     }
     // Every value rendered by PostgreSQL's own JSON conversion, in column order.
     let wrapped = format!(
-        "SELECT row_to_json(q)::text FROM ({}) AS q LIMIT {}",
+        "SELECT row_to_json(q.*)::text FROM ({}) AS q LIMIT {}",
         planned.sql,
         state.query.row_cap + 1
     );
