@@ -416,6 +416,17 @@ pub struct Settings {
     )]
     pub query_row_cap: usize,
 
+    /// Most bytes of rows (rendered as JSON) a query answer holds (more are cut and flagged
+    /// `truncated`): what one query may hold of the gateway's memory.
+    #[arg(
+        long,
+        env = "SENTINEL_QUERY_MAX_BYTES",
+        default_value_t = 32 * 1024 * 1024,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..),
+        global = true
+    )]
+    pub query_max_bytes: usize,
+
     /// PostgreSQL statement timeout of each query, in milliseconds.
     #[arg(
         long,

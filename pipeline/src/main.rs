@@ -327,6 +327,7 @@ fn run(
                 },
                 query: queries::query::QuerySettings {
                     row_cap: settings.query_row_cap.max(1),
+                    byte_cap: settings.query_max_bytes,
                     statement_timeout: Duration::from_millis(settings.query_timeout_ms.max(1)),
                 },
             };

@@ -555,3 +555,37 @@ async fn slo_status_of_saturated_windows_is_capped_not_an_error() {
     );
     assert_eq!(report["objectives"][1]["total"].as_i64(), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_is_cut_at_the_byte_cap() {
+    let env = TestEnv::new("query_bytes").await;
+    // Each row of `SELECT id` renders as {"id":"<36 characters>"}: 46 bytes, so one fits.
+    let sentinel = start_with_fixture(&env, &[("SENTINEL_QUERY_MAX_BYTES", "60")]).await;
+    let client = reqwest::Client::new();
+    let cut: serde_json::Value = query(
+        &client,
+        &sentinel.base_url,
+        "SELECT id FROM events ORDER BY id",
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(cut["rows"].as_array().map(Vec::len), Some(1), "{cut}");
+    assert_eq!(cut["truncated"], true, "{cut}");
+    let counted: serde_json::Value = query(
+        &client,
+        &sentinel.base_url,
+        "SELECT count(*) AS n FROM events",
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(
+        counted["truncated"], false,
+        "a small answer is whole: {counted}"
+    );
+}

@@ -22,6 +22,9 @@ use crate::{JsonBodyError, ServingState};
 pub struct QuerySettings {
     /// Most rows returned; more are cut and `truncated` is set.
     pub row_cap: usize,
+    /// Most bytes of rows (as PostgreSQL renders them in JSON) one answer holds; rows past it
+    /// are cut and `truncated` is set, so that no query holds more of the gateway's memory.
+    pub byte_cap: usize,
     /// PostgreSQL `statement_timeout` of each query.
     pub statement_timeout: Duration,
 }
@@ -30,6 +33,7 @@ impl Default for QuerySettings {
     fn default() -> Self {
         Self {
             row_cap: 10_000,
+            byte_cap: 32 * 1024 * 1024,
             statement_timeout: Duration::from_secs(5),
         }
     }
@@ -348,37 +352,45 @@ async fn run(
     } else {
         std::slice::from_ref(&tenant_param)
     };
-    let rows = tx.query(&wrapped, params).await?;
-    tx.rollback().await?;
-    let truncated = rows.len() > state.query.row_cap;
-    let mut out = Vec::with_capacity(rows.len().min(state.query.row_cap));
-    for row in rows.iter().take(state.query.row_cap) {
-        let text: String = row.get(0);
-        let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
-            .map_err(|err| {
-                Failure::Rejected(invalid_query(
-                    format!("a row could not be rendered as JSON: {err}"),
-                    None,
-                ))
-            })?;
-        out.push(
-            columns
-                .iter()
-                .map(|c| {
-                    object
-                        .get(&c.name)
-                        .cloned()
-                        .unwrap_or(serde_json::Value::Null)
-                })
-                .collect(),
-        );
+    // Rows are read as they arrive, up to the caps: the rest is never held.
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    let mut truncated = false;
+    {
+        let rows = tx.query_raw(&wrapped, params.iter().copied()).await?;
+        let mut rows = std::pin::pin!(rows);
+        while let Some(row) = futures::TryStreamExt::try_next(&mut rows).await? {
+            let text: &str = row.get(0);
+            bytes = bytes.saturating_add(text.len());
+            if out.len() == state.query.row_cap || bytes > state.query.byte_cap {
+                truncated = true;
+                break;
+            }
+            out.push(json_row(&columns, text)?);
+        }
     }
+    tx.rollback().await?;
     Ok(QueryResult {
         row_count: out.len(),
         columns,
         rows: out,
         truncated,
     })
+}
+
+/// One row, rendered by PostgreSQL as a JSON object, as the values of `columns` in order.
+fn json_row(columns: &[Column], text: &str) -> Result<Vec<serde_json::Value>, Failure> {
+    let mut object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)
+        .map_err(|err| {
+            Failure::Rejected(invalid_query(
+                format!("a row could not be rendered as JSON: {err}"),
+                None,
+            ))
+        })?;
+    Ok(columns
+        .iter()
+        .map(|c| object.remove(&c.name).unwrap_or(serde_json::Value::Null))
+        .collect())
 }
 
 fn render(result: QueryResult, format: Format) -> Response {
