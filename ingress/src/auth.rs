@@ -152,6 +152,9 @@ pub struct Principal {
     pub roles: BTreeSet<Role>,
     /// The token's subject.
     pub subject: Option<String>,
+    /// Until when (seconds since the epoch) the token is accepted: its `exp` and the leeway. A
+    /// request that outlives it, such as a live feed, ends then.
+    pub valid_until: u64,
 }
 
 impl Principal {
@@ -408,15 +411,19 @@ impl Authenticator {
         if verified.nbf.is_some_and(|nbf| nbf > now + leeway) {
             return Err(AuthError::NotYetValid);
         }
+        let principal = Principal {
+            valid_until: verified.exp.saturating_add(leeway),
+            ..verified.principal.clone()
+        };
         // Only a token that verified and is valid now is remembered.
         if newly_verified {
             let mut tokens = self.verified.lock().expect("verified tokens lock");
             if tokens.len() >= self.verified_held {
                 tokens.clear();
             }
-            tokens.insert(token.into(), verified.clone());
+            tokens.insert(token.into(), verified);
         }
-        Ok(verified.principal)
+        Ok(principal)
     }
 
     /// Verifies a token's signature and claims.
@@ -456,6 +463,7 @@ impl Authenticator {
                             roles: claims.roles.iter().filter_map(|r| r.parse().ok()).collect(),
                             tenant: claims.tenant,
                             subject: claims.sub,
+                            valid_until: 0,
                         },
                         exp: claims.exp,
                         nbf: claims.nbf,

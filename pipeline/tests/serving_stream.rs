@@ -609,3 +609,51 @@ async fn sigterm_with_a_subscriber_connected_stops_cleanly() {
     .await;
     assert!(rest.is_ok(), "the feed response did not end");
 }
+
+/// A feed opened with a token ends when the token does, with a message whose id resumes it;
+/// a valid token then resumes where it ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_ends_when_its_token_expires_and_resumes_with_a_new_one() {
+    let env = TestEnv::new("sse_expiry").await;
+    let sentinel = env
+        .start_with("up", "up", &[("SENTINEL_JWT_LEEWAY_SECONDS", "0")])
+        .await;
+    let base = sentinel.base_url.as_str();
+    let client = reqwest::Client::new();
+    let short = ingress::auth::mint_hs256(
+        support::JWT_SECRET,
+        "acme",
+        &[Role::Read],
+        Duration::from_secs(3),
+        None,
+        None,
+    )
+    .unwrap();
+    let mut feed = SseReader::open(&client, base, &short, "", None).await;
+    let before = envelope(Uuid::new_v4(), "acme", "s", 1, "2025-06-15T10:00:00Z");
+    let posted = post_event(&client, base, &ingest_token("acme"), "before", &before).await;
+    assert_eq!(posted.status(), 202);
+    let first = feed.next(Duration::from_secs(20)).await.expect("the event");
+    assert_eq!(first.event, "event");
+    assert_eq!(first.json()["eventId"], before["eventId"]);
+    let ended = feed
+        .next(Duration::from_secs(10))
+        .await
+        .expect("a message when the token expires");
+    assert_eq!(ended.event, "token_expired");
+    assert!(
+        feed.next(Duration::from_secs(5)).await.is_none(),
+        "the stream ends"
+    );
+    // A fresh token resumes from the last id: only what came after.
+    let after = envelope(Uuid::new_v4(), "acme", "s", 2, "2025-06-15T10:00:01Z");
+    let posted = post_event(&client, base, &ingest_token("acme"), "after", &after).await;
+    assert_eq!(posted.status(), 202);
+    let mut resumed =
+        SseReader::open(&client, base, &read_token("acme"), "", ended.id.as_deref()).await;
+    let next = resumed
+        .next(Duration::from_secs(20))
+        .await
+        .expect("the next event");
+    assert_eq!(next.json()["eventId"], after["eventId"]);
+}

@@ -79,7 +79,7 @@ const SEND_PATIENCE: Duration = Duration::from_secs(10);
     params(StreamParams,
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this message id (the `id:` of any message received)")),
     responses(
-        (status = 200, description = "`text/event-stream`: messages named `event`, `dead_letter`, `slo` and, once, `lagged`; every one has a resumable `id`; a comment every 15 s keeps the connection alive", body = String, content_type = "text/event-stream"),
+        (status = 200, description = "`text/event-stream`: messages named `event`, `dead_letter`, `slo` and, last, `lagged` or `token_expired` (the stream then ends); every one has a resumable `id`; a comment every 15 s keeps the connection alive", body = String, content_type = "text/event-stream"),
         (status = 400, description = "Malformed Last-Event-ID, or malformed parameters", body = ApiError, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid bearer token", body = ApiError, content_type = "application/problem+json"),
         (status = 403, description = "The token lacks the read role", body = ApiError, content_type = "application/problem+json"),
@@ -132,6 +132,7 @@ pub async fn get_stream(
             .into_response()
         }
     };
+    let valid_until = principal.valid_until;
     let filter = Filter {
         tenant: principal.tenant,
         source: params.source,
@@ -153,7 +154,14 @@ pub async fn get_stream(
     };
     drop(client);
     let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
-    tokio::spawn(serve_subscriber(state, filter, position, live, tx));
+    tokio::spawn(serve_subscriber(
+        state,
+        filter,
+        position,
+        live,
+        tx,
+        valid_until,
+    ));
     Sse::new(ReceiverStream::new(rx))
         .keep_alive(
             KeepAlive::new()
@@ -179,6 +187,8 @@ enum End {
     Lagged,
     /// The hub stopped.
     Closed,
+    /// The subscriber's token expired.
+    Expired,
 }
 
 /// Sends one message, keeping a slot free for the final `lagged`; a client that does not read
@@ -226,13 +236,21 @@ async fn serve_subscriber(
     mut position: FeedPosition,
     mut live: broadcast::Receiver<std::sync::Arc<crate::feed::FeedBatch>>,
     outbox: Outbox,
+    valid_until: u64,
 ) {
     let _subscribed = telemetry::Subscribed::new();
     let closed = state.feed.closed();
+    let expires = token_expiry(valid_until);
     let serve = async {
         backfill(&state, &filter, &mut position, &outbox).await?;
         loop {
-            let batch = match live.recv().await {
+            // The token is checked between batches, where the position counts exactly what
+            // was sent (receiving is cancel-safe; a send cut short would not be).
+            let received = tokio::select! {
+                received = live.recv() => received,
+                () = tokio::time::sleep_until(expires) => return Err(End::Expired),
+            };
+            let batch = match received {
                 Ok(batch) => batch,
                 Err(broadcast::error::RecvError::Lagged(_)) => return Err(End::Lagged),
                 Err(broadcast::error::RecvError::Closed) => return Err(End::Closed),
@@ -268,6 +286,21 @@ async fn serve_subscriber(
         // A slot is always free for this one (see `send`).
         let _ = outbox.try_send(Ok(lagged));
     }
+    if let Err(End::Expired) = end {
+        let expired = Event::default().id(position.to_string()).event("token_expired").data(
+            r#"{"detail":"the token expired; reconnect with a valid token and Last-Event-ID to resume"}"#,
+        );
+        let _ = outbox.try_send(Ok(expired));
+    }
+}
+
+/// When a token valid until `valid_until` (seconds since the epoch) stops being valid.
+fn token_expiry(valid_until: u64) -> tokio::time::Instant {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let left = Duration::from_secs(valid_until).saturating_sub(now);
+    tokio::time::Instant::now() + left.min(Duration::from_secs(10 * 365 * 86_400))
 }
 
 /// Sends everything stored after `position` that `filter` admits, page by page.
