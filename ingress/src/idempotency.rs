@@ -358,16 +358,21 @@ async fn run_batches(settings: IdempotencySettings, mut queue: mpsc::Receiver<Op
             }
             Err(err) => {
                 let err = unavailable(err);
-                let (completes, releases, forgets) = (
-                    group.completes.len(),
-                    group.releases.len(),
-                    group.forgets.len(),
+                let Group {
+                    claims,
+                    completes,
+                    releases,
+                    forgets,
+                } = group;
+                fail_all(
+                    claims
+                        .into_iter()
+                        .chain(completes)
+                        .chain(releases)
+                        .chain(forgets)
+                        .collect(),
+                    &err,
                 );
-                if completes + releases + forgets > 0 {
-                    tracing::warn!(error = %err, completes, releases, forgets,
-                        "idempotency claims not completed, released or forgotten; they free themselves after their lease");
-                }
-                fail_all(group.claims, &err);
                 store = None;
             }
         }
@@ -512,11 +517,21 @@ async fn write_group(
     Ok(rows)
 }
 
+/// Answers every claim of `ops` with `err`; completions, releases and forgets among them are
+/// dropped, and said so: their claims free themselves after their lease.
 fn fail_all(ops: Vec<Op>, err: &StoreUnavailable) {
+    let mut dropped = 0;
     for op in ops {
-        if let Op::Claim { reply, .. } = op {
-            let _ = reply.send(Err(err.clone()));
+        match op {
+            Op::Claim { reply, .. } => {
+                let _ = reply.send(Err(err.clone()));
+            }
+            Op::Complete { .. } | Op::Release { .. } | Op::Forget { .. } => dropped += 1,
         }
+    }
+    if dropped > 0 {
+        tracing::warn!(error = %err, dropped,
+            "idempotency claims not completed, released or forgotten; they free themselves after their lease");
     }
 }
 
