@@ -188,7 +188,7 @@ pub struct Settings {
 
     /// Timely worker threads running the dataflow. Each owns a consumer, its partitions and a
     /// PostgreSQL writer; where the dataflow does not need a second core, 1 costs less CPU per
-    /// event (on 2 cores: 9-15% of the whole machine's).
+    /// single event (on 2 cores: 13-15% of the whole machine's).
     #[arg(
         long,
         env = "SENTINEL_WORKERS",
