@@ -427,63 +427,18 @@ async fn write_group(
     settings: &IdempotencySettings,
     group: &Group,
 ) -> Result<Vec<Row>, tokio_postgres::Error> {
-    let completed = key_columns(&group.completes);
-    let released = key_columns(&group.releases);
-    let forgotten = key_columns(&group.forgets);
+    let to_complete = key_columns(&group.completes);
+    let to_release = key_columns(&group.releases);
+    let to_forget = key_columns(&group.forgets);
     let claim_columns = claim_columns(&group.claims);
     let lease_ms = settings.lease.as_millis() as f64;
     let retention_ms = settings.retention.as_millis() as f64;
 
     let client = &db.client;
     let begin = client.batch_execute("BEGIN");
-    let completes = async {
-        if group.completes.is_empty() {
-            return Ok(0);
-        }
-        client
-            .execute(
-                &db.complete,
-                &[
-                    &completed.tenants,
-                    &completed.keys,
-                    &completed.hashes,
-                    &completed.received,
-                ],
-            )
-            .await
-    };
-    let releases = async {
-        if group.releases.is_empty() {
-            return Ok(0);
-        }
-        client
-            .execute(
-                &db.release,
-                &[
-                    &released.tenants,
-                    &released.keys,
-                    &released.hashes,
-                    &released.received,
-                ],
-            )
-            .await
-    };
-    let forgets = async {
-        if group.forgets.is_empty() {
-            return Ok(0);
-        }
-        client
-            .execute(
-                &db.forget,
-                &[
-                    &forgotten.tenants,
-                    &forgotten.keys,
-                    &forgotten.hashes,
-                    &forgotten.received,
-                ],
-            )
-            .await
-    };
+    let completes = execute_keyed(client, &db.complete, &to_complete);
+    let releases = execute_keyed(client, &db.release, &to_release);
+    let forgets = execute_keyed(client, &db.forget, &to_forget);
     let claims = async {
         if group.claims.is_empty() {
             return Ok(Vec::new());
@@ -515,6 +470,28 @@ async fn write_group(
     let rows = claimed?;
     committed?;
     Ok(rows)
+}
+
+/// Runs a completion, release or forget statement over `columns`; nothing when there are none.
+async fn execute_keyed(
+    client: &Client,
+    statement: &Statement,
+    columns: &KeyColumns<'_>,
+) -> Result<u64, tokio_postgres::Error> {
+    if columns.tenants.is_empty() {
+        return Ok(0);
+    }
+    client
+        .execute(
+            statement,
+            &[
+                &columns.tenants,
+                &columns.keys,
+                &columns.hashes,
+                &columns.received,
+            ],
+        )
+        .await
 }
 
 /// Answers every claim of `ops` with `err`; completions, releases and forgets among them are

@@ -1044,30 +1044,51 @@ async fn a_duplicate_queued_behind_a_conflicting_request_still_replays() {
     assert_eq!(answer["results"][1]["eventId"], first["eventId"]);
 }
 
+/// A claim store of its own on `env`'s migrated database (purging every 100 ms), with the key
+/// `key` of tenant `acme`, and a connection to the database.
+async fn claim_store(
+    env: &TestEnv,
+    key: &str,
+    retention: Duration,
+    lease: Duration,
+) -> (
+    ingress::idempotency::ClaimStore,
+    ingress::idempotency::ClaimKey,
+    tokio_postgres::Client,
+) {
+    let mut db = env.db().await;
+    sinks::postgres::migrate(&mut db).await.unwrap();
+    let store =
+        ingress::idempotency::ClaimStore::start(ingress::idempotency::IdempotencySettings {
+            database_url: env.database_url.clone(),
+            retention,
+            lease,
+            max_batch: 100,
+            linger: Duration::ZERO,
+            purge_interval: Duration::from_millis(100),
+        });
+    let key = ingress::idempotency::ClaimKey {
+        tenant_id: "acme".into(),
+        key: key.into(),
+    };
+    (store, key, db)
+}
+
 /// A request whose produce outlived its lease (a broker slower than the produce timeout, on
 /// another gateway instance, say) must not complete or release the claim a retry took over:
 /// its late release would let a third request send the event again while the retry is still
 /// sending it, and its late completion would replay the retry's answer though the retry failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_lost_its_claim_to_a_takeover_leaves_the_new_claim_alone() {
-    use ingress::idempotency::{
-        ClaimKey, ClaimOutcome, ClaimStore, IdempotencySettings, StoredAnswer,
-    };
+    use ingress::idempotency::{ClaimOutcome, StoredAnswer};
     let env = TestEnv::new("takeover").await;
-    let mut db = env.db().await;
-    sinks::postgres::migrate(&mut db).await.unwrap();
-    let store = ClaimStore::start(IdempotencySettings {
-        database_url: env.database_url.clone(),
-        retention: Duration::from_secs(3600),
-        lease: Duration::from_millis(300),
-        max_batch: 100,
-        linger: Duration::ZERO,
-        purge_interval: Duration::from_secs(3600),
-    });
-    let key = ClaimKey {
-        tenant_id: "acme".into(),
-        key: "slow-broker".into(),
-    };
+    let (store, key, _db) = claim_store(
+        &env,
+        "slow-broker",
+        Duration::from_secs(3600),
+        Duration::from_millis(300),
+    )
+    .await;
     let answer = |received_at| StoredAnswer {
         event_id: Uuid::from_u128(7),
         received_at,
@@ -1120,24 +1141,15 @@ async fn a_request_that_lost_its_claim_to_a_takeover_leaves_the_new_claim_alone(
 /// payload taking it then would make one key yield two events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_outlives_a_retention_shorter_than_its_lease() {
-    use ingress::idempotency::{
-        ClaimKey, ClaimOutcome, ClaimStore, IdempotencySettings, StoredAnswer,
-    };
+    use ingress::idempotency::{ClaimOutcome, StoredAnswer};
     let env = TestEnv::new("short_retention").await;
-    let mut db = env.db().await;
-    sinks::postgres::migrate(&mut db).await.unwrap();
-    let store = ClaimStore::start(IdempotencySettings {
-        database_url: env.database_url.clone(),
-        retention: Duration::from_millis(100),
-        lease: Duration::from_secs(2),
-        max_batch: 100,
-        linger: Duration::ZERO,
-        purge_interval: Duration::from_millis(100),
-    });
-    let key = ClaimKey {
-        tenant_id: "acme".into(),
-        key: "short-retention".into(),
-    };
+    let (store, key, db) = claim_store(
+        &env,
+        "short-retention",
+        Duration::from_millis(100),
+        Duration::from_secs(2),
+    )
+    .await;
     let answer = StoredAnswer {
         event_id: Uuid::from_u128(9),
         received_at: chrono::Utc::now(),
