@@ -411,19 +411,15 @@ impl Authenticator {
         if verified.nbf.is_some_and(|nbf| nbf > now + leeway) {
             return Err(AuthError::NotYetValid);
         }
-        let principal = Principal {
-            valid_until: verified.exp.saturating_add(leeway),
-            ..verified.principal.clone()
-        };
         // Only a token that verified and is valid now is remembered.
         if newly_verified {
             let mut tokens = self.verified.lock().expect("verified tokens lock");
             if tokens.len() >= self.verified_held {
                 tokens.clear();
             }
-            tokens.insert(token.into(), verified);
+            tokens.insert(token.into(), verified.clone());
         }
-        Ok(principal)
+        Ok(verified.principal)
     }
 
     /// Verifies a token's signature and claims.
@@ -463,7 +459,7 @@ impl Authenticator {
                             roles: claims.roles.iter().filter_map(|r| r.parse().ok()).collect(),
                             tenant: claims.tenant,
                             subject: claims.sub,
-                            valid_until: 0,
+                            valid_until: claims.exp.saturating_add(self.settings.leeway.as_secs()),
                         },
                         exp: claims.exp,
                         nbf: claims.nbf,

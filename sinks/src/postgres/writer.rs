@@ -1541,6 +1541,20 @@ mod tests {
         drop_database(&url).await;
     }
 
+    /// Commits `batch` and leaves `sink` as a lost COMMIT answer would: the batch durable, its
+    /// stream corrections in doubt, the connection gone.
+    async fn commit_losing_the_answer(sink: &mut EventSink, batch: &CommitBatch) {
+        let mut sent = None;
+        let corrections = std::mem::take(&mut sink.corrections);
+        sink.commit_with(batch, &corrections, &mut sent)
+            .await
+            .unwrap();
+        sink.corrections = corrections;
+        sink.in_doubt = sent;
+        sink.client = None;
+        sink.maybe_committed = true;
+    }
+
     #[tokio::test]
     async fn a_batch_whose_commit_answer_was_lost_still_corrects_its_streams() {
         let (url, mut sink) = one_stored_event("stream_corrections_in_doubt").await;
@@ -1548,15 +1562,7 @@ mod tests {
         // A copy of `a` and a new event; the transaction commits, its answer is lost.
         let b = event(2, 20, 2, None);
         let copy_and_b = events_batch(vec![event(1, 10, 1, None), b.clone()], 3, &b);
-        let mut sent = None;
-        let corrections = std::mem::take(&mut sink.corrections);
-        sink.commit_with(&copy_and_b, &corrections, &mut sent)
-            .await
-            .unwrap();
-        sink.corrections = corrections;
-        sink.in_doubt = sent;
-        sink.client = None;
-        sink.maybe_committed = true;
+        commit_losing_the_answer(&mut sink, &copy_and_b).await;
         // The retry finds the batch durable; the next batch still leaves the copy out.
         sink.commit(&copy_and_b).await.unwrap();
         let c = event(3, 30, 3, None);
@@ -1623,15 +1629,7 @@ mod tests {
         let id = uuid::Uuid::from_u128;
         let b = event(2, 20, 2, None);
         let copy_and_b = events_batch(vec![event(1, 10, 1, None), b.clone()], 3, &b);
-        let mut sent = None;
-        let corrections = std::mem::take(&mut sink.corrections);
-        sink.commit_with(&copy_and_b, &corrections, &mut sent)
-            .await
-            .unwrap();
-        sink.corrections = corrections;
-        sink.in_doubt = sent;
-        sink.client = None;
-        sink.maybe_committed = true;
+        commit_losing_the_answer(&mut sink, &copy_and_b).await;
         // The first retry cannot reach PostgreSQL (it is still restarting, say): nothing is
         // sent, so whether the batch committed is still unknown.
         sink.url = "postgres://postgres@127.0.0.1:1/unreachable".to_owned();
