@@ -572,6 +572,40 @@ pub struct Settings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaOptions(pub Vec<(String, String)>);
 
+/// librdkafka properties Sentinel sets itself because its guarantees rest on them, each with
+/// why; `SENTINEL_KAFKA_OPTIONS` may not change them.
+const GUARDED_KAFKA_OPTIONS: &[(&str, &str)] = &[
+    ("acks", "a 202 waits for every in-sync replica (acks=all)"),
+    (
+        "request.required.acks",
+        "a 202 waits for every in-sync replica (acks=all)",
+    ),
+    (
+        "enable.idempotence",
+        "the producer's retries never duplicate or reorder a record",
+    ),
+    (
+        "message.timeout.ms",
+        "the idempotency lease outlasts a produce; set SENTINEL_PRODUCE_TIMEOUT_MS",
+    ),
+    (
+        "delivery.timeout.ms",
+        "the idempotency lease outlasts a produce; set SENTINEL_PRODUCE_TIMEOUT_MS",
+    ),
+    (
+        "enable.auto.commit",
+        "offsets are committed with the results they produced, in PostgreSQL",
+    ),
+    (
+        "enable.auto.offset.store",
+        "offsets are committed with the results they produced, in PostgreSQL",
+    ),
+    (
+        "auto.offset.reset",
+        "a partition without a committed offset is read from its beginning",
+    ),
+];
+
 fn parse_key_values(text: &str) -> Result<KafkaOptions, String> {
     let mut pairs: Vec<(String, String)> = Vec::new();
     for segment in text.split(',') {
@@ -587,6 +621,16 @@ fn parse_key_values(text: &str) -> Result<KafkaOptions, String> {
                 }
                 None => return Err(format!("{segment:?} is not key=value")),
             },
+        }
+    }
+    for (key, _) in &pairs {
+        if let Some((_, why)) = GUARDED_KAFKA_OPTIONS
+            .iter()
+            .find(|(guarded, _)| guarded == key)
+        {
+            return Err(format!(
+                "{key} is set by Sentinel and cannot be overridden: {why}"
+            ));
         }
     }
     Ok(KafkaOptions(pairs))
@@ -777,6 +821,32 @@ mod tests {
             ]
         );
         assert!(Cli::try_parse_from(["sentinel", "up", "--kafka-options", "novalue"]).is_err());
+    }
+
+    #[test]
+    fn kafka_options_cannot_weaken_the_guarantees() {
+        for option in [
+            "acks=1",
+            "security.protocol=SSL,enable.idempotence=false",
+            "message.timeout.ms=600000",
+            "auto.offset.reset=latest",
+            "enable.auto.commit=true",
+        ] {
+            let err = Cli::try_parse_from(["sentinel", "up", "--kafka-options", option])
+                .expect_err(option)
+                .to_string();
+            assert!(
+                err.contains("is set by Sentinel and cannot be overridden"),
+                "{err}"
+            );
+        }
+        assert!(Cli::try_parse_from([
+            "sentinel",
+            "up",
+            "--kafka-options",
+            "message.max.bytes=4000,linger.ms=5"
+        ])
+        .is_ok());
     }
 
     #[test]
