@@ -100,9 +100,12 @@ pub enum ProblemType {
     /// 415.
     #[serde(rename = "/problems/unsupported-media-type")]
     UnsupportedMediaType,
-    /// 429.
+    /// 429: too many events in flight.
     #[serde(rename = "/problems/overloaded")]
     Overloaded,
+    /// 429: the tenant runs as many queries at once as it may.
+    #[serde(rename = "/problems/too-many-queries")]
+    TooManyQueries,
     /// 500: the broker refused the record.
     #[serde(rename = "/problems/broker-rejected")]
     BrokerRejected,

@@ -427,6 +427,17 @@ pub struct Settings {
     )]
     pub query_max_bytes: usize,
 
+    /// Most queries one tenant runs at once; more get 429, so that no tenant holds the whole
+    /// read pool (SENTINEL_READ_POOL_SIZE).
+    #[arg(
+        long,
+        env = "SENTINEL_QUERY_TENANT_CONCURRENCY",
+        default_value_t = 4,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..),
+        global = true
+    )]
+    pub query_tenant_concurrency: usize,
+
     /// PostgreSQL statement timeout of each query, in milliseconds.
     #[arg(
         long,

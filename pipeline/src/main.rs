@@ -330,6 +330,7 @@ fn run(
                     byte_cap: settings.query_max_bytes,
                     statement_timeout: Duration::from_millis(settings.query_timeout_ms.max(1)),
                 },
+                query_slots: queries::query::TenantSlots::new(settings.query_tenant_concurrency),
             };
             let slo = queries::SloState {
                 database_url: settings.database_url.clone(),

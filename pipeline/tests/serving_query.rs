@@ -589,3 +589,52 @@ async fn an_answer_is_cut_at_the_byte_cap() {
         "a small answer is whole: {counted}"
     );
 }
+
+/// One tenant's queries past `SENTINEL_QUERY_TENANT_CONCURRENCY` get 429 while they wait for the
+/// database, and another tenant's queries still run: no tenant can hold the whole read pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_runs_at_most_its_limit_of_queries_at_once() {
+    let env = TestEnv::new("query_tenant_slots").await;
+    let sentinel = start_with_fixture(&env, &[("SENTINEL_QUERY_TENANT_CONCURRENCY", "1")]).await;
+    let base = sentinel.base_url.clone();
+    let client = reqwest::Client::new();
+    let run_as = |tenant: &'static str| {
+        let (client, base) = (client.clone(), base.clone());
+        tokio::spawn(async move {
+            client
+                .post(format!("{base}/v1/query"))
+                .bearer_auth(token(tenant, &[Role::Read]))
+                .json(&serde_json::json!({ "sql": "SELECT count(*) AS n FROM events" }))
+                .send()
+                .await
+                .expect("POST /v1/query")
+        })
+    };
+    // Queries of `events` wait while the test holds the table.
+    let mut holder = env.db().await;
+    let hold = holder.transaction().await.unwrap();
+    hold.batch_execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let waiting = run_as("acme");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let refused = run_as("acme").await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let problem: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(problem["type"], "/problems/too-many-queries", "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("as many queries at once as it may (1,"),
+        "{problem}"
+    );
+    let other_tenant = run_as("globex");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    hold.rollback().await.unwrap();
+    assert_eq!(waiting.await.unwrap().status(), 200);
+    assert_eq!(other_tenant.await.unwrap().status(), 200);
+    // The slot is free again once the query answered.
+    assert_eq!(run_as("acme").await.unwrap().status(), 200);
+}

@@ -113,6 +113,8 @@ pub struct ServingState {
     pub replay: dead_letters::ReplayContext,
     /// Limits of the query endpoint.
     pub query: query::QuerySettings,
+    /// The queries each tenant runs.
+    pub query_slots: query::TenantSlots,
 }
 
 /// The read routes: `/v1/stream`, `/v1/query`, `/v1/dead-letters…` and `/v1/slo`.

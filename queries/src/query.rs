@@ -1,7 +1,10 @@
 //! `POST /v1/query` and `GET /v1/query`: runs a planned query (see [`crate::plan`]) in a
 //! read-only transaction as `sentinel_reader` under row-level security, with a statement
-//! timeout and a row cap, and answers JSON, CSV or NDJSON by `Accept`.
+//! timeout and a row cap, and answers JSON, CSV or NDJSON by `Accept`. Each tenant runs a
+//! bounded number of queries at once ([`TenantSlots`]), so that none can hold the read pool.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -35,6 +38,65 @@ impl Default for QuerySettings {
             row_cap: 10_000,
             byte_cap: 32 * 1024 * 1024,
             statement_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How many queries each tenant may run at once: past it a tenant's query gets 429, so that
+/// one tenant cannot hold every connection of the read pool (which the live feed's back-fill
+/// and the dead-letter endpoints share) for a statement timeout at a time. Cheap to clone;
+/// clones share the count.
+#[derive(Debug, Clone)]
+pub struct TenantSlots {
+    limit: usize,
+    running: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl TenantSlots {
+    /// At most `limit` (at least one) queries per tenant at once.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit: limit.max(1),
+            running: Arc::default(),
+        }
+    }
+
+    /// The most queries a tenant runs at once.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// A slot for one query of `tenant`, held until the slot is dropped; `None` when the tenant
+    /// runs its limit already.
+    pub fn try_take(&self, tenant: &str) -> Option<TenantSlot> {
+        let mut running = self.running.lock().expect("tenant slots lock");
+        let count = running.entry(tenant.to_owned()).or_default();
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(TenantSlot {
+            slots: self.clone(),
+            tenant: tenant.to_owned(),
+        })
+    }
+}
+
+/// One running query's place in its tenant's [`TenantSlots`]; frees it when dropped.
+#[derive(Debug)]
+pub struct TenantSlot {
+    slots: TenantSlots,
+    tenant: String,
+}
+
+impl Drop for TenantSlot {
+    fn drop(&mut self) {
+        let mut running = self.slots.running.lock().expect("tenant slots lock");
+        if let Some(count) = running.get_mut(&self.tenant) {
+            *count -= 1;
+            if *count == 0 {
+                running.remove(&self.tenant);
+            }
         }
     }
 }
@@ -186,6 +248,8 @@ fn negotiate(headers: &HeaderMap) -> Option<Format> {
         (status = 406, description = "Accept allows none of JSON, CSV, NDJSON", body = ApiError, content_type = "application/problem+json"),
         (status = 408, description = "The query ran past the statement timeout", body = ApiError, content_type = "application/problem+json"),
         (status = 413, description = "Body over 2 MiB", body = ApiError, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant runs as many queries at once as it may", body = ApiError, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
         (status = 503, description = "PostgreSQL unavailable", body = ApiError, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
@@ -223,6 +287,8 @@ pub async fn post_query(
         (status = 403, description = "The token lacks the read role", body = ApiError, content_type = "application/problem+json"),
         (status = 406, description = "Accept allows none of JSON, CSV, NDJSON", body = ApiError, content_type = "application/problem+json"),
         (status = 408, description = "The query ran past the statement timeout", body = ApiError, content_type = "application/problem+json"),
+        (status = 429, description = "As for POST", body = ApiError, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
         (status = 503, description = "PostgreSQL unavailable", body = ApiError, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
@@ -260,6 +326,26 @@ async fn answer(state: &ServingState, headers: &HeaderMap, sql: &str) -> Respons
             "Not acceptable",
             "the query endpoint answers application/json, text/csv or application/x-ndjson",
         )
+        .into_response();
+    };
+    let Some(_slot) = state.query_slots.try_take(&principal.tenant) else {
+        QueryAnswered {
+            outcome: QueryOutcome::Refused,
+            duration: Duration::ZERO,
+        }
+        .emit();
+        return ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too-many-queries",
+            "Too many queries",
+            format!(
+                "tenant {:?} already runs as many queries at once as it may ({}, \
+                 SENTINEL_QUERY_TENANT_CONCURRENCY); retry when one has answered",
+                principal.tenant,
+                state.query_slots.limit()
+            ),
+        )
+        .retry_after(1)
         .into_response();
     };
     let started = Instant::now();
@@ -466,6 +552,24 @@ fn csv_field(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_tenant_runs_at_most_its_limit_of_queries_at_once() {
+        let slots = TenantSlots::new(2);
+        let first = slots.try_take("acme").expect("first slot");
+        let second = slots.try_take("acme").expect("second slot");
+        assert!(slots.try_take("acme").is_none(), "a third query of acme");
+        let other = slots
+            .try_take("globex")
+            .expect("another tenant has its own slots");
+        drop(first);
+        let third = slots.try_take("acme").expect("a freed slot is taken again");
+        drop((second, third, other));
+        assert!(
+            slots.running.lock().unwrap().is_empty(),
+            "tenants without queries are forgotten"
+        );
+    }
 
     #[test]
     fn accept_picks_the_best_supported_format() {

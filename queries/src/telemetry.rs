@@ -134,10 +134,18 @@ pub enum QueryOutcome {
     Timeout,
     /// The database was unavailable.
     Error,
+    /// Not run: the tenant ran as many queries at once as it may.
+    Refused,
 }
 
 impl QueryOutcome {
-    const ALL: [QueryOutcome; 4] = [Self::Ok, Self::Rejected, Self::Timeout, Self::Error];
+    const ALL: [QueryOutcome; 5] = [
+        Self::Ok,
+        Self::Rejected,
+        Self::Timeout,
+        Self::Error,
+        Self::Refused,
+    ];
 
     fn label(&self) -> &'static str {
         match self {
@@ -145,6 +153,7 @@ impl QueryOutcome {
             Self::Rejected => "rejected",
             Self::Timeout => "timeout",
             Self::Error => "error",
+            Self::Refused => "refused",
         }
     }
 }
