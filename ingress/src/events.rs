@@ -59,6 +59,15 @@ pub struct IngressSettings {
     pub limits: EnvelopeLimits,
 }
 
+impl IngressSettings {
+    /// Most events one batch may hold: `max_batch_events`, or the whole in-flight budget when
+    /// that is smaller, since a batch takes its events' share of the budget at once and one
+    /// larger than all of it could never be admitted.
+    pub fn batch_event_limit(&self) -> usize {
+        self.max_batch_events.min(self.max_in_flight)
+    }
+}
+
 impl Default for IngressSettings {
     fn default() -> Self {
         Self {
@@ -901,16 +910,20 @@ pub async fn post_batch(
         )
         .into_response();
     }
-    if lines.len() > settings.max_batch_events {
+    if lines.len() > settings.batch_event_limit() {
+        let limit = if settings.max_in_flight < settings.max_batch_events {
+            format!(
+                "the gateway's whole in-flight budget (SENTINEL_MAX_IN_FLIGHT) is {}",
+                settings.max_in_flight
+            )
+        } else {
+            format!("the limit is {}", settings.max_batch_events)
+        };
         return ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "batch-too-large",
             "Batch too large",
-            format!(
-                "the batch has {} events; the limit is {}",
-                lines.len(),
-                settings.max_batch_events
-            ),
+            format!("the batch has {} events; {limit}", lines.len()),
         )
         .into_response();
     }

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{envelope, ingest_token, post_event, post_raw, token, TestEnv};
+use support::{envelope, ingest_token, post_event, post_raw, token, PrivateBroker, TestEnv};
 use uuid::Uuid;
 
 /// Replaces every `{"$ref": "#/components/schemas/X"}` by the schema it names.
@@ -74,9 +74,19 @@ impl Checker {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_responses_match_the_openapi_document() {
+    // A broker of its own, paused to hold the in-flight budget for the 429.
+    let broker = PrivateBroker::start().await;
     let env = TestEnv::new("openapi").await;
     let sentinel = env
-        .start_with("up", "up", &[("SENTINEL_MAX_IN_FLIGHT", "4")])
+        .start_with(
+            "up",
+            "up",
+            &[
+                ("KAFKA_BROKERS", &broker.address),
+                ("SENTINEL_MAX_IN_FLIGHT", "4"),
+                ("SENTINEL_MAX_BATCH_EVENTS", "4"),
+            ],
+        )
         .await;
     let base = sentinel.base_url.as_str();
     let client = reqwest::Client::new();
@@ -205,18 +215,33 @@ async fn real_responses_match_the_openapi_document() {
             );
         }
     }
-    let too_many: String = (0..5)
-        .map(|i| serde_json::json!({"idempotencyKey": format!("m{i}"), "event": envelope(Uuid::new_v4(), "acme", "s-3", i, "2025-06-15T10:00:00Z")}).to_string() + "\n")
-        .collect();
-    let overloaded = client
-        .post(format!("{base}/v1/events:batch"))
-        .bearer_auth(&acme)
-        .header("content-type", "application/x-ndjson")
-        .body(too_many)
-        .send()
-        .await
-        .unwrap();
+    let ndjson_of = |keys: std::ops::Range<usize>| -> String {
+        keys.map(|i| serde_json::json!({"idempotencyKey": format!("m{i}"), "event": envelope(Uuid::new_v4(), "acme", "s-3", i, "2025-06-15T10:00:00Z")}).to_string() + "\n")
+            .collect()
+    };
+    let post_batch = |body: String| {
+        client
+            .post(format!("{base}/v1/events:batch"))
+            .bearer_auth(&acme)
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+    };
+    // More events than a batch may hold: 413.
+    let oversized = post_batch(ndjson_of(0..5)).await.unwrap();
+    let problem = checker.check("/v1/events:batch", "post", oversized).await;
+    assert_eq!(
+        problem["detail"], "the batch has 5 events; the limit is 4",
+        "{problem}"
+    );
+    // Three events held by the paused broker leave one of the four: two more get 429.
+    broker.pause();
+    let held = tokio::spawn(post_batch(ndjson_of(10..13)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let overloaded = post_batch(ndjson_of(20..22)).await.unwrap();
+    broker.resume();
     checker.check("/v1/events:batch", "post", overloaded).await;
+    assert_eq!(held.await.unwrap().unwrap().status(), 200);
     let reader = token("acme", &[ingress::Role::Read]);
     let slo = client
         .get(format!("{base}/v1/slo"))
@@ -358,6 +383,7 @@ async fn real_responses_match_the_openapi_document() {
         "post /v1/events 415",
         "post /v1/events 413",
         "post /v1/events:batch 200",
+        "post /v1/events:batch 413",
         "post /v1/events:batch 429",
         "get /v1/slo 200",
         "post /v1/query 200",
