@@ -9,7 +9,8 @@
 //! answer deliverable and the connection reusable. The bounds keep a client from holding the
 //! connection open with an endless body: past them the answer is sent anyway. A client that
 //! declared an over-limit length and waits for `100 Continue` has sent nothing: it is refused
-//! at once, and never asked for the body.
+//! at once, and never asked for the body. A body of a request refused before it is needed (by
+//! authentication) is discarded the same way, never buffered.
 
 use std::time::Duration;
 
@@ -108,6 +109,16 @@ fn expects_continue(headers: &HeaderMap) -> bool {
         .get(header::EXPECT)
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.trim().eq_ignore_ascii_case("100-continue"))
+}
+
+/// Refuses `body` unread, for a request answered before its body is needed (one that failed
+/// authentication): nothing of it is kept. A client waiting for `100 Continue` is never asked
+/// for it; otherwise what it sends is read and dropped like an over-limit body's, so that it
+/// reads the answer rather than a reset.
+pub async fn discard(headers: &HeaderMap, body: Body) {
+    if !expects_continue(headers) {
+        drain(body).await;
+    }
 }
 
 /// Reads and drops what is left of `body`, up to [`DRAIN_MAX_BYTES`] or [`DRAIN_MAX_TIME`],

@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::auth::{Principal, Role};
-use crate::body::read_limited;
+use crate::body::{discard, read_limited};
 use crate::idempotency::{ClaimKey, ClaimOutcome, StoreUnavailable, StoredAnswer};
 use crate::kafka::PublishError;
 use crate::problem::ApiError;
@@ -727,12 +727,16 @@ pub async fn post_event(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let body = read_limited(&headers, body, state.inner.settings.max_body_bytes).await;
-    let received_at = operators::headers::received_now();
+    // Authenticated first: an anonymous client must not make the gateway buffer its body.
     let principal = match authorize(&state, &headers) {
         Ok(principal) => principal,
-        Err(response) => return response,
+        Err(response) => {
+            discard(&headers, body).await;
+            return response;
+        }
     };
+    let body = read_limited(&headers, body, state.inner.settings.max_body_bytes).await;
+    let received_at = operators::headers::received_now();
     let prepared = (|| {
         check_content_type(&headers, &["application/json"], true)?;
         let key = idempotency_key(&headers)?;
@@ -876,12 +880,16 @@ pub async fn post_batch(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let body = read_limited(&headers, body, state.inner.settings.max_batch_bytes).await;
-    let received_at = operators::headers::received_now();
+    // Authenticated first: an anonymous client must not make the gateway buffer its body.
     let principal = match authorize(&state, &headers) {
         Ok(principal) => principal,
-        Err(response) => return response,
+        Err(response) => {
+            discard(&headers, body).await;
+            return response;
+        }
     };
+    let body = read_limited(&headers, body, state.inner.settings.max_batch_bytes).await;
+    let received_at = operators::headers::received_now();
     let settings = &state.inner.settings;
     let prepared = (|| {
         check_content_type(

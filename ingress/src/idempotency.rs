@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls, Row, Statement};
 use uuid::Uuid;
 
@@ -85,7 +86,7 @@ impl StoreUnavailable {
 }
 
 /// Identity of one claim.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClaimKey {
     /// Tenant (from the token).
     pub tenant_id: String,
@@ -117,6 +118,17 @@ enum Op {
         payload_hash: String,
         received_at: DateTime<Utc>,
     },
+}
+
+impl Op {
+    fn key(&self) -> &ClaimKey {
+        match self {
+            Op::Claim { key, .. }
+            | Op::Complete { key, .. }
+            | Op::Release { key, .. }
+            | Op::Forget { key, .. } => key,
+        }
+    }
 }
 
 /// Handle to the claim store; cheap to clone.
@@ -345,8 +357,9 @@ async fn run_batches(settings: IdempotencySettings, mut queue: mpsc::Receiver<Op
                 Op::Forget { .. } => group.forgets.push(op),
             }
         }
+        group.sort_by_key();
         group.emit_counts();
-        match write_group(db, &settings, &group).await {
+        match write_group_retrying_deadlocks(db, &settings, &group).await {
             Ok(won) => {
                 let held = answer_won(group.claims, won);
                 if !held.is_empty() {
@@ -405,6 +418,20 @@ struct Group {
 }
 
 impl Group {
+    /// Orders each kind's operations by key, so that two groups (of two gateway instances)
+    /// lock the rows a statement of theirs shares in the same order and never wait on each
+    /// other in a cycle within one statement.
+    fn sort_by_key(&mut self) {
+        for ops in [
+            &mut self.completes,
+            &mut self.releases,
+            &mut self.forgets,
+            &mut self.claims,
+        ] {
+            ops.sort_by(|a, b| a.key().cmp(b.key()));
+        }
+    }
+
     fn emit_counts(&self) {
         for (kind, operations) in [
             ("complete", self.completes.len()),
@@ -415,6 +442,37 @@ impl Group {
             if operations > 0 {
                 crate::telemetry::ClaimStatementRun { kind, operations }.emit();
             }
+        }
+    }
+}
+
+/// How many times a group that PostgreSQL chose as a deadlock's victim is written again before
+/// its claims are answered 503.
+const DEADLOCK_ATTEMPTS: usize = 3;
+
+/// Writes one group like [`write_group`], again when PostgreSQL broke a deadlock by aborting it.
+/// Sorted statements cannot deadlock with each other, but the statements of one group run in
+/// kind order (completions before claims), so a group completing key A and claiming key B can
+/// still meet, on another instance, a group completing B and claiming A. The aborted
+/// transaction left nothing behind, and the other one has committed by the time it is written
+/// again.
+async fn write_group_retrying_deadlocks(
+    db: &Prepared,
+    settings: &IdempotencySettings,
+    group: &Group,
+) -> Result<Vec<Row>, tokio_postgres::Error> {
+    let mut attempt = 1;
+    loop {
+        match write_group(db, settings, group).await {
+            Err(err) if err.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED) => {
+                let retried = attempt < DEADLOCK_ATTEMPTS;
+                crate::telemetry::ClaimGroupDeadlocked { attempt, retried }.emit();
+                if !retried {
+                    return Err(err);
+                }
+                attempt += 1;
+            }
+            written => return written,
         }
     }
 }

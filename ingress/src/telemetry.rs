@@ -5,8 +5,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use prometheus::{
-    register_histogram, register_histogram_vec, register_int_counter_vec, Histogram, HistogramVec,
-    IntCounterVec,
+    register_histogram, register_histogram_vec, register_int_counter, register_int_counter_vec,
+    Histogram, HistogramVec, IntCounter, IntCounterVec,
 };
 
 const LATENCY_MS_BUCKETS: &[f64] = &[
@@ -90,6 +90,14 @@ static CLAIM_OPERATIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("registering idempotency_operations_total")
 });
 
+static CLAIM_DEADLOCKS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "idempotency_deadlocks_total",
+        "Claim groups PostgreSQL aborted to break a deadlock with another gateway instance's"
+    )
+    .expect("registering idempotency_deadlocks_total")
+});
+
 /// Registers every gateway metric, so that `/metrics` lists them before they first change.
 pub fn register() {
     LazyLock::force(&REQUESTS);
@@ -99,6 +107,7 @@ pub fn register() {
     LazyLock::force(&CLAIM_DURATION);
     LazyLock::force(&CLAIM_STATEMENTS);
     LazyLock::force(&CLAIM_OPERATIONS);
+    LazyLock::force(&CLAIM_DEADLOCKS);
     // Every label value that can occur, so that rates and sums exist (as 0) before it does.
     for kind in ["unavailable", "rejected"] {
         PRODUCE_ERRORS.with_label_values(&[kind]);
@@ -199,4 +208,38 @@ impl ClaimStatementRun {
             .with_label_values(&[self.kind])
             .inc_by(self.operations as u64);
     }
+}
+
+/// PostgreSQL aborted a claim group to break a deadlock.
+pub struct ClaimGroupDeadlocked {
+    /// Which attempt at writing the group it was (1 for the first).
+    pub attempt: usize,
+    /// Whether the group is written again; else its claims are answered 503.
+    pub retried: bool,
+}
+
+impl ClaimGroupDeadlocked {
+    /// Records the event, and logs it: deadlocks are rare, and each one stalled its group for
+    /// PostgreSQL's `deadlock_timeout`.
+    pub fn emit(self) {
+        if enabled() {
+            CLAIM_DEADLOCKS.inc();
+        }
+        if self.retried {
+            tracing::info!(
+                attempt = self.attempt,
+                "a claim group was a deadlock's victim; writing it again"
+            );
+        } else {
+            tracing::warn!(
+                attempt = self.attempt,
+                "a claim group was a deadlock's victim again; its claims are answered 503"
+            );
+        }
+    }
+}
+
+/// Claim groups aborted to break a deadlock so far (`idempotency_deadlocks_total`).
+pub fn claim_deadlocks() -> u64 {
+    CLAIM_DEADLOCKS.get()
 }

@@ -1052,20 +1052,229 @@ async fn claim_store(
 ) {
     let mut db = env.db().await;
     sinks::postgres::migrate(&mut db).await.unwrap();
-    let store =
-        ingress::idempotency::ClaimStore::start(ingress::idempotency::IdempotencySettings {
-            database_url: env.database_url.clone(),
-            retention,
-            lease,
-            max_batch: 100,
-            linger: Duration::ZERO,
-            purge_interval: Duration::from_millis(100),
-        });
+    let store = ingress::idempotency::ClaimStore::start(claim_settings(env, retention, lease));
     let key = ingress::idempotency::ClaimKey {
         tenant_id: "acme".into(),
         key: key.into(),
     };
     (store, key, db)
+}
+
+/// The first line the gateway answers to a `POST /v1/events` that declares a body of 1,000
+/// bytes and waits for `100 Continue` before sending it, with `authorization` among its headers.
+fn first_answer_to_expect_continue(base_url: &str, authorization: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let address = base_url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /v1/events HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+         Idempotency-Key: expect\r\nContent-Length: 1000\r\nExpect: 100-continue\r\n\
+         {authorization}\r\n\r\n"
+    )
+    .unwrap();
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).unwrap();
+    line
+}
+
+/// An anonymous client is refused on its headers: the gateway never asks for, reads or buffers
+/// its body (else every unauthenticated connection could make it hold a batch's 8 MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_request_is_refused_before_its_body_is_asked_for() {
+    let env = TestEnv::new("auth_before_body").await;
+    let sentinel = env.start("up", "up").await;
+    let base = sentinel.base_url.clone();
+    let bearer = format!("Authorization: Bearer {}", ingest_token("acme"));
+    let (anonymous, authenticated) = tokio::task::spawn_blocking(move || {
+        (
+            first_answer_to_expect_continue(&base, "X-Anonymous: yes"),
+            first_answer_to_expect_continue(&base, &bearer),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(anonymous.starts_with("HTTP/1.1 401"), "{anonymous:?}");
+    // The same request with a valid token is asked for its body.
+    assert!(
+        authenticated.starts_with("HTTP/1.1 100"),
+        "{authenticated:?}"
+    );
+}
+
+/// Settings of a claim store on `env`'s database: groups of up to 100, written at once, purged
+/// every 100 ms.
+fn claim_settings(
+    env: &TestEnv,
+    retention: Duration,
+    lease: Duration,
+) -> ingress::idempotency::IdempotencySettings {
+    ingress::idempotency::IdempotencySettings {
+        database_url: env.database_url.clone(),
+        retention,
+        lease,
+        max_batch: 100,
+        linger: Duration::ZERO,
+        purge_interval: Duration::from_millis(100),
+    }
+}
+
+/// A claim store (a gateway instance's) on `env`'s database whose small groups linger 50 ms, so
+/// that what a test queues at once is written in one group.
+fn lingering_claim_store(env: &TestEnv) -> ingress::idempotency::ClaimStore {
+    ingress::idempotency::ClaimStore::start(ingress::idempotency::IdempotencySettings {
+        linger: Duration::from_millis(50),
+        ..claim_settings(env, Duration::from_secs(3600), Duration::from_secs(5))
+    })
+}
+
+/// Two gateway instances whose claim groups share keys, queued in opposite orders, must not
+/// wait on each other in a cycle: PostgreSQL would break it only after its `deadlock_timeout`
+/// (1 s), and abort one group. The test holds the first key of each order (an uncommitted
+/// claim of its own) until both groups wait for it, then lets them race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_claiming_the_same_keys_in_opposite_orders_do_not_deadlock() {
+    use ingress::idempotency::{ClaimKey, ClaimOutcome, ClaimStore, StoredAnswer};
+    let env = TestEnv::new("claim_order").await;
+    let (_unused, _, mut db) = claim_store(
+        &env,
+        "unused",
+        Duration::from_secs(3600),
+        Duration::from_secs(5),
+    )
+    .await;
+    let (first, second) = (lingering_claim_store(&env), lingering_claim_store(&env));
+    let answer = StoredAnswer {
+        event_id: Uuid::from_u128(1),
+        received_at: chrono::Utc::now(),
+        trace_id: [1; 16],
+    };
+    for round in 0..2 {
+        let keys: Vec<ClaimKey> = (0..100)
+            .map(|n| ClaimKey {
+                tenant_id: "acme".into(),
+                key: format!("round-{round}-key-{n:03}"),
+            })
+            .collect();
+        let claims = |store: &ClaimStore, keys: Vec<ClaimKey>| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                join_all(
+                    keys.into_iter()
+                        .map(|key| store.claim(key, "hash".into(), answer)),
+                )
+                .await
+            })
+        };
+        let holder = db.transaction().await.unwrap();
+        for key in [&keys[0], &keys[99]] {
+            holder
+                .execute(
+                    "INSERT INTO idempotency (tenant_id, idempotency_key, payload_hash, event_id, \
+                        state, lease_until_utc, expires_utc) \
+                     VALUES ($1, $2, 'held', gen_random_uuid(), 'in_flight', now(), now())",
+                    &[&key.tenant_id, &key.key],
+                )
+                .await
+                .unwrap();
+        }
+        let ascending = claims(&first, keys.clone());
+        let descending = claims(&second, keys.iter().rev().cloned().collect());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        holder.rollback().await.unwrap();
+        let outcomes: Vec<ClaimOutcome> = ascending
+            .await
+            .unwrap()
+            .into_iter()
+            .chain(descending.await.unwrap())
+            .map(|outcome| outcome.expect("no claim group may fail"))
+            .collect();
+        let claimed = outcomes
+            .iter()
+            .filter(|o| **o == ClaimOutcome::Claimed)
+            .count();
+        assert_eq!(claimed, 100, "each key is claimed once: {outcomes:?}");
+    }
+    assert_eq!(
+        ingress::telemetry::claim_deadlocks(),
+        0,
+        "the groups waited on each other in a cycle"
+    );
+}
+
+/// Sorted statements cannot prevent every deadlock: a group completing key A and claiming key B
+/// can meet, on another instance, a group completing B and claiming A. PostgreSQL aborts one;
+/// that group is written again instead of failing its requests. The test holds both rows until
+/// both groups wait for them, then lets them race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_group_aborted_to_break_a_deadlock_is_written_again() {
+    use ingress::idempotency::{ClaimKey, ClaimOutcome, ClaimStore, StoredAnswer};
+    let env = TestEnv::new("claim_deadlock").await;
+    let (_unused, _, mut db) = claim_store(
+        &env,
+        "unused",
+        Duration::from_secs(3600),
+        Duration::from_secs(5),
+    )
+    .await;
+    // Each instance's completion and claim share a group.
+    let (first, second) = (lingering_claim_store(&env), lingering_claim_store(&env));
+    let received_at = chrono::Utc::now();
+    let answer = StoredAnswer {
+        event_id: Uuid::from_u128(1),
+        received_at,
+        trace_id: [1; 16],
+    };
+    for round in 0..2 {
+        let key = |name: &str| ClaimKey {
+            tenant_id: "acme".into(),
+            key: format!("round-{round}-{name}"),
+        };
+        let (a, b) = (key("a"), key("b"));
+        for (store, key) in [(&first, &a), (&second, &b)] {
+            let outcome = store.claim(key.clone(), "hash".into(), answer).await;
+            assert_eq!(outcome.unwrap(), ClaimOutcome::Claimed);
+        }
+        // Each instance completes its own key and, in the same group, claims the other's.
+        let completes_and_claims = |store: &ClaimStore, own: ClaimKey, other: ClaimKey| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .complete(own, "hash".into(), received_at)
+                    .await
+                    .unwrap();
+                store.claim(other, "hash".into(), answer).await
+            })
+        };
+        let holder = db.transaction().await.unwrap();
+        holder
+            .execute(
+                "SELECT 1 FROM idempotency WHERE idempotency_key = ANY($1) FOR UPDATE",
+                &[&vec![a.key.clone(), b.key.clone()]],
+            )
+            .await
+            .unwrap();
+        let on_first = completes_and_claims(&first, a.clone(), b.clone());
+        let on_second = completes_and_claims(&second, b, a);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        holder.commit().await.unwrap();
+        for outcome in [on_first.await.unwrap(), on_second.await.unwrap()] {
+            assert!(
+                matches!(
+                    outcome.expect("no claim group may fail"),
+                    ClaimOutcome::Replay(_) | ClaimOutcome::InFlight { .. }
+                ),
+                "round {round}"
+            );
+        }
+    }
+    assert!(
+        ingress::telemetry::claim_deadlocks() > 0,
+        "no round deadlocked, so this test proved nothing"
+    );
 }
 
 /// A request whose produce outlived its lease (a broker slower than the produce timeout, on
