@@ -16,6 +16,8 @@
 //! for good (too large, say) is deleted, since nothing was written under its key.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -135,15 +137,23 @@ impl Op {
 #[derive(Clone)]
 pub struct ClaimStore {
     ops: mpsc::Sender<Op>,
+    deadlocks: Arc<AtomicU64>,
 }
 
 impl ClaimStore {
     /// Starts the batching task and the purge task on the current runtime.
     pub fn start(settings: IdempotencySettings) -> Self {
         let (ops, queue) = mpsc::channel(16_384);
-        tokio::spawn(run_batches(settings.clone(), queue));
+        let deadlocks = Arc::new(AtomicU64::new(0));
+        tokio::spawn(run_batches(settings.clone(), queue, Arc::clone(&deadlocks)));
         tokio::spawn(run_purge(settings));
-        Self { ops }
+        Self { ops, deadlocks }
+    }
+
+    /// How many of this store's groups PostgreSQL aborted to break a deadlock (also counted,
+    /// over every store of the process, in `idempotency_deadlocks_total`).
+    pub fn deadlocks(&self) -> u64 {
+        self.deadlocks.load(Ordering::Relaxed)
     }
 
     /// Claims `key` for a payload, with the answer a replay gives once the claim is completed;
@@ -317,7 +327,11 @@ impl Prepared {
     }
 }
 
-async fn run_batches(settings: IdempotencySettings, mut queue: mpsc::Receiver<Op>) {
+async fn run_batches(
+    settings: IdempotencySettings,
+    mut queue: mpsc::Receiver<Op>,
+    deadlocks: Arc<AtomicU64>,
+) {
     let mut store: Option<Prepared> = None;
     let mut deferred: Vec<Op> = Vec::new();
     loop {
@@ -359,7 +373,7 @@ async fn run_batches(settings: IdempotencySettings, mut queue: mpsc::Receiver<Op
         }
         group.sort_by_key();
         group.emit_counts();
-        match write_group_retrying_deadlocks(db, &settings, &group).await {
+        match write_group_retrying_deadlocks(db, &settings, &group, &deadlocks).await {
             Ok(won) => {
                 let held = answer_won(group.claims, won);
                 if !held.is_empty() {
@@ -460,11 +474,13 @@ async fn write_group_retrying_deadlocks(
     db: &Prepared,
     settings: &IdempotencySettings,
     group: &Group,
+    deadlocks: &AtomicU64,
 ) -> Result<Vec<Row>, tokio_postgres::Error> {
     let mut attempt = 1;
     loop {
         match write_group(db, settings, group).await {
             Err(err) if err.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED) => {
+                deadlocks.fetch_add(1, Ordering::Relaxed);
                 let retried = attempt < DEADLOCK_ATTEMPTS;
                 crate::telemetry::ClaimGroupDeadlocked { attempt, retried }.emit();
                 if !retried {

@@ -238,8 +238,3 @@ impl ClaimGroupDeadlocked {
         }
     }
 }
-
-/// Claim groups aborted to break a deadlock so far (`idempotency_deadlocks_total`).
-pub fn claim_deadlocks() -> u64 {
-    CLAIM_DEADLOCKS.get()
-}
