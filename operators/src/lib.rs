@@ -13,7 +13,7 @@
 //! | [`record`] | the shapes that flow through the dataflow: source records, event rows, dead letters |
 //! | [`validate`] | JSON Schemas per (tenant or `*`, type, version) and the unknown-type policy |
 //! | [`decode`] | operator: raw source records into `(events, dead letters)` |
-//! | [`slo_window`] | operator: tumbling SLO windows of gateway outcomes; the freshness objective's samples |
+//! | [`slo_window`] | tumbling SLO windows: gateway outcomes, counted once per publication, and the freshness objective's samples |
 //! | [`stream_state`] | operator: per stream, the latest event and the count, in a differential arrangement |
 //! | [`dedup`] | operator: drop repeats by event id and idempotency key; dead-letter conflicts |
 //! | [`error_text`] | one line of text for an error and its causes |

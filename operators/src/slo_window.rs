@@ -1,17 +1,13 @@
-//! Operator: tumbling SLO windows. Samples — gateway outcomes (2xx/4xx good, 5xx bad) — are
-//! summed per window; once the frontier passes a timestamp, one delta per window is emitted. Late
-//! samples simply add to their (older) window, so a window is never wrong for having closed. The
-//! freshness of each stored event (processed − received within a threshold) goes to the same
-//! windows from the writer, which alone knows which events it stored ([`FreshnessObjective`]).
-
-use std::collections::BTreeMap;
+//! Tumbling SLO windows and their samples: gateway outcomes (2xx/4xx good, 5xx bad), each
+//! publication of a gateway counted once however often the gateway had to publish it, and the
+//! freshness of each stored event (processed − received within a threshold), sampled by the
+//! writer, which alone knows which events it stored ([`FreshnessObjective`]). The writer adds
+//! both to their windows in the transaction that commits their records, so a late sample simply
+//! adds to its (older) window: a window is never wrong for having closed.
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
-use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::Capability;
-use timely::dataflow::StreamVec;
+use uuid::Uuid;
 
 /// Counts of one window (or a delta to them).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -86,11 +82,35 @@ pub struct GatewayOutcomes {
     pub total: i64,
     /// The publishing gateway instance.
     pub gateway: String,
+    /// This publication's id, the same in every copy the gateway sends: one whose
+    /// acknowledgement was lost is sent again, and must be counted once. Absent in records of
+    /// gateways older than the id, which are counted as they come.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publication_id: Option<Uuid>,
+}
+
+/// A gateway publication's sample, with the publication's id (when it has one) by which the
+/// writer counts it once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishedSample {
+    /// The publication's id; `None` is counted every time.
+    pub publication_id: Option<Uuid>,
+    /// What it adds to its window.
+    pub sample: SloSample,
 }
 
 impl GatewayOutcomes {
+    /// The sample of this publication, once the counts and the window are believable: a record
+    /// on the topic may come from another producer than our gateway.
+    pub fn published_sample(&self) -> Result<PublishedSample, OutcomesError> {
+        Ok(PublishedSample {
+            publication_id: self.publication_id,
+            sample: self.sample()?,
+        })
+    }
+
     /// The sample these outcomes add to their window, once the counts and the window are
-    /// believable: a record on the topic may come from another producer than our gateway.
+    /// believable.
     pub fn sample(&self) -> Result<SloSample, OutcomesError> {
         if self.good < 0 || self.total < 0 || self.good > self.total {
             return Err(OutcomesError::ImpossibleCounts {
@@ -147,53 +167,9 @@ impl FreshnessObjective {
     }
 }
 
-/// Sums per window start.
-type Windows = BTreeMap<DateTime<Utc>, SloCounts>;
-
-/// Sums samples per window and timestamp; emits the sums once the frontier passes.
-pub fn slo_windows<'scope>(
-    samples: StreamVec<'scope, u64, SloSample>,
-) -> StreamVec<'scope, u64, SloSample> {
-    samples.unary_frontier(Pipeline, "SloWindows", |_capability, _info| {
-        let mut pending: BTreeMap<u64, (Capability<u64>, Windows)> = BTreeMap::new();
-        move |(input, frontier), output| {
-            input.for_each(|capability, data| {
-                let time = *capability.least().expect("an input stamp holds a time");
-                let (_, windows) = pending.entry(time).or_insert_with(|| {
-                    (
-                        capability.delayed(&time, output.output_index()),
-                        BTreeMap::new(),
-                    )
-                });
-                for sample in data.drain(..) {
-                    windows
-                        .entry(sample.window_start)
-                        .or_default()
-                        .add(&sample.counts);
-                }
-            });
-            while let Some(entry) = pending.first_entry() {
-                if frontier.less_equal(entry.key()) {
-                    break;
-                }
-                let (capability, windows) = entry.remove();
-                let mut session = output.session(&capability);
-                for (window_start, counts) in windows {
-                    session.give(SloSample {
-                        window_start,
-                        counts,
-                    });
-                }
-            }
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use timely::dataflow::operators::capture::Extract;
-    use timely::dataflow::operators::{Capture, ToStream};
 
     fn at(seconds: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
@@ -230,6 +206,7 @@ mod tests {
             good,
             total,
             gateway: "g".into(),
+            publication_id: None,
         };
         assert_eq!(
             outcomes(3, 4, at(0))
@@ -268,127 +245,5 @@ mod tests {
         });
         assert_eq!(counts.ingestion_total, i64::MAX);
         assert_eq!(counts.freshness_total, 1);
-    }
-
-    #[test]
-    fn samples_are_summed_per_window_and_timestamp() {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let tx = std::sync::Mutex::new(tx);
-        timely::execute(timely::Config::thread(), move |worker| {
-            let tx = tx.lock().unwrap().clone();
-            worker.dataflow::<u64, _, _>(|scope| {
-                let minute = TimeDelta::minutes(1);
-                let outcome = |good, total, second| {
-                    GatewayOutcomes {
-                        window_start_utc: window_start(at(second), minute),
-                        good,
-                        total,
-                        gateway: "g".into(),
-                    }
-                    .sample()
-                    .expect("believable outcomes")
-                };
-                slo_windows(
-                    vec![
-                        outcome(3, 4, 0),
-                        outcome(1, 1, 30),
-                        FreshnessObjective {
-                            window: minute,
-                            threshold: TimeDelta::seconds(10),
-                        }
-                        .sample(at(10), at(12)),
-                        outcome(2, 2, 61),
-                    ]
-                    .to_stream(scope)
-                    .container::<Vec<_>>(),
-                )
-                .capture_into(tx);
-            });
-        })
-        .unwrap();
-        let windows: Vec<SloSample> = rx
-            .extract()
-            .into_iter()
-            .flat_map(|(_, samples): (u64, Vec<SloSample>)| samples)
-            .collect();
-        assert_eq!(windows.len(), 2, "{windows:?}");
-        let first = windows[0].counts;
-        assert_eq!((first.ingestion_good, first.ingestion_total), (4, 5));
-        assert_eq!((first.freshness_good, first.freshness_total), (1, 1));
-        assert_eq!(windows[1].counts.ingestion_total, 2);
-    }
-
-    #[test]
-    fn randomized_late_samples_agree_with_sums_from_scratch() {
-        use rand::{Rng, SeedableRng};
-        use timely::dataflow::operators::vec::Input;
-        use timely::dataflow::operators::Probe;
-
-        for seed in 0..20u64 {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-            let minute = TimeDelta::minutes(1);
-            // Batches of samples; windows are random, so later batches carry late samples.
-            let batches: Vec<Vec<SloSample>> = (0..rng.random_range(1..6))
-                .map(|_| {
-                    (0..rng.random_range(0..15))
-                        .map(|_| {
-                            let window = window_start(at(rng.random_range(0..300)), minute);
-                            let counts = SloCounts {
-                                ingestion_good: rng.random_range(0..3),
-                                ingestion_total: rng.random_range(3..6),
-                                freshness_good: rng.random_range(0..2),
-                                freshness_total: 2,
-                            };
-                            SloSample {
-                                window_start: window,
-                                counts,
-                            }
-                        })
-                        .collect()
-                })
-                .collect();
-            let (tx, rx) = std::sync::mpsc::channel();
-            let tx = std::sync::Mutex::new(tx);
-            let feed = std::sync::Mutex::new(Some(batches.clone()));
-            timely::execute(timely::Config::thread(), move |worker| {
-                let tx = tx.lock().unwrap().clone();
-                let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
-                    let (input, samples) = scope.new_input::<SloSample>();
-                    let (probe, sums) = slo_windows(samples).probe();
-                    sums.capture_into(tx);
-                    (input, probe)
-                });
-                for (time, batch) in feed.lock().unwrap().take().unwrap().into_iter().enumerate() {
-                    for sample in batch {
-                        input.send(sample);
-                    }
-                    input.advance_to(time as u64 + 1);
-                    while probe.less_than(input.time()) {
-                        worker.step();
-                    }
-                }
-            })
-            .unwrap();
-            let emitted: Vec<(u64, Vec<SloSample>)> = rx.extract();
-            for (time, batch) in batches.iter().enumerate() {
-                let mut expected: BTreeMap<DateTime<Utc>, SloCounts> = BTreeMap::new();
-                for sample in batch {
-                    expected
-                        .entry(sample.window_start)
-                        .or_default()
-                        .add(&sample.counts);
-                }
-                let got: BTreeMap<DateTime<Utc>, SloCounts> = emitted
-                    .iter()
-                    .filter(|(t, _)| *t == time as u64)
-                    .flat_map(|(_, samples)| samples.iter())
-                    .map(|sample| (sample.window_start, sample.counts))
-                    .collect();
-                assert_eq!(
-                    got, expected,
-                    "seed {seed}, time {time}: one summed delta per window"
-                );
-            }
-        }
     }
 }

@@ -14,7 +14,7 @@ use ingress::KafkaSettings;
 use operators::decode::decode_records;
 use operators::dedup::{dedup_observed, Deduplicated, RefusedIdentities};
 use operators::record::{DeadLetter, EventRow, PartitionProgress, SourceRecord};
-use operators::slo_window::{slo_windows, FreshnessObjective, GatewayOutcomes, SloSample};
+use operators::slo_window::{FreshnessObjective, GatewayOutcomes, PublishedSample};
 use operators::stream_state::{stream_state, StreamState};
 use sinks::postgres::{self, CommitBatch, EventSink, WriterSettings};
 use timely::dataflow::channels::pact::Pipeline;
@@ -123,7 +123,7 @@ impl Drop for WorkerAlarm {
 enum Effect {
     Event(EventRow),
     StreamState(StreamState),
-    Slo(SloSample),
+    Outcome(PublishedSample),
     Duplicate,
     DeadLetter(DeadLetter),
     Progress(PartitionProgress),
@@ -134,7 +134,7 @@ fn add_effect(batch: &mut CommitBatch, effect: Effect) {
         Effect::Event(row) => batch.events.push(row),
         Effect::Duplicate => batch.duplicates_dropped += 1,
         Effect::StreamState(state) => batch.stream_states.push(state),
-        Effect::Slo(sample) => batch.slo_samples.push(sample),
+        Effect::Outcome(sample) => batch.gateway_outcomes.push(sample),
         Effect::DeadLetter(dead) => batch.dead_letters.push(dead),
         Effect::Progress(progress) => batch.progress.push(progress),
     }
@@ -256,7 +256,7 @@ pub fn run_worker(worker: &mut Worker, ctx: &DataflowContext) -> anyhow::Result<
                 .as_deref()
                 .map(serde_json::from_slice::<GatewayOutcomes>);
             match parsed {
-                Some(Ok(outcomes)) => match outcomes.sample() {
+                Some(Ok(outcomes)) => match outcomes.published_sample() {
                     Ok(sample) => Some(sample),
                     Err(err) => {
                         tracing::error!(
@@ -298,12 +298,12 @@ pub fn run_worker(worker: &mut Worker, ctx: &DataflowContext) -> anyhow::Result<
             Deduplicated::Conflict(dead) => Err(Effect::DeadLetter(dead)),
         });
         let (unique, states) = stream_state(unique, stream_states);
-        // Freshness is sampled by the writer, which alone knows which events it stored.
-        let windows = slo_windows(outcome_samples);
+        // The writer adds the outcomes to their windows, each publication once, and samples
+        // freshness, since it alone knows which events it stored.
         let effects = scope.concatenate([
             unique.map(Effect::Event),
             states.map(Effect::StreamState),
-            windows.map(Effect::Slo),
+            outcome_samples.map(Effect::Outcome),
             rejected,
             dead_letters.map(Effect::DeadLetter),
             progress.map(Effect::Progress),

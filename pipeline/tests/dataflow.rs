@@ -652,3 +652,40 @@ async fn while_one_worker_is_blocked_on_its_commit_the_other_stops_reading() {
         .get(0);
     assert_eq!(stored, 1 + 8 + 300);
 }
+
+/// A gateway sends a publication of its outcomes again, unchanged, when the broker's
+/// acknowledgement was lost, though the broker may have written it: the SLO windows count each
+/// publication once (and a record of an older gateway, without an id, as it comes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_publication_on_the_topic_twice_is_counted_once() {
+    let env = TestEnv::new("publications").await;
+    let _sentinel = env.start("process", "process").await;
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", support::kafka_brokers())
+        .create()
+        .unwrap();
+    let topic = format!("{}gateway.outcomes.v1", env.topic_prefix);
+    let publication = |id: Option<Uuid>, good: i64, total: i64| {
+        let mut record = serde_json::json!({
+            "windowStartUtc": "2026-12-05T10:00:00Z",
+            "good": good,
+            "total": total,
+            "gateway": "gateway-a",
+        });
+        if let Some(id) = id {
+            record["publicationId"] = serde_json::json!(id);
+        }
+        serde_json::to_vec(&record).unwrap()
+    };
+    let first = publication(Some(Uuid::new_v4()), 3, 4);
+    for record in [
+        first.clone(),
+        first,
+        publication(Some(Uuid::new_v4()), 1, 1),
+        publication(None, 2, 2),
+    ] {
+        produce(&producer, &topic, 0, &record).await;
+    }
+    let (good, total, _, _) = env.slo_totals(7).await;
+    assert_eq!((good, total), (3 + 1 + 2, 4 + 1 + 2));
+}

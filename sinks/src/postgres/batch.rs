@@ -18,8 +18,8 @@ pub struct CommitBatch {
     pub duplicates_dropped: u64,
     /// New states of the streams the batch changed.
     pub stream_states: Vec<StreamState>,
-    /// Deltas to SLO windows.
-    pub slo_samples: Vec<operators::slo_window::SloSample>,
+    /// Gateway outcomes for the SLO windows, each publication counted once.
+    pub gateway_outcomes: Vec<operators::slo_window::PublishedSample>,
 }
 
 impl CommitBatch {
@@ -30,7 +30,7 @@ impl CommitBatch {
             && self.progress.is_empty()
             && self.duplicates_dropped == 0
             && self.stream_states.is_empty()
-            && self.slo_samples.is_empty()
+            && self.gateway_outcomes.is_empty()
     }
 
     /// Number of records (events and dead letters) in the batch.
@@ -42,7 +42,7 @@ impl CommitBatch {
     pub fn absorb(&mut self, later: CommitBatch) {
         self.events.extend(later.events);
         self.stream_states.extend(later.stream_states);
-        self.slo_samples.extend(later.slo_samples);
+        self.gateway_outcomes.extend(later.gateway_outcomes);
         self.duplicates_dropped += later.duplicates_dropped;
         self.dead_letters.extend(later.dead_letters);
         self.progress.extend(later.progress);

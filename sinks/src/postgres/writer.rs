@@ -16,12 +16,13 @@ use futures::pin_mut;
 use operators::dedup::{RefusedIdentities, SeenEvent};
 use operators::error_text::error_chain;
 use operators::record::{DeadLetter, DeadLetterReason, EventIdentity, EventRow};
-use operators::slo_window::FreshnessObjective;
+use operators::slo_window::{FreshnessObjective, PublishedSample, SloSample};
 use operators::stream_state::StreamState;
 use postgres_types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio::sync::mpsc;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::{Client, Transaction};
+use uuid::Uuid;
 
 use super::{connect_as, CommitBatch, CommitReport, SinkError, WRITER_APPLICATION};
 
@@ -1032,6 +1033,7 @@ async fn store_slo_samples(
     freshness: Option<(FreshnessObjective, DateTime<Utc>)>,
     not_stored: &HashSet<Position>,
 ) -> Result<(), SinkError> {
+    let outcomes = uncounted_outcomes(tx, &batch.gateway_outcomes).await?;
     let stored = batch
         .events
         .iter()
@@ -1044,7 +1046,7 @@ async fn store_slo_samples(
                 .map(move |event| objective.sample(event.received_utc, processed_utc))
         });
     let mut windows: std::collections::BTreeMap<DateTime<Utc>, [i64; 4]> = Default::default();
-    for sample in batch.slo_samples.iter().copied().chain(freshness_samples) {
+    for sample in outcomes.into_iter().chain(freshness_samples) {
         let sums = windows.entry(sample.window_start).or_default();
         let counts = sample.counts;
         for (sum, add) in sums.iter_mut().zip([
@@ -1078,6 +1080,56 @@ async fn store_slo_samples(
     .await
     .map_err(SinkError::statement("adding to SLO windows"))?;
     Ok(())
+}
+
+/// The samples of `outcomes` to add to their windows: each publication whose id this
+/// transaction records in `gateway_publications` (so not one counted before), once, and every
+/// outcome without an id. Also purges publications recorded more than seven days ago, skipping
+/// rows another writer is purging.
+async fn uncounted_outcomes(
+    tx: &Transaction<'_>,
+    outcomes: &[PublishedSample],
+) -> Result<Vec<SloSample>, SinkError> {
+    let (ids, windows): (Vec<Uuid>, Vec<DateTime<Utc>>) = outcomes
+        .iter()
+        .filter_map(|o| Some((o.publication_id?, o.sample.window_start)))
+        .unzip();
+    let recorded: HashSet<Uuid> = if ids.is_empty() {
+        HashSet::new()
+    } else {
+        let record = async {
+            tx.query(
+                "INSERT INTO gateway_publications (publication_id, window_start_utc) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[]) \
+                 ON CONFLICT (publication_id) DO NOTHING RETURNING publication_id",
+                &[&ids, &windows],
+            )
+            .await
+        };
+        let purge = async {
+            tx.execute(
+                "DELETE FROM gateway_publications WHERE publication_id IN ( \
+                    SELECT publication_id FROM gateway_publications \
+                    WHERE recorded_utc < now() - interval '7 days' \
+                    LIMIT 1000 FOR UPDATE SKIP LOCKED)",
+                &[],
+            )
+            .await
+        };
+        let (recorded, purged) = tokio::join!(record, purge);
+        let recorded = recorded.map_err(SinkError::statement("recording gateway publications"))?;
+        purged.map_err(SinkError::statement("purging gateway publications"))?;
+        recorded.iter().map(|row| row.get(0)).collect()
+    };
+    let mut counted = HashSet::new();
+    Ok(outcomes
+        .iter()
+        .filter(|o| {
+            o.publication_id
+                .is_none_or(|id| recorded.contains(&id) && counted.insert(id))
+        })
+        .map(|o| o.sample)
+        .collect())
 }
 
 /// The channel on which every commit announces how far each partition of the raw topic is now
@@ -1301,7 +1353,7 @@ mod tests {
     use super::*;
     use crate::postgres::connect;
     use operators::record::PartitionProgress;
-    use operators::slo_window::{SloCounts, SloSample};
+    use operators::slo_window::SloCounts;
     use operators::stream_state::StreamSummary;
 
     /// A fresh, migrated database on the PostgreSQL of `DATABASE_URL` (the one `infra/dev`
@@ -1348,13 +1400,16 @@ mod tests {
                 partition: 0,
                 next_offset,
             }],
-            slo_samples: vec![SloSample {
-                window_start: "2026-12-03T10:00:00Z".parse().unwrap(),
-                counts: SloCounts {
-                    ingestion_good: 1,
-                    ingestion_total: 1,
-                    freshness_good: 1,
-                    freshness_total: 1,
+            gateway_outcomes: vec![PublishedSample {
+                publication_id: None,
+                sample: SloSample {
+                    window_start: "2026-12-03T10:00:00Z".parse().unwrap(),
+                    counts: SloCounts {
+                        ingestion_good: 1,
+                        ingestion_total: 1,
+                        freshness_good: 1,
+                        freshness_total: 1,
+                    },
                 },
             }],
             ..CommitBatch::default()
@@ -1381,6 +1436,57 @@ mod tests {
         assert_eq!(
             single_value(&url, "SELECT next_offset FROM source_offsets").await,
             20
+        );
+        drop(sink);
+        drop_database(&url).await;
+    }
+
+    #[tokio::test]
+    async fn a_gateway_publication_read_twice_is_counted_once() {
+        let url = fresh_database("publications").await;
+        let mut sink = EventSink::new(url.clone(), "raw");
+        let outcome = |publication_id: Option<u128>, good, total| PublishedSample {
+            publication_id: publication_id.map(Uuid::from_u128),
+            sample: SloSample {
+                window_start: "2026-12-03T10:00:00Z".parse().unwrap(),
+                counts: SloCounts {
+                    ingestion_good: good,
+                    ingestion_total: total,
+                    ..SloCounts::default()
+                },
+            },
+        };
+        let with_outcomes = |next_offset, gateway_outcomes| CommitBatch {
+            gateway_outcomes,
+            ..batch(next_offset)
+        };
+        sink.commit(&with_outcomes(10, vec![outcome(Some(1), 3, 4)]))
+            .await
+            .unwrap();
+        // The gateway sent publication 1 again (its acknowledgement was lost), twice, and the
+        // copies landed in a later batch with a new publication and one of an older gateway.
+        sink.commit(&with_outcomes(
+            20,
+            vec![
+                outcome(Some(1), 3, 4),
+                outcome(Some(2), 1, 1),
+                outcome(Some(1), 3, 4),
+                outcome(None, 2, 2),
+            ],
+        ))
+        .await
+        .unwrap();
+        assert_eq!(
+            single_value(&url, "SELECT ingestion_total FROM slo_samples").await,
+            4 + 1 + 2
+        );
+        assert_eq!(
+            single_value(&url, "SELECT ingestion_good FROM slo_samples").await,
+            3 + 1 + 2
+        );
+        assert_eq!(
+            single_value(&url, "SELECT count(*) FROM gateway_publications").await,
+            2
         );
         drop(sink);
         drop_database(&url).await;
@@ -1414,7 +1520,10 @@ mod tests {
             .await
             .unwrap();
         let mut overflowing = batch(20);
-        overflowing.slo_samples[0].counts.ingestion_total = 5;
+        overflowing.gateway_outcomes[0]
+            .sample
+            .counts
+            .ingestion_total = 5;
         sink.commit(&overflowing).await.unwrap();
         assert_eq!(
             single_value(&url, "SELECT ingestion_total FROM slo_samples").await,
@@ -1669,7 +1778,7 @@ mod tests {
         let only_events = |events: Vec<EventRow>, count: i64| {
             let latest = events[events.len() - 1].clone();
             CommitBatch {
-                slo_samples: Vec::new(),
+                gateway_outcomes: Vec::new(),
                 ..events_batch(events, count, &latest)
             }
         };
