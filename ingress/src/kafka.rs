@@ -141,7 +141,8 @@ impl EventProducer {
                 "message.timeout.ms",
                 settings.delivery_timeout.as_millis().to_string(),
             );
-        // Sentinel's defaults above; the operator's explicit options win.
+        // Sentinel's defaults above; the operator's explicit options win, save those the
+        // guarantees rest on, which the configuration refuses to take.
         for (key, value) in &kafka.options {
             config.set(key, value);
         }

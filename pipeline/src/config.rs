@@ -268,6 +268,7 @@ pub struct Settings {
         long,
         env = "SENTINEL_MAX_IN_FLIGHT",
         default_value_t = 20_000,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..),
         global = true
     )]
     pub max_in_flight: usize,
@@ -615,6 +616,10 @@ const GUARDED_KAFKA_OPTIONS: &[(&str, &str)] = &[
         "auto.offset.reset",
         "a partition without a committed offset is read from its beginning",
     ),
+    (
+        "partitioner",
+        "each stream's events go to one partition (murmur2, as Kafka's Java client)",
+    ),
 ];
 
 fn parse_key_values(text: &str) -> Result<KafkaOptions, String> {
@@ -636,8 +641,15 @@ fn parse_key_values(text: &str) -> Result<KafkaOptions, String> {
     }
     for (key, _) in &pairs {
         if let Some((_, why)) = GUARDED_KAFKA_OPTIONS
+        // librdkafka hands a property it does not know globally to the default topic
+        // configuration, which strips a `topic.` prefix: `topic.auto.offset.reset` sets
+        // `auto.offset.reset`.
+        let mut property = key.as_str();
+        while let Some(rest) = property.strip_prefix("topic.") {
+            property = rest;
+        }
             .iter()
-            .find(|(guarded, _)| guarded == key)
+            .find(|(guarded, _)| *guarded == property)
         {
             return Err(format!(
                 "{key} is set by Sentinel and cannot be overridden: {why}"
@@ -842,7 +854,10 @@ mod tests {
             "message.timeout.ms=600000",
             "auto.offset.reset=latest",
             "enable.auto.commit=true",
+            "topic.auto.offset.reset=latest",
+            "topic.message.timeout.ms=600000",
         ] {
+            "partitioner=random",
             let err = Cli::try_parse_from(["sentinel", "up", "--kafka-options", option])
                 .expect_err(option)
                 .to_string();
