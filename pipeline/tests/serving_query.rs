@@ -617,7 +617,8 @@ async fn a_tenant_runs_at_most_its_limit_of_queries_at_once() {
         .await
         .unwrap();
     let waiting = run_as("acme");
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    env.wait_for_lock_waiters(queries::pool::READ_APPLICATION, 1)
+        .await;
     let refused = run_as("acme").await.unwrap();
     assert_eq!(refused.status(), 429);
     assert_eq!(refused.headers()["retry-after"], "1");
@@ -630,8 +631,10 @@ async fn a_tenant_runs_at_most_its_limit_of_queries_at_once() {
             .contains("as many queries at once as it may (1,"),
         "{problem}"
     );
+    // Another tenant's query is not refused: it runs, and waits for the table too.
     let other_tenant = run_as("globex");
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    env.wait_for_lock_waiters(queries::pool::READ_APPLICATION, 2)
+        .await;
     hold.rollback().await.unwrap();
     assert_eq!(waiting.await.unwrap().status(), 200);
     assert_eq!(other_tenant.await.unwrap().status(), 200);

@@ -328,7 +328,7 @@ async fn answer(state: &ServingState, headers: &HeaderMap, sql: &str) -> Respons
         )
         .into_response();
     };
-    let Some(_slot) = state.query_slots.try_take(&principal.tenant) else {
+    let Some(slot) = state.query_slots.try_take(&principal.tenant) else {
         QueryAnswered {
             outcome: QueryOutcome::Refused,
             duration: Duration::ZERO,
@@ -350,8 +350,28 @@ async fn answer(state: &ServingState, headers: &HeaderMap, sql: &str) -> Respons
     };
     let started = Instant::now();
     let outcome = match plan(sql) {
-        Ok(planned) => run(state, &principal.tenant, &planned).await,
-        Err(err) => Err(Failure::Rejected(rejected_plan(err))),
+        Ok(planned) => {
+            // Run to its end even when the client goes away, and hold the slot until then: a
+            // request dropped mid-query would free its slot while the database still runs it,
+            // so a tenant could keep more queries going than its limit by hanging up.
+            let (state, tenant) = (state.clone(), principal.tenant.clone());
+            let running = tokio::spawn(async move {
+                let outcome = run(&state, &tenant, &planned).await;
+                drop(slot);
+                outcome
+            });
+            match running.await {
+                Ok(outcome) => outcome,
+                Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+                Err(_) => Err(Failure::Rejected(crate::database_unavailable(
+                    "the query was stopped: the gateway is shutting down",
+                ))),
+            }
+        }
+        Err(err) => {
+            drop(slot);
+            Err(Failure::Rejected(rejected_plan(err)))
+        }
     };
     let (kind, response) = match outcome {
         Ok(result) => (QueryOutcome::Ok, render(result, format)),
