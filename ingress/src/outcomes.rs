@@ -20,6 +20,9 @@ pub struct OutcomeRecorder {
     width: TimeDelta,
     gateway: String,
     state: Mutex<Recorded>,
+    /// Held by the one call publishing, so that the periodic publisher and the final one at
+    /// shutdown take turns.
+    publishing: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -38,6 +41,7 @@ impl OutcomeRecorder {
             width,
             gateway,
             state: Mutex::new(Recorded::default()),
+            publishing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -69,15 +73,19 @@ impl OutcomeRecorder {
         state.in_doubt.clone()
     }
 
-    /// The broker acknowledged the publication in doubt.
-    fn acknowledged(&self) {
-        self.state.lock().expect("outcome recorder lock").in_doubt = None;
+    /// The broker acknowledged `publication`: it is no longer in doubt.
+    fn acknowledged(&self, publication: &GatewayOutcomes) {
+        let mut state = self.state.lock().expect("outcome recorder lock");
+        if state.in_doubt.as_ref() == Some(publication) {
+            state.in_doubt = None;
+        }
     }
 
     /// Publishes what was counted until now, one publication at a time, until the broker fails
     /// to acknowledge one; that one is sent again, unchanged, next time, and the answers counted
     /// meanwhile wait behind it. Answers counted while it publishes wait for the next call.
     pub async fn publish(&self, producer: &EventProducer, topic: &str) {
+        let _turn = self.publishing.lock().await;
         let due = {
             let state = self.state.lock().expect("outcome recorder lock");
             state.windows.len() + usize::from(state.in_doubt.is_some())
@@ -91,7 +99,7 @@ impl OutcomeRecorder {
                 .publish_with_headers(topic, &self.gateway, &value, &[])
                 .await
             {
-                Ok(_) => self.acknowledged(),
+                Ok(_) => self.acknowledged(&publication),
                 Err(err) => {
                     tracing::warn!(error = %err, "gateway outcomes not published; sent again as the same publication next time");
                     return;
@@ -127,7 +135,7 @@ mod tests {
     fn drain(recorder: &OutcomeRecorder) -> Vec<GatewayOutcomes> {
         std::iter::from_fn(|| {
             let publication = recorder.next_publication()?;
-            recorder.acknowledged();
+            recorder.acknowledged(&publication);
             Some(publication)
         })
         .collect()
@@ -160,10 +168,15 @@ mod tests {
             Some(sent.clone()),
             "the publication in doubt is sent again as it was"
         );
-        recorder.acknowledged();
+        recorder.acknowledged(&sent);
         let later = drain(&recorder);
         assert_eq!(later.len(), 1, "{later:?}");
         assert_eq!((later[0].good, later[0].total), (0, 1));
         assert_ne!(later[0].publication_id, sent.publication_id);
+        // A late acknowledgement of an earlier copy leaves the publication now in doubt alone.
+        recorder.record(202, at);
+        let current = recorder.next_publication().expect("a new publication");
+        recorder.acknowledged(&sent);
+        assert_eq!(recorder.next_publication(), Some(current));
     }
 }
