@@ -234,12 +234,18 @@ async fn real_responses_match_the_openapi_document() {
         problem["detail"], "the batch has 5 events; the limit is 4",
         "{problem}"
     );
-    // Three events held by the paused broker leave one of the four: two more get 429.
+    // Two batches of three events for a budget of four, while the paused broker holds whichever
+    // is admitted first: the other gets 429 at once.
     broker.pause();
-    let held = tokio::spawn(post_batch(ndjson_of(10..13)));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let overloaded = post_batch(ndjson_of(20..22)).await.unwrap();
+    let mut first = tokio::spawn(post_batch(ndjson_of(10..13)));
+    let mut second = tokio::spawn(post_batch(ndjson_of(20..23)));
+    let (overloaded, held) = tokio::select! {
+        answer = &mut first => (answer, second),
+        answer = &mut second => (answer, first),
+    };
     broker.resume();
+    let overloaded = overloaded.unwrap().unwrap();
+    assert_eq!(overloaded.status(), 429);
     checker.check("/v1/events:batch", "post", overloaded).await;
     assert_eq!(held.await.unwrap().unwrap().status(), 200);
     let reader = token("acme", &[ingress::Role::Read]);

@@ -388,6 +388,32 @@ impl TestEnv {
         }
     }
 
+    /// Waits (up to 20 s) until `count` sessions of this database named `application` wait for
+    /// a lock: the point a test that holds rows waits for before it lets them go.
+    pub async fn wait_for_lock_waiters(&self, application: &str, count: i64) {
+        let db = self.admin().await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let waiting: i64 = db
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+                     AND application_name = $2 AND wait_event_type = 'Lock'",
+                    &[&self.database, &application],
+                )
+                .await
+                .expect("reading pg_stat_activity")
+                .get(0);
+            if waiting >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{count} sessions of {application} never waited for a lock ({waiting} did)"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits (up to 60 s) until the dataflow consumed `records` raw records.
     pub async fn wait_for_consumed(&self, records: i64) {
         let db = self.db().await;
