@@ -399,7 +399,8 @@ pub struct Settings {
     )]
     pub outcome_flush_ms: u64,
 
-    /// Connections of the read side's pool (feed back-fill, queries, dead letters).
+    /// Connections of the read side's pool (feed back-fill, queries, dead letters, SLO status;
+    /// the feed's hub has a connection of its own).
     #[arg(
         long,
         env = "SENTINEL_READ_POOL_SIZE",
@@ -640,7 +641,6 @@ fn parse_key_values(text: &str) -> Result<KafkaOptions, String> {
         }
     }
     for (key, _) in &pairs {
-        if let Some((_, why)) = GUARDED_KAFKA_OPTIONS
         // librdkafka hands a property it does not know globally to the default topic
         // configuration, which strips a `topic.` prefix: `topic.auto.offset.reset` sets
         // `auto.offset.reset`.
@@ -648,6 +648,7 @@ fn parse_key_values(text: &str) -> Result<KafkaOptions, String> {
         while let Some(rest) = property.strip_prefix("topic.") {
             property = rest;
         }
+        if let Some((_, why)) = GUARDED_KAFKA_OPTIONS
             .iter()
             .find(|(guarded, _)| *guarded == property)
         {
@@ -853,11 +854,11 @@ mod tests {
             "security.protocol=SSL,enable.idempotence=false",
             "message.timeout.ms=600000",
             "auto.offset.reset=latest",
-            "enable.auto.commit=true",
             "topic.auto.offset.reset=latest",
             "topic.message.timeout.ms=600000",
-        ] {
+            "enable.auto.commit=true",
             "partitioner=random",
+        ] {
             let err = Cli::try_parse_from(["sentinel", "up", "--kafka-options", option])
                 .expect_err(option)
                 .to_string();

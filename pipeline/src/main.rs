@@ -308,7 +308,6 @@ fn run(
                 .context("configuring the read connections")?;
             let feed = queries::FeedHub::start(
                 settings.database_url.clone(),
-                pool.clone(),
                 queries::FeedSettings {
                     raw_topic: topics.raw_events.clone(),
                     buffer_batches: settings.sse_buffer,
@@ -333,7 +332,7 @@ fn run(
                 query_slots: queries::query::TenantSlots::new(settings.query_tenant_concurrency),
             };
             let slo = queries::SloState {
-                database_url: settings.database_url.clone(),
+                pool: serving.pool.clone(),
                 auth: Arc::clone(auth),
                 objectives: queries::SloObjectives {
                     ingestion: settings.slo_ingestion_objective,

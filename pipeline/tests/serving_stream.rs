@@ -657,3 +657,43 @@ async fn a_feed_ends_when_its_token_expires_and_resumes_with_a_new_one() {
         .expect("the next event");
     assert_eq!(next.json()["eventId"], after["eventId"]);
 }
+
+/// Until the hub has read where it broadcasts from, a new subscriber is answered 503 rather than
+/// subscribed: what commits between its back-fill and the hub's first read would reach it
+/// neither way. The test holds `source_offsets` so that the hub's first read waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_waits_for_the_hub_to_start_and_is_refused_if_it_does_not() {
+    let env = TestEnv::new("sse_hub_start").await;
+    let mut db = env.db().await;
+    sinks::postgres::migrate(&mut db).await.unwrap();
+    let hold = db.transaction().await.unwrap();
+    hold.batch_execute("LOCK TABLE source_offsets IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let sentinel = env.start("ingress", "ingress").await;
+    let client = reqwest::Client::new();
+    let open = || {
+        client
+            .get(format!(
+                "{}/v1/stream?lastEventId={}",
+                sentinel.base_url,
+                urlencode("v1:0=0")
+            ))
+            .bearer_auth(read_token("acme"))
+            .send()
+    };
+    let refused = open().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let problem: serde_json::Value = refused.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("has not reached PostgreSQL yet"),
+        "{problem}"
+    );
+    hold.rollback().await.unwrap();
+    let subscribed = open().await.unwrap();
+    assert_eq!(subscribed.status(), 200);
+}

@@ -17,7 +17,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use operators::trace_context::TraceContext;
 
-use crate::pool::{ReadError, ReadPool};
+use crate::pool::ReadError;
 use crate::telemetry;
 
 /// The `application_name` of the feed's LISTEN connection.
@@ -302,21 +302,37 @@ pub struct FeedHub {
     sender: broadcast::Sender<Arc<FeedBatch>>,
     settings: Arc<FeedSettings>,
     closing: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Set once the hub knows from where it broadcasts (its first session read the committed
+    /// position); from then on it broadcasts every commit after it, reconnecting or not.
+    started: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl FeedHub {
-    /// Starts listening on `database_url` (a dedicated connection, re-opened after failures);
+    /// Starts listening on `database_url` (a dedicated connection, re-opened after failures,
+    /// which also does the hub's reads: queries filling the read pool cannot stall the feed);
     /// must be called inside a Tokio runtime.
-    pub fn start(database_url: String, pool: ReadPool, settings: FeedSettings) -> Self {
+    pub fn start(database_url: String, settings: FeedSettings) -> Self {
         let (sender, _) = broadcast::channel(settings.buffer_batches.max(1));
         let hub = Self {
             sender,
             settings: Arc::new(settings),
             closing: Arc::new(tokio::sync::watch::channel(false).0),
+            started: Arc::new(tokio::sync::watch::channel(false).0),
         };
         let listener = hub.clone();
-        tokio::spawn(async move { listener.listen_forever(database_url, pool).await });
+        tokio::spawn(async move { listener.listen_forever(database_url).await });
         hub
+    }
+
+    /// Waits up to `patience` for the hub to start broadcasting; whether it did. A subscriber
+    /// must not subscribe before: the hub's first session starts from the position committed
+    /// when it reads it, so what committed between a subscriber's back-fill and that read would
+    /// reach the subscriber neither way.
+    pub async fn wait_started(&self, patience: Duration) -> bool {
+        let mut started = self.started.subscribe();
+        tokio::time::timeout(patience, started.wait_for(|started| *started))
+            .await
+            .is_ok_and(|waited| waited.is_ok())
     }
 
     /// A new subscription: every batch broadcast from now on, until it lags.
@@ -349,15 +365,12 @@ impl FeedHub {
         self.sender.receiver_count()
     }
 
-    async fn listen_forever(self, database_url: String, pool: ReadPool) {
+    async fn listen_forever(self, database_url: String) {
         let mut seen: Option<FeedPosition> = None;
         let mut slo_seen: Option<DateTime<Utc>> = None;
         let mut backoff = Duration::from_millis(200);
         loop {
-            match self
-                .listen(&database_url, &pool, &mut seen, &mut slo_seen)
-                .await
-            {
+            match self.listen(&database_url, &mut seen, &mut slo_seen).await {
                 Ok(()) => backoff = Duration::from_millis(200),
                 Err(err) => {
                     tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64,
@@ -370,18 +383,17 @@ impl FeedHub {
     }
 
     /// One listening session: `LISTEN`, catch up from `seen` to what is committed, then follow
-    /// notifications until the connection fails.
+    /// notifications until the connection fails. Its one connection both listens and reads,
+    /// in UTC like the read pool's, so that timestamps render alike.
     async fn listen(
         &self,
         database_url: &str,
-        pool: &ReadPool,
         seen: &mut Option<FeedPosition>,
         slo_seen: &mut Option<DateTime<Utc>>,
     ) -> Result<(), ReadError> {
-        let (listen_client, mut connection) =
-            sinks::postgres::named_config(database_url, FEED_APPLICATION)?
-                .connect(NoTls)
-                .await?;
+        let mut config = sinks::postgres::named_config(database_url, FEED_APPLICATION)?;
+        config.options("-c TimeZone=UTC");
+        let (client, mut connection) = config.connect(NoTls).await?;
         let (notify_tx, mut notifications) = tokio::sync::mpsc::unbounded_channel();
         let driver = tokio::spawn(async move {
             let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -401,19 +413,20 @@ impl FeedHub {
             }
         });
         let _stop_driver = AbortOnDrop(driver);
-        listen_client
+        client
             .batch_execute(&format!("LISTEN {}", sinks_channel()))
             .await?;
-        let client = pool.get().await?;
         let committed = committed_position(&client, &self.settings.raw_topic).await?;
         match seen {
-            None => *seen = Some(committed),
+            None => {
+                *seen = Some(committed);
+                self.started.send_replace(true);
+            }
             Some(from) => {
                 let to: Vec<(i32, i64)> = committed.0.into_iter().collect();
                 self.fetch_and_broadcast(&client, from, &to).await?;
             }
         }
-        drop(client);
         let mut slo_tick = tokio::time::interval(self.settings.slo_interval);
         loop {
             tokio::select! {
@@ -427,12 +440,10 @@ impl FeedHub {
                         }
                         continue;
                     }
-                    let client = pool.get().await?;
                     self.fetch_and_broadcast(&client, from, &to).await?;
                 }
                 _ = slo_tick.tick() => {
                     if self.subscribers() > 0 {
-                        let client = pool.get().await?;
                         self.broadcast_slo(&client, slo_seen).await?;
                     }
                 }

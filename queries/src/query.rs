@@ -43,8 +43,8 @@ impl Default for QuerySettings {
 }
 
 /// How many queries each tenant may run at once: past it a tenant's query gets 429, so that
-/// one tenant cannot hold every connection of the read pool (which the live feed's back-fill
-/// and the dead-letter endpoints share) for a statement timeout at a time. Cheap to clone;
+/// one tenant cannot hold every connection of the read pool (which the live feed's back-fill,
+/// the SLO status and the dead-letter endpoints share) for a statement timeout at a time. Cheap to clone;
 /// clones share the count.
 #[derive(Debug, Clone)]
 pub struct TenantSlots {

@@ -12,7 +12,6 @@ use axum::routing::get;
 use axum::{Json, Router};
 use ingress::{ApiError, Authenticator, Role};
 use serde::Serialize;
-use tokio_postgres::NoTls;
 
 /// The objectives, configurable.
 #[derive(Debug, Clone)]
@@ -41,8 +40,9 @@ impl Default for SloObjectives {
 /// State of the SLO endpoint.
 #[derive(Clone)]
 pub struct SloState {
-    /// PostgreSQL URL.
-    pub database_url: String,
+    /// Read connections (shared with the other read endpoints): a flood of status requests
+    /// waits for one rather than opening connections PostgreSQL would run out of.
+    pub pool: crate::ReadPool,
     /// Token verification (the `read` role is required).
     pub auth: Arc<Authenticator>,
     /// The objectives.
@@ -114,12 +114,8 @@ fn status(
     }
 }
 
-async fn compute(state: &SloState) -> Result<SloReport, tokio_postgres::Error> {
-    let (client, connection) =
-        sinks::postgres::named_config(&state.database_url, sinks::postgres::APPLICATION)?
-            .connect(NoTls)
-            .await?;
-    tokio::spawn(connection);
+async fn compute(state: &SloState) -> Result<SloReport, crate::ReadError> {
+    let client = state.pool.get().await?;
     let objectives = &state.objectives;
     // One pass over the samples: sums per window with FILTER, capped at bigint's maximum (a
     // window saturates there, and sums of several could pass it). A window starting in the

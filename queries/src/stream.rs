@@ -71,6 +71,9 @@ impl Filter {
 const CLIENT_QUEUE: usize = 256;
 /// Rows per back-fill query.
 const BACKFILL_PAGE: i64 = 1_000;
+/// How long a new subscriber waits for a hub that has not started broadcasting yet before it
+/// is answered 503.
+const FEED_START_PATIENCE: Duration = Duration::from_secs(5);
 /// A subscriber whose queue stays full this long is evicted as lagged.
 const SEND_PATIENCE: Duration = Duration::from_secs(10);
 
@@ -139,6 +142,13 @@ pub async fn get_stream(
         event_type: params.event_type,
         stream_key: params.stream_key,
     };
+    if !state.feed.wait_started(FEED_START_PATIENCE).await {
+        return crate::database_unavailable(
+            "the live feed has not reached PostgreSQL yet (it is starting or reconnecting); \
+             retry shortly",
+        )
+        .into_response();
+    }
     // Subscribe before reading PostgreSQL: whatever commits after the read arrives live.
     let live = state.feed.subscribe();
     let client = match state.pool.get().await {
