@@ -697,3 +697,53 @@ async fn a_subscriber_waits_for_the_hub_to_start_and_is_refused_if_it_does_not()
     let subscribed = open().await.unwrap();
     assert_eq!(subscribed.status(), 200);
 }
+
+/// A back-fill moves the subscriber's position past every row it examined, not only past those
+/// its filter admitted: a subscriber filtering for a rare kind resumes after them, instead of
+/// scanning them again at every resume (and, lagging behind a long scan, never getting ahead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filtered_backfill_moves_the_position_past_what_it_left_out() {
+    let env = TestEnv::new("sse_filtered_position").await;
+    let sentinel = env
+        .start_with("up", "up", &[("SENTINEL_JWT_LEEWAY_SECONDS", "0")])
+        .await;
+    let base = sentinel.base_url.as_str();
+    let client = reqwest::Client::new();
+    let bodies: Vec<serde_json::Value> = (0..20)
+        .map(|i| envelope(Uuid::new_v4(), "acme", "s", i, "2025-06-15T10:00:00Z"))
+        .collect();
+    post_all(base, bodies).await;
+    assert_eq!(env.wait_for_events(20, Duration::from_secs(30)).await, 20);
+    let db = env.db().await;
+    let committed: i64 = db
+        .query_one(
+            "SELECT sum(next_offset)::bigint FROM source_offsets WHERE topic = $1",
+            &[&env.raw_topic()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // A feed whose filter admits none of them, from the beginning, whose token soon expires:
+    // the id of its last message is where it resumes.
+    let short = ingress::auth::mint_hs256(
+        support::JWT_SECRET,
+        "acme",
+        &[Role::Read],
+        Duration::from_secs(2),
+        None,
+        None,
+    )
+    .unwrap();
+    let mut feed = SseReader::open(&client, base, &short, "?type=never.sent", Some("v1:")).await;
+    let ended = feed
+        .next(Duration::from_secs(10))
+        .await
+        .expect("a message when the token expires");
+    assert_eq!(ended.event, "token_expired");
+    let resumes_at: i64 = queries::feed::FeedPosition::parse(ended.id.as_deref().unwrap())
+        .unwrap()
+        .0
+        .values()
+        .sum();
+    assert_eq!(resumes_at, committed, "{:?}", ended.id);
+}

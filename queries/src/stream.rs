@@ -336,19 +336,30 @@ async fn backfill(
              AND ($7::text IS NULL OR d.stream_key = $7) \
          ORDER BY 2, 3 LIMIT $8"
     );
+    let raw_topic = &state.feed.settings().raw_topic;
     loop {
-        let rows = async {
-            let client = state.pool.get().await?;
+        let page = async {
+            let mut client = state.pool.get().await?;
+            // One snapshot for the page and the committed positions: when the page is the last,
+            // every row below those positions that the filter admits was in it, so the position
+            // moves to them, past every row the filter left out. Else a subscriber filtering
+            // for a rare kind would scan the same rows again at each resume.
+            let tx = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
             let partitions: Vec<i32> = position.0.keys().copied().collect();
             let offsets: Vec<i64> = position.0.values().copied().collect();
-            let rows = client
+            let rows = tx
                 .query(
                     &sql,
                     &[
                         &filter.tenant,
                         &partitions,
                         &offsets,
-                        &state.feed.settings().raw_topic,
+                        raw_topic,
                         &filter.source,
                         &filter.event_type,
                         &filter.stream_key,
@@ -356,11 +367,24 @@ async fn backfill(
                     ],
                 )
                 .await?;
-            Ok::<_, ReadError>(rows)
+            let committed = if (rows.len() as i64) < BACKFILL_PAGE {
+                tx.query(
+                    "SELECT partition, next_offset FROM source_offsets WHERE topic = $1",
+                    &[raw_topic],
+                )
+                .await?
+                .iter()
+                .map(|row| (row.get(0), row.get(1)))
+                .collect()
+            } else {
+                Vec::new()
+            };
+            tx.commit().await?;
+            Ok::<_, ReadError>((rows, committed))
         }
         .await;
-        let rows = match rows {
-            Ok(rows) => rows,
+        let (rows, committed): (_, Vec<(i32, i64)>) = match page {
+            Ok(page) => page,
             Err(err) => {
                 // The client reconnects with its last id; nothing is skipped.
                 tracing::warn!(error = %err, "live feed back-fill failed; closing the stream");
@@ -377,6 +401,9 @@ async fn backfill(
             sent?;
         }
         if complete {
+            for (partition, next_offset) in committed {
+                position.advance(partition, next_offset);
+            }
             return Ok(());
         }
     }
