@@ -747,3 +747,57 @@ async fn a_filtered_backfill_moves_the_position_past_what_it_left_out() {
         .sum();
     assert_eq!(resumes_at, committed, "{:?}", ended.id);
 }
+
+/// An SLO window updated by a transaction that began before the last update the hub saw (its
+/// `updated_utc` is older) still reaches the feed; a window whose counts did not change is not
+/// sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_slo_window_stamped_before_the_newest_seen_is_still_broadcast() {
+    let env = TestEnv::new("sse_slo_late").await;
+    let sentinel = env
+        .start_with(
+            "ingress",
+            "ingress",
+            &[("SENTINEL_SSE_SLO_INTERVAL_MS", "100")],
+        )
+        .await;
+    let client = reqwest::Client::new();
+    let mut feed =
+        SseReader::open(&client, &sentinel.base_url, &read_token("acme"), "", None).await;
+    let db = env.db().await;
+    let window = |start: &str, age_seconds: f64| {
+        format!(
+            "INSERT INTO slo_samples (window_start_utc, ingestion_good, ingestion_total, \
+                freshness_good, freshness_total, updated_utc) \
+             VALUES ('{start}', 1, 1, 0, 0, now() - interval '{age_seconds} seconds')"
+        )
+    };
+    db.batch_execute(&window("2026-12-05T10:01:00Z", 0.0))
+        .await
+        .unwrap();
+    let first = next_slo(&mut feed).await.expect("the first window");
+    assert!(first.starts_with("2026-12-05T10:01:00"), "{first}");
+    // Committed now, stamped 10 s ago: before the newest stamp the hub has seen.
+    db.batch_execute(&window("2026-12-05T10:00:00Z", 10.0))
+        .await
+        .unwrap();
+    let late = next_slo(&mut feed).await.expect("the late window");
+    assert!(late.starts_with("2026-12-05T10:00:00"), "{late}");
+    assert!(
+        feed.next(Duration::from_secs(1)).await.is_none(),
+        "unchanged windows are not sent again"
+    );
+}
+
+/// The window start of the next message of `feed`, which must be an SLO window; `None` when
+/// none comes within 10 s.
+async fn next_slo(feed: &mut SseReader) -> Option<String> {
+    let message = feed.next(Duration::from_secs(10)).await?;
+    assert_eq!(message.event, "slo");
+    Some(
+        message.json()["windowStartUtc"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    )
+}

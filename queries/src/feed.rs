@@ -282,6 +282,20 @@ impl<'a> tokio_postgres::types::FromSql<'a> for JsonText<'a> {
     }
 }
 
+/// How far behind the newest `updated_utc` seen the hub reads SLO windows again: longer than
+/// any writer transaction lasts.
+const SLO_LOOKBACK: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+/// Most SLO windows one check broadcasts, the most recently started first.
+const SLO_WINDOWS_PER_CHECK: i64 = 20;
+
+/// The SLO windows the hub broadcast: the newest `updated_utc` it read, and what it sent of
+/// each window updated within [`SLO_LOOKBACK`] of it (its stamp and rendering).
+#[derive(Debug, Default)]
+struct SloSeen {
+    newest: Option<DateTime<Utc>>,
+    sent: BTreeMap<DateTime<Utc>, (DateTime<Utc>, String)>,
+}
+
 /// Most rows the hub reads per query when catching up.
 const FETCH_PAGE: i64 = 2_000;
 
@@ -367,7 +381,7 @@ impl FeedHub {
 
     async fn listen_forever(self, database_url: String) {
         let mut seen: Option<FeedPosition> = None;
-        let mut slo_seen: Option<DateTime<Utc>> = None;
+        let mut slo_seen = SloSeen::default();
         let mut backoff = Duration::from_millis(200);
         loop {
             match self.listen(&database_url, &mut seen, &mut slo_seen).await {
@@ -389,7 +403,7 @@ impl FeedHub {
         &self,
         database_url: &str,
         seen: &mut Option<FeedPosition>,
-        slo_seen: &mut Option<DateTime<Utc>>,
+        slo_seen: &mut SloSeen,
     ) -> Result<(), ReadError> {
         let mut config = sinks::postgres::named_config(database_url, FEED_APPLICATION)?;
         config.options("-c TimeZone=UTC");
@@ -524,31 +538,40 @@ impl FeedHub {
         }
     }
 
-    /// Broadcasts the SLO windows updated since the last check.
-    async fn broadcast_slo(
-        &self,
-        client: &Client,
-        slo_seen: &mut Option<DateTime<Utc>>,
-    ) -> Result<(), ReadError> {
-        let since = slo_seen.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+    /// Broadcasts the SLO windows whose counts changed since they were last broadcast. A
+    /// window's `updated_utc` is its writer's transaction start, so a transaction committing
+    /// after a later-started one stamps an older time: the windows updated within
+    /// [`SLO_LOOKBACK`] of the newest stamp seen are read again each time, and those whose
+    /// rendering is what was sent last are left out.
+    async fn broadcast_slo(&self, client: &Client, seen: &mut SloSeen) -> Result<(), ReadError> {
+        let since = seen
+            .newest
+            .map_or(DateTime::<Utc>::UNIX_EPOCH, |newest| newest - SLO_LOOKBACK);
         let rows = client
             .query(
-                "SELECT updated_utc, json_build_object('windowStartUtc', window_start_utc, \
-                   'ingestionGood', ingestion_good, 'ingestionTotal', ingestion_total, \
-                   'freshnessGood', freshness_good, 'freshnessTotal', freshness_total, \
-                   'updatedUtc', updated_utc)::text \
+                "SELECT updated_utc, window_start_utc, json_build_object('windowStartUtc', \
+                   window_start_utc, 'ingestionGood', ingestion_good, 'ingestionTotal', \
+                   ingestion_total, 'freshnessGood', freshness_good, 'freshnessTotal', \
+                   freshness_total, 'updatedUtc', updated_utc)::text \
                  FROM slo_samples WHERE updated_utc > $1 \
-                 ORDER BY window_start_utc DESC LIMIT 5",
-                &[&since],
+                 ORDER BY window_start_utc DESC LIMIT $2",
+                &[&since, &SLO_WINDOWS_PER_CHECK],
             )
             .await?;
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let mut items = Vec::with_capacity(rows.len());
+        let mut items = Vec::new();
         for row in rows.iter().rev() {
             let updated: DateTime<Utc> = row.get(0);
-            *slo_seen = Some(slo_seen.map_or(updated, |seen| seen.max(updated)));
+            let window: DateTime<Utc> = row.get(1);
+            let data: String = row.get(2);
+            seen.newest = Some(seen.newest.map_or(updated, |newest| newest.max(updated)));
+            if seen
+                .sent
+                .get(&window)
+                .is_some_and(|(_, sent)| *sent == data)
+            {
+                continue;
+            }
+            seen.sent.insert(window, (updated, data.clone()));
             items.push(FeedItem {
                 kind: FeedKind::Slo,
                 partition: -1,
@@ -557,9 +580,17 @@ impl FeedHub {
                 source: None,
                 event_type: None,
                 stream_key: None,
-                data: Arc::from(row.get::<_, String>(1)),
+                data: Arc::from(data),
                 trace: None,
             });
+        }
+        // What was sent before the look-back is never read again.
+        if let Some(newest) = seen.newest {
+            seen.sent
+                .retain(|_, (updated, _)| *updated > newest - SLO_LOOKBACK);
+        }
+        if items.is_empty() {
+            return Ok(());
         }
         let _ = self.sender.send(Arc::new(FeedBatch {
             items,
