@@ -414,17 +414,27 @@ async fn run(
     planned: &crate::plan::PlannedQuery,
 ) -> Result<QueryResult, Failure> {
     let mut client = state.pool.get().await.map_err(ReadError::from)?;
-    let tx = client.build_transaction().read_only(true).start().await?;
+    // The session's setup is the deployment's business, never the query's: its failure (say,
+    // a migrating user without the grant of `sentinel_reader`) is 503, not `invalid-query`.
+    let unavailable = |err| Failure::Unavailable(ReadError::Database(err));
+    let tx = client
+        .build_transaction()
+        .read_only(true)
+        .start()
+        .await
+        .map_err(unavailable)?;
     tx.batch_execute(&format!(
         "SET LOCAL statement_timeout = {}; SET LOCAL ROLE sentinel_reader",
         state.query.statement_timeout.as_millis().max(1)
     ))
-    .await?;
+    .await
+    .map_err(unavailable)?;
     tx.execute(
         "SELECT set_config('sentinel.tenant_id', $1, true)",
         &[&tenant],
     )
-    .await?;
+    .await
+    .map_err(unavailable)?;
     let statement = tx.prepare(&planned.sql).await?;
     let columns: Vec<Column> = statement
         .columns()
