@@ -801,3 +801,40 @@ async fn next_slo(feed: &mut SseReader) -> Option<String> {
             .to_owned(),
     )
 }
+
+/// Large events are read in pages of about `PAGE_BYTES`, not of a fixed number of rows: a
+/// back-fill over more than a page of them delivers each once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_of_large_events_spans_pages_without_gap_or_repeat() {
+    let env = TestEnv::new("sse_large").await;
+    let sentinel = env.start("up", "up").await;
+    let base = sentinel.base_url.as_str();
+    let client = reqwest::Client::new();
+    let count = queries::feed::PAGE_BYTES / 600_000 + 3;
+    let mut posted = Vec::new();
+    for i in 0..count {
+        let mut body = envelope(Uuid::new_v4(), "acme", "big", i, "2025-06-15T10:00:00Z");
+        body["payload"] = serde_json::json!({ "blob": "x".repeat(600_000), "seq": i });
+        let key = format!("big-{i}");
+        let response = post_event(&client, base, &ingest_token("acme"), &key, &body).await;
+        assert_eq!(response.status(), 202);
+        posted.push(body["eventId"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        env.wait_for_events(count as i64, Duration::from_secs(60))
+            .await,
+        count as i64
+    );
+    let mut feed = SseReader::open(&client, base, &read_token("acme"), "", Some("v1:")).await;
+    let mut received = Vec::new();
+    while received.len() < count {
+        let message = feed
+            .next(Duration::from_secs(20))
+            .await
+            .expect("every event");
+        if message.event == "event" {
+            received.push(message.json()["eventId"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(received, posted, "each event once, in the order posted");
+}

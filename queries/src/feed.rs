@@ -299,6 +299,46 @@ struct SloSeen {
 /// Most rows the hub reads per query when catching up.
 const FETCH_PAGE: i64 = 2_000;
 
+/// About the most bytes of messages one page of the feed holds, the hub's or a back-fill's:
+/// events may be large (a payload up to the gateway's body limit), and a page of them is held
+/// whole, in the ring too while any subscriber lags behind it. Rows past it wait for the next
+/// page (a page holds at least one row).
+pub const PAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Reads the rows of a feed query (the kind, then [`EVENT_MESSAGE`]'s columns) whose `LIMIT` is
+/// `max_rows`, up to about [`PAGE_BYTES`] of them; whether they are all it had to give (the page
+/// is the last).
+pub(crate) async fn read_page<C: tokio_postgres::GenericClient>(
+    client: &C,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    max_rows: i64,
+) -> Result<(Vec<tokio_postgres::Row>, bool), tokio_postgres::Error> {
+    let stream = client.query_raw(sql, params.iter().copied()).await?;
+    let mut stream = std::pin::pin!(stream);
+    let mut rows = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(row) = futures::TryStreamExt::try_next(&mut stream).await? {
+        bytes = bytes.saturating_add(message_bytes(&row));
+        rows.push(row);
+        if bytes >= PAGE_BYTES {
+            return Ok((rows, false));
+        }
+    }
+    let complete = (rows.len() as i64) < max_rows;
+    Ok((rows, complete))
+}
+
+/// About the bytes a feed row's message takes: its payload or its rendered dead letter, and
+/// the envelope around it.
+fn message_bytes(row: &tokio_postgres::Row) -> usize {
+    let payload = row
+        .get::<_, Option<JsonText<'_>>>(10)
+        .map_or(0, |payload| payload.0.len());
+    let dead_letter = row.get::<_, Option<&str>>(15).map_or(0, str::len);
+    payload + dead_letter + 320
+}
+
 /// How the hub behaves.
 #[derive(Debug, Clone)]
 pub struct FeedSettings {
@@ -497,19 +537,19 @@ impl FeedHub {
             let partitions: Vec<i32> = ranges.iter().map(|r| r.0).collect();
             let lows: Vec<i64> = ranges.iter().map(|r| r.1).collect();
             let highs: Vec<i64> = ranges.iter().map(|r| r.2).collect();
-            let rows = client
-                .query(
-                    &sql,
-                    &[
-                        &partitions,
-                        &lows,
-                        &highs,
-                        &self.settings.raw_topic,
-                        &FETCH_PAGE,
-                    ],
-                )
-                .await?;
-            let complete = (rows.len() as i64) < FETCH_PAGE;
+            let (rows, complete) = read_page(
+                client,
+                &sql,
+                &[
+                    &partitions,
+                    &lows,
+                    &highs,
+                    &self.settings.raw_topic,
+                    &FETCH_PAGE,
+                ],
+                FETCH_PAGE,
+            )
+            .await?;
             let items: Vec<FeedItem> = rows.iter().map(feed_item).collect();
             for item in &items {
                 from.advance(item.partition, item.offset + 1);

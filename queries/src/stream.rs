@@ -15,8 +15,8 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::feed::{
-    committed_position, feed_item, FeedItem, FeedKind, FeedPosition, DEAD_LETTER_MESSAGE,
-    EVENT_MESSAGE,
+    committed_position, feed_item, read_page, FeedItem, FeedKind, FeedPosition,
+    DEAD_LETTER_MESSAGE, EVENT_MESSAGE,
 };
 use crate::pool::ReadError;
 use crate::{telemetry, ServingState};
@@ -352,22 +352,23 @@ async fn backfill(
                 .await?;
             let partitions: Vec<i32> = position.0.keys().copied().collect();
             let offsets: Vec<i64> = position.0.values().copied().collect();
-            let rows = tx
-                .query(
-                    &sql,
-                    &[
-                        &filter.tenant,
-                        &partitions,
-                        &offsets,
-                        raw_topic,
-                        &filter.source,
-                        &filter.event_type,
-                        &filter.stream_key,
-                        &BACKFILL_PAGE,
-                    ],
-                )
-                .await?;
-            let committed = if (rows.len() as i64) < BACKFILL_PAGE {
+            let (rows, complete) = read_page(
+                &*tx,
+                &sql,
+                &[
+                    &filter.tenant,
+                    &partitions,
+                    &offsets,
+                    raw_topic,
+                    &filter.source,
+                    &filter.event_type,
+                    &filter.stream_key,
+                    &BACKFILL_PAGE,
+                ],
+                BACKFILL_PAGE,
+            )
+            .await?;
+            let committed = if complete {
                 tx.query(
                     "SELECT partition, next_offset FROM source_offsets WHERE topic = $1",
                     &[raw_topic],
@@ -380,10 +381,10 @@ async fn backfill(
                 Vec::new()
             };
             tx.commit().await?;
-            Ok::<_, ReadError>((rows, committed))
+            Ok::<_, ReadError>((rows, complete, committed))
         }
         .await;
-        let (rows, committed): (_, Vec<(i32, i64)>) = match page {
+        let (rows, complete, committed): (_, _, Vec<(i32, i64)>) = match page {
             Ok(page) => page,
             Err(err) => {
                 // The client reconnects with its last id; nothing is skipped.
@@ -391,7 +392,6 @@ async fn backfill(
                 return Err(End::Closed);
             }
         };
-        let complete = (rows.len() as i64) < BACKFILL_PAGE;
         for row in &rows {
             let item = feed_item(row);
             let before = position.0.get(&item.partition).copied();
