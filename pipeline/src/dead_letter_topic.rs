@@ -19,6 +19,19 @@ pub const TRACE_HEADER: &str = "sentinel-trace-id";
 /// is their size; the dead letter's row in PostgreSQL (`dead_letters`) keeps them whole.
 pub const ORIGINAL_OMITTED_HEADER: &str = "sentinel-dlq-original-omitted-bytes";
 
+/// Longest message header, in bytes: a message quoting a client's idempotency key or a refused
+/// value is cut (on a character boundary) rather than made larger than the topic takes.
+pub const MAX_MESSAGE_HEADER_BYTES: usize = 4096;
+
+/// `text` cut to at most `max` bytes on a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// Publishes dead letters to the dead-letter topic.
 pub struct DeadLetterTopic {
     producer: EventProducer,
@@ -49,7 +62,10 @@ impl DeadLetterPublisher for DeadLetterTopic {
                     .to_owned();
                 let mut headers: Vec<(&str, &[u8])> = vec![
                     (REASON_HEADER, dead.reason.code().as_bytes()),
-                    (MESSAGE_HEADER, dead.message.as_bytes()),
+                    (
+                        MESSAGE_HEADER,
+                        cut(&dead.message, MAX_MESSAGE_HEADER_BYTES).as_bytes(),
+                    ),
                     (SOURCE_HEADER, source.as_bytes()),
                 ];
                 if let Some(trace) = &dead.trace_id {
@@ -59,9 +75,10 @@ impl DeadLetterPublisher for DeadLetterTopic {
                     .producer
                     .publish_with_headers(&self.topic, &key, &dead.original, &headers)
                     .await;
-                // The original with the headers is larger than the topic takes (the message
-                // is bounded, the original is not): refusing it again on every retry would stop
-                // every commit, so the record goes without it and says so.
+                // The record is larger than the topic takes (the message is bounded; the
+                // original and its key, from any producer, are not): refusing it again on every
+                // retry would stop every commit, so the record goes without the original, keyed
+                // by its source, and says so.
                 if sent.as_ref().is_err_and(|err| err.is_too_large()) {
                     let size = dead.original.len().to_string();
                     headers.push((ORIGINAL_OMITTED_HEADER, size.as_bytes()));
@@ -69,13 +86,26 @@ impl DeadLetterPublisher for DeadLetterTopic {
                         partition = dead.partition,
                         offset = dead.offset,
                         bytes = dead.original.len(),
-                        "a dead letter's original bytes are too large for the dead-letter topic; \
-                         its record goes without them (the dead_letters row keeps them)"
+                        key_bytes = dead.key.as_ref().map_or(0, |key| key.len()),
+                        "a dead letter is too large for the dead-letter topic; its record goes \
+                         without the original bytes, keyed by its source (the dead_letters row \
+                         keeps them)"
                     );
                     sent = self
                         .producer
-                        .publish_with_headers(&self.topic, &key, &[], &headers)
+                        .publish_with_headers(&self.topic, &source, &[], &headers)
                         .await;
+                }
+                // Even that is too large: the topic's limit is below a few kilobytes. The row
+                // in PostgreSQL is the dead letter; the topic does without it.
+                if sent.as_ref().is_err_and(|err| err.is_too_large()) {
+                    tracing::error!(
+                        partition = dead.partition,
+                        offset = dead.offset,
+                        "a dead letter is not published to the dead-letter topic at all: even \
+                         without its original bytes it is larger than the topic takes"
+                    );
+                    return Ok(());
                 }
                 sent.map(|_| ())
                     .map_err(|err| operators::error_text::error_chain(&err))

@@ -689,3 +689,46 @@ async fn a_gateway_publication_on_the_topic_twice_is_counted_once() {
     let (good, total, _, _) = env.slo_totals(7).await;
     assert_eq!((good, total), (3 + 1 + 2, 4 + 1 + 2));
 }
+
+/// A record from any producer whose key alone is too large for the dead-letter topic does not
+/// stop the commits: its dead letter goes keyed by its source, without the original bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_whose_key_is_too_large_for_its_topic_does_not_stop_the_commits() {
+    let env = TestEnv::new("dlqkey").await;
+    let topic = env.raw_topic();
+    let _sentinel = env.start("process", "process-1").await;
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", support::kafka_brokers())
+        .create()
+        .unwrap();
+    // Under the record limit (message.max.bytes, 1,000,000) on the raw topic; with the
+    // dead-letter headers added, over it on the dead-letter topic even without the value.
+    let key = "k".repeat(999_800);
+    producer
+        .send(
+            FutureRecord::to(&topic)
+                .partition(0)
+                .key(key.as_str())
+                .payload(b"not json".as_slice()),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("produce");
+    let after = serde_json::to_vec(&envelope(
+        Uuid::new_v4(),
+        "acme",
+        "s-1",
+        1,
+        "2025-06-15T10:00:00Z",
+    ))
+    .unwrap();
+    produce(&producer, &topic, 0, &after).await;
+    env.wait_for_consumed(2).await;
+    let dead = dead_letters(&env).await;
+    assert_eq!(dead.len(), 1);
+    let on_topic = read_topic(&format!("{}events.dlq.v1", env.topic_prefix), 1).await;
+    let (headers, value) = &on_topic[0];
+    assert!(value.is_empty(), "{} bytes on the topic", value.len());
+    assert_eq!(headers["sentinel-dlq-original-omitted-bytes"], "8");
+    assert_eq!(env.event_count(&env.db().await).await, 1);
+}
