@@ -136,7 +136,8 @@ async fn migrate(settings: &Settings) -> anyhow::Result<()> {
         .context("migrating the database")
 }
 
-async fn shutdown_requested(fatal: Arc<Notify>) {
+/// A SIGTERM or an interrupt (Ctrl-C).
+async fn stop_signal() -> &'static str {
     let terminate = async {
         #[cfg(unix)]
         {
@@ -149,10 +150,27 @@ async fn shutdown_requested(fatal: Arc<Notify>) {
         std::future::pending::<()>().await;
     };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received, shutting down"),
-        _ = terminate => tracing::info!("SIGTERM received, shutting down"),
+        _ = tokio::signal::ctrl_c() => "interrupt",
+        _ = terminate => "SIGTERM",
+    }
+}
+
+/// Resolves when the process should stop: a signal, or a failed dataflow. From then on, a
+/// second signal ends the process at once: a shutdown waiting for PostgreSQL or the broker to
+/// come back may wait for ever, and what was not committed is read again at the next start.
+async fn shutdown_requested(fatal: Arc<Notify>) {
+    tokio::select! {
+        signal = stop_signal() => tracing::info!(signal, "shutting down; a second signal stops at once"),
         _ = fatal.notified() => tracing::error!("dataflow failed, shutting down"),
     }
+    tokio::spawn(async {
+        let signal = stop_signal().await;
+        tracing::warn!(
+            signal,
+            "second signal: stopping now; what was not committed is read again at the next start"
+        );
+        std::process::exit(130);
+    });
 }
 
 fn run(

@@ -250,3 +250,40 @@ async fn a_database_outage_mid_stream_is_waited_out() {
     let (mismatches, _) = env.stream_state_check(&db).await;
     assert_eq!(mismatches, 0);
 }
+
+/// A shutdown that waits for PostgreSQL to come back (to commit what it consumed) ends at once
+/// on a second SIGTERM; what it did not commit is read again at the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_ends_a_shutdown_that_waits_for_postgres() {
+    let env = TestEnv::new("second_signal").await;
+    let mut dataflow = env.start("process", "process-1").await;
+    env.refuse_connections().await;
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", support::kafka_brokers())
+        .create()
+        .unwrap();
+    let event = envelope(Uuid::new_v4(), "acme", "s", 1, "2025-06-15T10:00:00Z");
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::<str, [u8]>::to(&env.raw_topic())
+                .key("acme|s")
+                .payload(&serde_json::to_vec(&event).unwrap()),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("produce");
+    // Let the dataflow consume it and fail to commit it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        dataflow.terminate(Duration::from_secs(3)).is_none(),
+        "the first SIGTERM waits for the commit"
+    );
+    let status = dataflow
+        .terminate(Duration::from_secs(5))
+        .expect("the second SIGTERM ends it at once");
+    assert!(!status.success(), "{status:?}");
+    // Nothing was lost: a new dataflow stores the event once PostgreSQL is back.
+    env.allow_connections().await;
+    let _restarted = env.start("process", "process-2").await;
+    assert_eq!(env.wait_for_events(1, Duration::from_secs(30)).await, 1);
+}
