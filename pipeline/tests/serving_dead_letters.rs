@@ -312,3 +312,71 @@ async fn a_fixed_dead_letter_replays_into_events_exactly_once() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// Several dead letters of one event (the one PostgreSQL refused and those its refused replays
+/// left) are replayed by one record, so a replay that is refused again does not multiply them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_events_dead_letters_are_replayed_by_one_record() {
+    let env = TestEnv::new("dead_letters_once").await;
+    let dir = env.log_dir.join("schemas");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("order.json"), schema("mustHave")).unwrap();
+    let dir_text = dir.display().to_string();
+    let sentinel = env
+        .start_with(
+            "up",
+            "up",
+            &[
+                ("SENTINEL_SCHEMA_DIR", &dir_text),
+                ("SENTINEL_SCHEMA_RELOAD_SECONDS", "1"),
+            ],
+        )
+        .await;
+    let base = sentinel.base_url.clone();
+    let client = reqwest::Client::new();
+    let body = envelope(
+        Uuid::new_v4(),
+        "acme",
+        "orders-1",
+        0,
+        "2025-06-15T10:00:00Z",
+    );
+    let response = post_event(&client, &base, &ingest_token("acme"), "once", &body).await;
+    assert_eq!(response.status(), 202);
+    env.wait_for_consumed(1).await;
+    // A second dead letter of the same event, as a refused replay would leave.
+    let db = env.db().await;
+    db.execute(
+        "INSERT INTO dead_letter (source_topic, source_partition, source_offset, reason_code, \
+            message, original, record_key, tenant_id, event_id, event_type, source, stream_key, \
+            received_utc, dead_lettered_utc, idempotency_key, trace_id) \
+         SELECT source_topic, source_partition, source_offset + 1000, reason_code, message, \
+            original, record_key, tenant_id, event_id, event_type, source, stream_key, \
+            received_utc, dead_lettered_utc, idempotency_key, trace_id FROM dead_letter",
+        &[],
+    )
+    .await
+    .unwrap();
+    std::fs::write(dir.join("order.json"), schema("seq")).unwrap();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let (status, report) = replay(
+        &client,
+        &base,
+        &token("acme", &[Role::Admin]),
+        serde_json::json!({"filter": {"reason": "schema_violation"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{report}");
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "{report}");
+    assert!(
+        results.iter().all(|r| r["outcome"] == "replayed"),
+        "{report}"
+    );
+    assert_eq!(
+        (&results[0]["partition"], &results[0]["offset"]),
+        (&results[1]["partition"], &results[1]["offset"]),
+        "one record for both: {report}"
+    );
+    assert_eq!(env.wait_for_events(1, Duration::from_secs(30)).await, 1);
+}

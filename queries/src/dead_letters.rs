@@ -3,6 +3,7 @@
 //! current schemas and sends it back into the raw topic with its original identity — event id,
 //! idempotency key, received time and trace — so that replaying twice never doubles an effect.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -481,8 +482,20 @@ pub async fn replay_dead_letters(
         failed: 0,
         results: Vec::with_capacity(rows.len()),
     };
+    // An event's dead letters (a `database_rejected` one and those its refused replays left)
+    // are replayed by one record: one record each would turn every refused replay into as many
+    // new dead letters as were replayed, doubling them at each replay.
+    let mut sent_for: HashMap<uuid::Uuid, ReplayResult> = HashMap::new();
     for row in &rows {
-        let result = replay_one(&state.replay, row, request.dry_run).await;
+        let id: i64 = row.get(0);
+        let event_id: Option<uuid::Uuid> = row.get(1);
+        let result = match event_id.and_then(|event| sent_for.get(&event)) {
+            Some(sent) => ReplayResult { id, ..sent.clone() },
+            None => replay_one(&state.replay, row, request.dry_run).await,
+        };
+        if let ("replayed" | "would_replay", Some(event)) = (result.outcome, result.event_id) {
+            sent_for.entry(event).or_insert_with(|| result.clone());
+        }
         match result.outcome {
             "replayed" | "would_replay" => report.replayed += 1,
             "still_invalid" => report.still_invalid += 1,
