@@ -304,6 +304,23 @@ fn jwk_algorithm(jwk: &jsonwebtoken::jwk::Jwk) -> Option<Algorithm> {
     }
 }
 
+/// Whether a JWKS key may verify signatures: not one meant for anything else (`use`), and, when
+/// its operations are listed (`key_ops`), one that lists `verify`.
+fn verifies_signatures(jwk: &jsonwebtoken::jwk::Jwk) -> bool {
+    use jsonwebtoken::jwk::{KeyOperations, PublicKeyUse};
+    let meant_for_signatures = jwk
+        .common
+        .public_key_use
+        .as_ref()
+        .is_none_or(|usage| *usage == PublicKeyUse::Signature);
+    let may_verify = jwk
+        .common
+        .key_operations
+        .as_ref()
+        .is_none_or(|operations| operations.contains(&KeyOperations::Verify));
+    meant_for_signatures && may_verify
+}
+
 impl Authenticator {
     /// Loads the secret and the JWKS file.
     pub fn new(settings: AuthSettings) -> Result<Self, AuthConfigError> {
@@ -326,7 +343,8 @@ impl Authenticator {
             let text = std::fs::read_to_string(path).map_err(|e| jwks_error(e.to_string()))?;
             let set: JwkSet = serde_json::from_str(&text).map_err(|e| jwks_error(e.to_string()))?;
             for jwk in &set.keys {
-                let Some(algorithm) = jwk_algorithm(jwk) else {
+                let Some(algorithm) = jwk_algorithm(jwk).filter(|_| verifies_signatures(jwk))
+                else {
                     continue;
                 };
                 let key = DecodingKey::from_jwk(jwk).map_err(|e| jwks_error(e.to_string()))?;
@@ -496,10 +514,11 @@ fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
         .ok_or(AuthError::Missing)?
         .to_str()
         .map_err(|_| AuthError::Malformed("the header is not ASCII".into()))?;
+    // The scheme's name is case-insensitive (RFC 9110, section 11.1).
     value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))
-        .map(str::trim)
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .filter(|t| !t.is_empty())
         .ok_or_else(|| AuthError::Malformed("expected `Bearer <JWT>`".into()))
 }
@@ -579,6 +598,13 @@ mod tests {
         assert_eq!(principal.tenant, "acme");
         assert!(principal.require(Role::Ingest).is_ok());
         assert!(principal.require(Role::Admin).is_err());
+        // The scheme's name in any case.
+        let mut shouting = HeaderMap::new();
+        shouting.insert(
+            header::AUTHORIZATION,
+            format!("BEARER {token}").parse().unwrap(),
+        );
+        assert_eq!(auth().authenticate(&shouting).unwrap().tenant, "acme");
     }
 
     #[test]

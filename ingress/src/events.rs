@@ -281,6 +281,11 @@ fn check_idempotency_key(key: &str) -> Result<(), String> {
     if key.chars().any(|c| c.is_control()) {
         return Err("the Idempotency-Key must not contain control characters".into());
     }
+    // What an HTTP header can carry, so that a batch line's key can also be retried or reused
+    // through `POST /v1/events`.
+    if !key.chars().all(|c| c == ' ' || c.is_ascii_graphic()) {
+        return Err("the Idempotency-Key must be visible ASCII (and spaces)".into());
+    }
     Ok(())
 }
 
@@ -700,7 +705,7 @@ fn authorize(state: &IngressState, headers: &HeaderMap) -> Result<Principal, Res
     request_body(content = crate::openapi::EnvelopeDoc, content_type = "application/json",
         description = "One event envelope"),
     params(
-        ("Idempotency-Key" = String, Header, description = "1-255 characters, no control characters; scoped by tenant"),
+        ("Idempotency-Key" = String, Header, description = "1-255 visible ASCII characters or spaces; scoped by tenant"),
         ("traceparent" = Option<String>, Header, description = "W3C trace context to continue"),
         ("tracestate" = Option<String>, Header, description = "W3C trace state, passed through"),
     ),

@@ -92,3 +92,38 @@ fn a_wrong_key_or_unknown_kid_does_not_verify() {
         Err(AuthError::BadSignature(_))
     ));
 }
+
+#[test]
+fn a_key_meant_for_encryption_or_without_verify_does_not_verify() {
+    let mut set: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("jwks.json")).unwrap()).unwrap();
+    set["keys"][0]["use"] = "enc".into();
+    set["keys"][1]["key_ops"] = serde_json::json!(["encrypt"]);
+    let path = std::env::temp_dir().join(format!("jwks-{}.json", std::process::id()));
+    // One key remains usable (the RS256 key again, listing verify), or the file is refused.
+    let modulus = set["keys"][1]["n"].clone();
+    set["keys"].as_array_mut().unwrap().push(
+        serde_json::json!({"kty": "RSA", "kid": "test-rs256-verify", "alg": "RS256",
+            "key_ops": ["verify"], "n": modulus, "e": "AQAB"}),
+    );
+    std::fs::write(&path, set.to_string()).unwrap();
+    let auth = Authenticator::new(AuthSettings {
+        jwks_file: Some(path.clone()),
+        leeway: Duration::from_secs(5),
+        ..Default::default()
+    })
+    .expect("the JWKS loads");
+    std::fs::remove_file(&path).unwrap();
+    let es = sign(Algorithm::ES256, "test-es256", &es256_key(), "acme");
+    assert!(matches!(
+        auth.authenticate(&bearer(&es)),
+        Err(AuthError::BadSignature(_))
+    ));
+    let rs = sign(Algorithm::RS256, "test-rs256", &rs256_key(), "acme");
+    assert!(matches!(
+        auth.authenticate(&bearer(&rs)),
+        Err(AuthError::BadSignature(_))
+    ));
+    let verify = sign(Algorithm::RS256, "test-rs256-verify", &rs256_key(), "acme");
+    assert_eq!(auth.authenticate(&bearer(&verify)).unwrap().tenant, "acme");
+}

@@ -572,6 +572,20 @@ async fn batches_answer_per_line_and_respect_their_limits() {
         (Some(4), Some(3))
     );
 
+    // A line's key follows the header's rules, so that it can be retried through POST /v1/events.
+    let answer: serde_json::Value = post(ndjson(&[
+        serde_json::json!({"idempotencyKey": "ключ", "event": event("acme", 30)}),
+    ]))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(answer["results"][0]["status"], 400, "{answer}");
+    assert_eq!(
+        answer["results"][0]["problem"]["type"], "/problems/invalid-idempotency-key",
+        "{answer}"
+    );
     // Over the whole in-flight budget (8), though within the batch size (20): such a batch could
     // never be admitted, so 413 naming the budget (not a 429 to retry forever); nothing written.
     let too_many: Vec<_> = (10..20)
