@@ -773,9 +773,12 @@ impl Settings {
         }
     }
 
-    /// How long an in-flight idempotency claim is protected: the produce timeout and a margin.
+    /// How long an in-flight idempotency claim is protected: as long as a publish can last and
+    /// a margin. A publish may wait up to the produce timeout for room in the producer's queue
+    /// (the queue fills with large events), then up to the produce timeout for the broker's
+    /// acknowledgement; a retry must not take the claim over while the first may still write.
     pub fn idempotency_lease(&self) -> Duration {
-        Duration::from_millis(self.produce_timeout_ms) + Duration::from_secs(5)
+        2 * Duration::from_millis(self.produce_timeout_ms) + Duration::from_secs(5)
     }
 
     /// Idempotency store settings.

@@ -905,7 +905,7 @@ async fn claims_expire_after_the_retention_and_are_purged() {
             &[
                 ("SENTINEL_IDEMPOTENCY_RETENTION_SECONDS", "1"),
                 ("SENTINEL_IDEMPOTENCY_PURGE_INTERVAL_SECONDS", "1"),
-                // A claim lasts at least its lease, the produce timeout and 5 s: 6 s here.
+                // A claim lasts at least its lease, twice the produce timeout and 5 s: 7 s here.
                 ("SENTINEL_PRODUCE_TIMEOUT_MS", "1000"),
             ],
         )
