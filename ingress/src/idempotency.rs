@@ -468,8 +468,8 @@ const DEADLOCK_ATTEMPTS: usize = 3;
 /// Sorted statements cannot deadlock with each other, but the statements of one group run in
 /// kind order (completions before claims), so a group completing key A and claiming key B can
 /// still meet, on another instance, a group completing B and claiming A. The aborted
-/// transaction left nothing behind, and the other one has committed by the time it is written
-/// again.
+/// transaction left nothing behind; written again, it waits for the other one's locks, which
+/// now go on to their commit.
 async fn write_group_retrying_deadlocks(
     db: &Prepared,
     settings: &IdempotencySettings,

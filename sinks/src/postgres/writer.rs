@@ -1090,10 +1090,14 @@ async fn uncounted_outcomes(
     tx: &Transaction<'_>,
     outcomes: &[PublishedSample],
 ) -> Result<Vec<SloSample>, SinkError> {
-    let (ids, windows): (Vec<Uuid>, Vec<DateTime<Utc>>) = outcomes
+    // In id order, as every writer inserts them: two writers reading copies of the same
+    // publications lock their ids in one order, never in a cycle.
+    let mut published: Vec<(Uuid, DateTime<Utc>)> = outcomes
         .iter()
         .filter_map(|o| Some((o.publication_id?, o.sample.window_start)))
-        .unzip();
+        .collect();
+    published.sort_unstable();
+    let (ids, windows): (Vec<Uuid>, Vec<DateTime<Utc>>) = published.into_iter().unzip();
     let recorded: HashSet<Uuid> = if ids.is_empty() {
         HashSet::new()
     } else {
