@@ -120,15 +120,18 @@ enum Op {
         payload_hash: String,
         received_at: DateTime<Utc>,
     },
+    /// Answered once everything queued before it was written (or failed).
+    Flush { reply: oneshot::Sender<()> },
 }
 
 impl Op {
-    fn key(&self) -> &ClaimKey {
+    fn key(&self) -> Option<&ClaimKey> {
         match self {
             Op::Claim { key, .. }
             | Op::Complete { key, .. }
             | Op::Release { key, .. }
-            | Op::Forget { key, .. } => key,
+            | Op::Forget { key, .. } => Some(key),
+            Op::Flush { .. } => None,
         }
     }
 }
@@ -240,6 +243,15 @@ impl ClaimStore {
         .await
     }
 
+    /// Waits until every operation queued before this call was written (or failed for good):
+    /// at shutdown, so that the completions of the last requests are not lost with the process.
+    pub async fn flush(&self) {
+        let (reply, written) = oneshot::channel();
+        if self.enqueue(Op::Flush { reply }).await.is_ok() {
+            let _ = written.await;
+        }
+    }
+
     async fn enqueue(&self, op: Op) -> Result<(), StoreUnavailable> {
         self.ops
             .send(op)
@@ -344,7 +356,12 @@ async fn run_batches(
         }
         drain(&mut queue, &mut ops, settings.max_batch);
         let room = ops.len() < settings.max_batch;
-        if room && !settings.linger.is_zero() && claim_count(&ops) < LINGER_BELOW_CLAIMS {
+        let flushing = ops.iter().any(|op| matches!(op, Op::Flush { .. }));
+        if room
+            && !flushing
+            && !settings.linger.is_zero()
+            && claim_count(&ops) < LINGER_BELOW_CLAIMS
+        {
             tokio::time::sleep(settings.linger).await;
             drain(&mut queue, &mut ops, settings.max_batch);
         }
@@ -361,8 +378,10 @@ async fn run_batches(
         let db = store.as_ref().expect("connected above");
         let mut group = Group::default();
         let mut claimed_keys = HashSet::new();
+        let mut flushes = Vec::new();
         for op in ops {
             match op {
+                Op::Flush { reply } => flushes.push(reply),
                 // One claim per key and group: one INSERT … ON CONFLICT cannot touch a row twice.
                 Op::Claim { ref key, .. } if !claimed_keys.insert(key.clone()) => deferred.push(op),
                 Op::Claim { .. } => group.claims.push(op),
@@ -403,6 +422,14 @@ async fn run_batches(
                 store = None;
             }
         }
+        // Written (or failed for good); claims deferred to the next group go before a flush.
+        if deferred.is_empty() {
+            for reply in flushes {
+                let _ = reply.send(());
+            }
+        } else {
+            deferred.extend(flushes.into_iter().map(|reply| Op::Flush { reply }));
+        }
     }
 }
 
@@ -442,7 +469,7 @@ impl Group {
             &mut self.forgets,
             &mut self.claims,
         ] {
-            ops.sort_by(|a, b| a.key().cmp(b.key()));
+            ops.sort_by(|a, b| a.key().cmp(&b.key()));
         }
     }
 
@@ -576,6 +603,9 @@ fn fail_all(ops: Vec<Op>, err: &StoreUnavailable) {
         match op {
             Op::Claim { reply, .. } => {
                 let _ = reply.send(Err(err.clone()));
+            }
+            Op::Flush { reply } => {
+                let _ = reply.send(());
             }
             Op::Complete { .. } | Op::Release { .. } | Op::Forget { .. } => dropped += 1,
         }

@@ -98,6 +98,21 @@ impl IngressState {
     pub fn producer(&self) -> &EventProducer {
         &self.inner.producer
     }
+
+    /// At shutdown, once no request comes in: waits up to `patience` for the requests still
+    /// being written (those whose clients went away included; each holds its share of the
+    /// in-flight budget until it is done), then for their claims' completions and releases to
+    /// be written. Else a key whose event was written would stay in flight until its lease
+    /// ends, and its retry would send the event again. Whether everything was written in time.
+    pub async fn drain(&self, patience: Duration) -> bool {
+        let everything = u32::try_from(self.inner.settings.max_in_flight).unwrap_or(u32::MAX);
+        let drained = async {
+            // Every permit back: no request is being written. Kept, so none starts.
+            let _all = self.inner.in_flight.acquire_many(everything).await;
+            self.inner.claims.flush().await;
+        };
+        tokio::time::timeout(patience, drained).await.is_ok()
+    }
 }
 
 /// The gateway's routes.

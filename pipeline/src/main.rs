@@ -380,6 +380,7 @@ fn run(
         .with_outcomes(Arc::clone(&outcomes))
     });
     let feed = serving.as_ref().map(|(serving, _)| serving.feed.clone());
+    let gateway = ingress.clone();
     let app = server::app(ingress, serving, readiness);
     let addr = settings.http_addr;
     runtime.block_on(async {
@@ -399,8 +400,17 @@ fn run(
             .context("serving HTTP")
     })?;
 
-    if with_ingress {
-        // Publish the last answers' counts before the dataflow stops.
+    if let Some(gateway) = gateway {
+        // The last requests' events and claims, then their answers' counts, before the
+        // dataflow stops.
+        let patience = settings.idempotency_lease();
+        if !runtime.block_on(gateway.drain(patience)) {
+            tracing::warn!(
+                patience_ms = patience.as_millis() as u64,
+                "requests still being written at shutdown were cut off; their keys free \
+                 themselves after their lease"
+            );
+        }
         runtime.block_on(outcomes.publish(&producer, &topics.gateway_outcomes));
     }
     shutdown.store(true, Ordering::Release);

@@ -1449,3 +1449,43 @@ async fn an_event_the_broker_refused_frees_its_key_for_a_corrected_one() {
     assert_eq!(replayed.headers()["idempotent-replayed"], "true");
     assert_eq!(env.wait_for_events(1, Duration::from_secs(20)).await, 1);
 }
+
+/// At shutdown the gateway writes the completions of its last requests before it exits: else
+/// their keys would stay in flight until the lease ends, and a retry then would send the event
+/// again. Completions linger 2 s here, so one is surely still queued when SIGTERM comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_writes_the_last_requests_completions() {
+    let env = TestEnv::new("drain").await;
+    let mut sentinel = env
+        .start_with(
+            "ingress",
+            "ingress",
+            &[("SENTINEL_IDEMPOTENCY_LINGER_MS", "2000")],
+        )
+        .await;
+    let client = reqwest::Client::new();
+    let response = post_event(
+        &client,
+        &sentinel.base_url,
+        &ingest_token("acme"),
+        "the-last",
+        &event("acme", 1),
+    )
+    .await;
+    assert_eq!(response.status(), 202);
+    let status = sentinel
+        .terminate(Duration::from_secs(30))
+        .expect("the gateway stops");
+    assert!(status.success(), "{status:?}");
+    let state: String = env
+        .db()
+        .await
+        .query_one(
+            "SELECT state FROM idempotency WHERE idempotency_key = 'the-last'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "completed");
+}
