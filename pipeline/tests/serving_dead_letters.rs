@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use ingress::Role;
-use support::{envelope, ingest_token, post_event, token, TestEnv};
+use support::{envelope, ingest_token, post_event, token, SentinelProcess, TestEnv};
 use uuid::Uuid;
 
 fn schema(required: &str) -> String {
@@ -44,24 +44,32 @@ async fn replay(
     (status, response.json().await.unwrap())
 }
 
+/// `sentinel up` on `env` (with `extra` settings) whose schema of `order.created` requires the
+/// payload field `required`, reloaded every second from a directory of the test's own, which
+/// it returns so that the test can change the schema.
+async fn start_requiring(
+    env: &TestEnv,
+    required: &str,
+    extra: &[(&str, &str)],
+) -> (SentinelProcess, std::path::PathBuf) {
+    let dir = env.log_dir.join("schemas");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("order.json"), schema(required)).unwrap();
+    let dir_text = dir.display().to_string();
+    let mut settings = vec![
+        ("SENTINEL_SCHEMA_DIR", dir_text.as_str()),
+        ("SENTINEL_SCHEMA_RELOAD_SECONDS", "1"),
+    ];
+    settings.extend_from_slice(extra);
+    let sentinel = env.start_with("up", "up", &settings).await;
+    (sentinel, dir)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fixed_dead_letter_replays_into_events_exactly_once() {
     let env = TestEnv::new("dead_letters").await;
-    let dir = env.log_dir.join("schemas");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("order.json"), schema("mustHave")).unwrap();
-    let dir_text = dir.display().to_string();
-    let sentinel = env
-        .start_with(
-            "up",
-            "up",
-            &[
-                ("SENTINEL_SCHEMA_DIR", &dir_text),
-                ("SENTINEL_SCHEMA_RELOAD_SECONDS", "1"),
-                ("SENTINEL_HEALTH_INTERVAL_MS", "300"),
-            ],
-        )
-        .await;
+    let (sentinel, dir) =
+        start_requiring(&env, "mustHave", &[("SENTINEL_HEALTH_INTERVAL_MS", "300")]).await;
     let base = sentinel.base_url.clone();
     let client = reqwest::Client::new();
 
@@ -318,20 +326,7 @@ async fn a_fixed_dead_letter_replays_into_events_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_events_dead_letters_are_replayed_by_one_record() {
     let env = TestEnv::new("dead_letters_once").await;
-    let dir = env.log_dir.join("schemas");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("order.json"), schema("mustHave")).unwrap();
-    let dir_text = dir.display().to_string();
-    let sentinel = env
-        .start_with(
-            "up",
-            "up",
-            &[
-                ("SENTINEL_SCHEMA_DIR", &dir_text),
-                ("SENTINEL_SCHEMA_RELOAD_SECONDS", "1"),
-            ],
-        )
-        .await;
+    let (sentinel, dir) = start_requiring(&env, "mustHave", &[]).await;
     let base = sentinel.base_url.clone();
     let client = reqwest::Client::new();
     let body = envelope(
