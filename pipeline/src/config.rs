@@ -851,6 +851,16 @@ mod tests {
     }
 
     #[test]
+    fn the_claim_lease_outlasts_a_publish_and_the_in_flight_budget_is_at_least_one() {
+        let settings = Cli::try_parse_from(["sentinel", "up", "--produce-timeout-ms", "2000"])
+            .unwrap()
+            .settings;
+        // Up to 2 s waiting for room in the producer's queue, 2 s for the broker, and 5 s more.
+        assert_eq!(settings.idempotency_lease(), Duration::from_secs(9));
+        assert!(Cli::try_parse_from(["sentinel", "up", "--max-in-flight", "0"]).is_err());
+    }
+
+    #[test]
     fn kafka_options_cannot_weaken_the_guarantees() {
         for option in [
             "acks=1",
