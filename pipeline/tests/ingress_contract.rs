@@ -1145,6 +1145,20 @@ fn lingering_claim_store(env: &TestEnv) -> ingress::idempotency::ClaimStore {
     })
 }
 
+/// Two gateway instances' claim stores (see [`lingering_claim_store`]) on `env`'s migrated
+/// database, and a connection to it.
+async fn two_lingering_instances(
+    env: &TestEnv,
+) -> (
+    ingress::idempotency::ClaimStore,
+    ingress::idempotency::ClaimStore,
+    tokio_postgres::Client,
+) {
+    let mut db = env.db().await;
+    sinks::postgres::migrate(&mut db).await.unwrap();
+    (lingering_claim_store(env), lingering_claim_store(env), db)
+}
+
 /// Two gateway instances whose claim groups share keys, queued in opposite orders, must not
 /// wait on each other in a cycle: PostgreSQL would break it only after its `deadlock_timeout`
 /// (1 s), and abort one group. The test holds the first key of each order (an uncommitted
@@ -1153,14 +1167,7 @@ fn lingering_claim_store(env: &TestEnv) -> ingress::idempotency::ClaimStore {
 async fn two_instances_claiming_the_same_keys_in_opposite_orders_do_not_deadlock() {
     use ingress::idempotency::{ClaimKey, ClaimOutcome, ClaimStore, StoredAnswer};
     let env = TestEnv::new("claim_order").await;
-    let (_unused, _, mut db) = claim_store(
-        &env,
-        "unused",
-        Duration::from_secs(3600),
-        Duration::from_secs(5),
-    )
-    .await;
-    let (first, second) = (lingering_claim_store(&env), lingering_claim_store(&env));
+    let (first, second, mut db) = two_lingering_instances(&env).await;
     let answer = StoredAnswer {
         event_id: Uuid::from_u128(1),
         received_at: chrono::Utc::now(),
@@ -1228,15 +1235,8 @@ async fn two_instances_claiming_the_same_keys_in_opposite_orders_do_not_deadlock
 async fn a_claim_group_aborted_to_break_a_deadlock_is_written_again() {
     use ingress::idempotency::{ClaimKey, ClaimOutcome, ClaimStore, StoredAnswer};
     let env = TestEnv::new("claim_deadlock").await;
-    let (_unused, _, mut db) = claim_store(
-        &env,
-        "unused",
-        Duration::from_secs(3600),
-        Duration::from_secs(5),
-    )
-    .await;
     // Each instance's completion and claim share a group.
-    let (first, second) = (lingering_claim_store(&env), lingering_claim_store(&env));
+    let (first, second, mut db) = two_lingering_instances(&env).await;
     let received_at = chrono::Utc::now();
     let answer = StoredAnswer {
         event_id: Uuid::from_u128(1),
